@@ -1,0 +1,20 @@
+# Segmented training: measure checkpoint costs, plan segments, chain train-segment jobs, export.
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/plan.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/export.smk"
+
+
+rule all:
+    input:
+        get_final_targets,
+    default_target: True

@@ -1,0 +1,20 @@
+"""Rule train_segment: resume, train to the segment's planned end step, save periodically."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from segtrain import pipeline  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--run", required=True, help="the run's resolved settings as JSON")
+p.add_argument("--segment", required=True, help="the segment's plan entry as JSON")
+p.add_argument("--previous", default="", help="the previous segment's output folder (none for segment 0)")
+p.add_argument("--threads", type=int, default=1, help="CPU threads for the framework")
+p.add_argument("--output", required=True)
+p.add_argument("--log")
+a = p.parse_args()
+pipeline.setup_logging(a.log)
+sys.exit(pipeline.train(json.loads(a.run), json.loads(a.segment), a.previous or None, Path(a.output), a.threads))

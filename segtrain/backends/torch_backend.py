@@ -1,0 +1,140 @@
+"""PyTorch backend: builds the task, takes steps, and turns the full training state into files.
+
+Everything saved is tensors or plain Python values, so a checkpoint loads with
+``torch.load(weights_only=True)`` and never unpickles code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for deterministic cuBLAS
+
+import torch  # noqa: E402
+
+from ..taskfile import load_task  # noqa: E402
+
+STATE_FILE = "state.pt"
+
+
+def _python_rng_state():
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _set_python_rng_state(state):
+    random.setstate((state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss"]))
+
+
+def _numpy_rng_state():
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "key": key,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _set_numpy_rng_state(state):
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["key"], keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
+class Backend:
+    """Trains a PyTorch task one step at a time; see README 'Writing a task' for the interface."""
+
+    framework = "torch"
+
+    def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1):
+        self.task = load_task(task_path)
+        self.params = dict(params)
+        self.seed = seed
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # seeds CUDA too
+        self.model = self.task.build_model(self.params).to(self.device)
+        self.optimizer = self.task.build_optimizer(self.model, self.params)
+        build_scheduler = getattr(self.task, "build_scheduler", None)
+        self.scheduler = build_scheduler(self.optimizer, self.params) if build_scheduler else None
+        self.dataset = self.task.build_dataset(self.params)
+        if isinstance(self.dataset, (tuple, list)):
+            self._tensors = [torch.as_tensor(t) for t in self.dataset]
+            self.num_samples = len(self._tensors[0])
+        else:
+            self._tensors = None
+            self.num_samples = len(self.dataset)
+
+    def _batch(self, indices: np.ndarray):
+        if self._tensors is not None:
+            idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            batch = [t[idx] for t in self._tensors]
+        else:
+            batch = torch.utils.data.default_collate([self.dataset[int(i)] for i in indices])
+        if isinstance(batch, (list, tuple)):
+            return [b.to(self.device) if torch.is_tensor(b) else b for b in batch]
+        return batch.to(self.device) if torch.is_tensor(batch) else batch
+
+    def train_step(self, indices: np.ndarray) -> dict:
+        """One optimizer step on the samples ``indices``; returns loss, lr and the task's metrics."""
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.task.compute_loss(self.model, self._batch(indices))
+        loss, metrics = (out if isinstance(out, tuple) else (out, {}))
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        row = {"loss": float(loss.detach()), "lr": float(lr)}
+        row.update({k: float(v) for k, v in metrics.items()})
+        return row
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        """Write the full training state into ``folder`` (one ``state.pt``)."""
+        rng = {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": rng,
+            "extra": extra,
+        }
+        torch.save(state, Path(folder) / STATE_FILE)
+
+    def read_state(self, folder: Path) -> dict:
+        """Restore everything written by ``write_state``; returns its ``extra``."""
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"the checkpoint in {folder} does not fit the model the task builds now ({exc}); "
+                "the model definition changed: give the run a new name to start over"
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        _set_python_rng_state(rng["python"])
+        _set_numpy_rng_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return state["extra"]
+
+    @staticmethod
+    def export(folder: Path, out_path: Path) -> None:
+        """Write the model weights of a checkpoint as a plain ``state_dict`` file."""
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        torch.save(state["model"], out_path)

@@ -1,0 +1,73 @@
+"""Measure what a training step and a checkpoint cost, on the storage the run will use."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from . import store as store_mod
+from .data import DataOrder
+from .runner import process_age
+
+log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 5
+
+
+def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
+    """Time ``measure_steps`` steps and ``measure_saves`` saves and loads in a scratch store
+    next to the run's real checkpoints. Returns the costs as a plain dict (seconds, bytes)."""
+    if backend_factory is None:
+        from .backends import load_backend
+
+        backend_factory = load_backend(run["framework"])
+    backend = backend_factory(run["task"], run.get("params", {}), run["seed"], run["threads"])
+    startup = process_age()  # interpreter, framework import and building the task
+    order = DataOrder(backend.num_samples, run["batch_size"], run["seed"])
+
+    for step in range(WARMUP_STEPS):
+        backend.train_step(order.batch(step))
+    step_times = []
+    for step in range(WARMUP_STEPS, WARMUP_STEPS + run["measure_steps"]):
+        t = time.perf_counter()
+        backend.train_step(order.batch(step))
+        step_times.append(time.perf_counter() - t)
+
+    scratch = Path(store_root) / ".measure"
+    shutil.rmtree(scratch, ignore_errors=True)
+    store = store_mod.CheckpointStore(scratch, keep=max(2, run["measure_saves"]))
+    save_times, load_times, sizes = [], [], []
+    try:
+        for i in range(run["measure_saves"]):
+            extra = {"step": i + 1, "epoch": 0, "index": 0, "segment": -1}
+            t = time.perf_counter()
+            ckpt = store.save(i + 1, lambda folder: backend.write_state(folder, extra), {"model_hash": run["model_hash"]})
+            save_times.append(time.perf_counter() - t)
+            sizes.append(sum(f.stat().st_size for f in ckpt.path.iterdir()))
+            t = time.perf_counter()
+            store_mod.verify(ckpt.path)  # a resume verifies before it loads: part of the cost
+            backend.read_state(ckpt.path)
+            load_times.append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    costs = {
+        # The median resists one-off hiccups; the plan adds its own margin for the slow tail.
+        "step_seconds": statistics.median(step_times),
+        "step_seconds_max": max(step_times),
+        "save_seconds": statistics.median(save_times),
+        "save_seconds_max": max(save_times),
+        "load_seconds": statistics.median(load_times),
+        "load_seconds_max": max(load_times),
+        "startup_seconds": startup,
+        "checkpoint_bytes": max(sizes),
+        "measured_steps": len(step_times),
+        "measured_saves": len(save_times),
+        "storage": str(Path(store_root).resolve()),
+        "framework": run["framework"],
+    }
+    log.info("measured: %s", costs)
+    return costs

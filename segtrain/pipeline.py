@@ -1,0 +1,99 @@
+"""One function per workflow rule; the scripts in scripts/ call these and nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from . import planning
+from . import store as store_mod
+from .runner import RunPaths, Stopped, run_segment
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(log_file: str | None) -> None:
+    handlers = [logging.StreamHandler()]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def measure(run: dict, output: Path) -> dict:
+    from .measure import measure_costs
+
+    costs = measure_costs(run, RunPaths(Path(output).parent).store)
+    store_mod.write_json_atomic(Path(output), costs)
+    return costs
+
+
+def frozen_segments(run_root: Path) -> list[planning.Segment]:
+    """Segments already trained (their output is complete), as a contiguous prefix from 0."""
+    done = []
+    paths = RunPaths(Path(run_root))
+    while True:
+        summary = paths.segment_dir(len(done)) / "segment.json"
+        if not summary.exists():
+            break
+        seg = planning.Segment(**json.loads(summary.read_text())["segment"])
+        if seg.start != (done[-1].end if done else 0):
+            break
+        done.append(seg)
+    return done
+
+
+def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planning.Plan:
+    costs = planning.Costs.from_dict(json.loads(Path(costs_file).read_text()))
+    per = run["steps_per_segment"]
+    result = planning.make_plan(
+        total_steps=run["total_steps"],
+        time_limit=run["time_limit_seconds"],
+        costs=costs,
+        policy=planning.Policy(**run["policy"]),
+        margin_seconds=run["margin_seconds"],
+        steps_per_segment=None if per == "auto" else int(per),
+        frozen=frozen_segments(Path(plan_json).parent),
+        keep=run["keep"],
+        log_every=run["log_every"],
+    )
+    data = result.to_dict()
+    data["run"] = run["name"]
+    data["model_hash"] = run["model_hash"]
+    store_mod.write_json_atomic(Path(plan_json), data)
+    table = planning.plan_table(result, run["name"])
+    Path(plan_txt).write_text(table)
+    log.info("\n%s", table)
+    return result
+
+
+def train(run: dict, segment: dict, previous: str | None, output: Path, threads: int) -> int:
+    """Train one segment; returns the process exit code (0, or runner.EXIT_STOPPED)."""
+    from .runner import EXIT_STOPPED
+
+    run_root = Path(output).parent.parent
+    seg = planning.Segment(**segment)
+    run = {**run, "keep": seg.keep, "log_every": seg.log_every, "threads": threads}
+    try:
+        run_segment(run, seg, RunPaths(run_root), Path(previous) / "state" if previous else None, Path(output))
+    except Stopped as exc:
+        log.warning("%s", exc)
+        return EXIT_STOPPED
+    return 0
+
+
+def export(run: dict, segment_dirs: list[str], model_out: Path, metrics_out: Path) -> None:
+    """Export the final weights in the framework's usual form and merge every segment's metrics."""
+    import pandas as pd
+
+    from .backends import load_backend
+
+    last = Path(segment_dirs[-1]) / "state"
+    store_mod.verify(last)
+    load_backend(run["framework"]).export(last, Path(model_out))
+    frames = [pd.read_csv(Path(d) / "metrics.csv") for d in segment_dirs]
+    merged = pd.concat(frames, ignore_index=True)
+    merged.to_csv(metrics_out, index=False)
+    log.info("exported %s and %d metrics rows from %d segments", model_out, len(merged), len(segment_dirs))

@@ -1,0 +1,313 @@
+"""Planning math: how often to save a checkpoint, how many steps fit in one job, how many jobs.
+
+Everything here is plain arithmetic on measured costs, so it is tested without any framework.
+The overhead formula is the one on the DSRI checkpointing page: for a training of TT seconds with
+one checkpoint every z seconds that takes y seconds to save, NCP = TT / z, TTSC = NCP * y and
+overhead = TTSC / TT * 100 %, which simplifies to 100 * y / z.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+class PlanError(ValueError):
+    """The requested plan cannot be made; the message says which setting to change."""
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """The DSRI formula evaluated for one training time, save time and interval (all seconds)."""
+
+    train_seconds: float
+    save_seconds: float
+    interval_seconds: float
+    checkpoints: float  # NCP
+    checkpoint_seconds: float  # TTSC
+    percent: float
+
+
+def overhead(train_seconds: float, save_seconds: float, interval_seconds: float) -> Overhead:
+    """NCP = TT/z, TTSC = NCP*y, overhead = TTSC/TT*100 (the DSRI checkpointing page)."""
+    if interval_seconds <= 0:
+        raise PlanError("the checkpoint interval must be positive")
+    ncp = train_seconds / interval_seconds
+    ttsc = ncp * save_seconds
+    pct = 100.0 * ttsc / train_seconds if train_seconds > 0 else 100.0 * save_seconds / interval_seconds
+    return Overhead(train_seconds, save_seconds, interval_seconds, ncp, ttsc, pct)
+
+
+def interval_for_overhead(save_seconds: float, max_percent: float) -> float:
+    """The shortest interval z whose overhead stays at or below ``max_percent``: z = 100*y/p."""
+    if not 0 < max_percent < 100:
+        raise PlanError(f"max_overhead must be between 0 and 100 %, got {max_percent}")
+    return 100.0 * save_seconds / max_percent
+
+
+def young_interval(save_seconds: float, mtbf_seconds: float) -> float:
+    """Young (1974): sqrt(2 C M) for checkpoint cost C and mean time between failures M."""
+    return math.sqrt(2.0 * save_seconds * mtbf_seconds)
+
+
+def daly_interval(save_seconds: float, mtbf_seconds: float) -> float:
+    """Daly (2006) higher-order estimate; falls back to M when C >= 2M."""
+    c, m = save_seconds, mtbf_seconds
+    if c >= 2 * m:
+        return m
+    r = c / (2 * m)
+    return math.sqrt(2 * c * m) * (1 + math.sqrt(r) / 3 + r / 9) - c
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What one step and one checkpoint cost, as measured on the run's own storage."""
+
+    step_seconds: float
+    save_seconds: float
+    load_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    checkpoint_bytes: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Costs":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the checkpoint interval is chosen: exactly one of the four fields is set."""
+
+    every_seconds: float | None = None
+    every_steps: int | None = None
+    max_overhead_percent: float | None = None
+    mtbf_seconds: float | None = None
+
+    def __post_init__(self):
+        chosen = [k for k, v in asdict(self).items() if v is not None]
+        if len(chosen) != 1:
+            raise PlanError(
+                "checkpoint policy: set exactly one of every (a duration), every_steps, "
+                f"max_overhead or mtbf; got {chosen or 'none'}"
+            )
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in asdict(self).items() if v is not None)
+
+
+@dataclass
+class Segment:
+    """One train-segment job: trains steps (start, end], saving every ``interval`` steps."""
+
+    index: int
+    start: int
+    end: int
+    interval: int
+    time_limit: float
+    save_seconds: float = 0.0  # measured save time, for the deadline guard
+    keep: int = 2
+    log_every: int = 10
+
+
+@dataclass
+class Plan:
+    """A whole run's plan; ``to_dict`` is what plan.json holds."""
+
+    total_steps: int
+    time_limit: float
+    margin_seconds: float
+    costs: Costs
+    policy: str
+    interval_steps: int
+    interval_seconds: float
+    reason: str
+    steps_per_segment: int
+    segment_seconds: float
+    segments: list[Segment] = field(default_factory=list)
+    overhead: Overhead | None = None
+    young_seconds: float | None = None
+    daly_seconds: float | None = None
+    lost_mean_seconds: float = 0.0
+    lost_max_seconds: float = 0.0
+    frozen_segments: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _interval_steps(policy: Policy, costs: Costs) -> tuple[int, str, float | None, float | None]:
+    step, save = costs.step_seconds, costs.save_seconds
+    young = daly = None
+    if policy.every_steps is not None:
+        return policy.every_steps, f"fixed: every {policy.every_steps} steps", None, None
+    if policy.every_seconds is not None:
+        steps = max(1, math.floor(policy.every_seconds / step))
+        return steps, f"fixed: every {policy.every_seconds:g} s of training", None, None
+    if policy.max_overhead_percent is not None:
+        z = interval_for_overhead(save, policy.max_overhead_percent)
+        steps = max(1, math.ceil(z / step))
+        return steps, (
+            f"max overhead {policy.max_overhead_percent:g} %: z = 100 * y / p = "
+            f"100 * {save:.4g} s / {policy.max_overhead_percent:g} = {z:.4g} s"
+        ), None, None
+    m = policy.mtbf_seconds
+    young, daly = young_interval(save, m), daly_interval(save, m)
+    steps = max(1, round(daly / step))
+    return steps, (
+        f"Young/Daly for a mean time between failures of {m:g} s: Young sqrt(2CM) = {young:.4g} s, "
+        f"Daly = {daly:.4g} s (used)"
+    ), young, daly
+
+
+def segment_seconds(steps: int, interval: int, costs: Costs) -> float:
+    """Predicted wall time of a segment of ``steps`` steps: start-up, restore, steps, saves."""
+    saves = math.ceil(steps / interval)
+    return costs.startup_seconds + costs.load_seconds + steps * costs.step_seconds + saves * costs.save_seconds
+
+
+def max_steps_per_segment(time_limit: float, margin: float, interval: int, costs: Costs) -> tuple[int, int]:
+    """The most steps one job can take, and the interval clipped to it.
+
+    Segments are whole multiples of the interval when at least one interval fits, so segment ends
+    and periodic checkpoints coincide.
+    """
+    usable = time_limit - margin - costs.startup_seconds - costs.load_seconds
+    block = interval * costs.step_seconds + costs.save_seconds
+    blocks = math.floor(usable / block) if usable > 0 else 0
+    if blocks >= 1:
+        return blocks * interval, interval
+    steps = math.floor((usable - costs.save_seconds) / costs.step_seconds) if usable > 0 else 0
+    if steps < 1:
+        need = costs.startup_seconds + costs.load_seconds + costs.step_seconds + costs.save_seconds + margin
+        raise PlanError(
+            f"time_limit {time_limit:g} s is shorter than one step plus one save: start-up "
+            f"{costs.startup_seconds:.3g} s + restore {costs.load_seconds:.3g} s + step "
+            f"{costs.step_seconds:.3g} s + save {costs.save_seconds:.3g} s + margin {margin:.3g} s = "
+            f"{need:.3g} s; raise time_limit or lower safety_margin"
+        )
+    return steps, steps
+
+
+def make_plan(
+    *,
+    total_steps: int,
+    time_limit: float,
+    costs: Costs,
+    policy: Policy,
+    margin_seconds: float = 0.0,
+    steps_per_segment: int | None = None,
+    frozen: list[Segment] | None = None,
+    keep: int = 2,
+    log_every: int = 10,
+) -> Plan:
+    """Plan a run; ``frozen`` segments (already trained) are kept exactly as they were."""
+    if total_steps < 1:
+        raise PlanError(f"total_steps must be at least 1, got {total_steps}")
+    if costs.step_seconds <= 0:
+        raise PlanError("the measured step time must be positive")
+    interval, reason, young, daly = _interval_steps(policy, costs)
+    fit, fit_interval = max_steps_per_segment(time_limit, margin_seconds, interval, costs)
+    warnings = []
+    if steps_per_segment is not None:
+        per_segment = steps_per_segment
+        interval = min(interval, per_segment)
+        need = segment_seconds(per_segment, interval, costs) + margin_seconds
+        if need > time_limit:
+            raise PlanError(
+                f"steps_per_segment {per_segment} needs about {need:.3g} s per job (measured costs "
+                f"plus margin) but time_limit is {time_limit:g} s; lower steps_per_segment to at most "
+                f"{fit} or set it to auto"
+            )
+    else:
+        per_segment, interval = fit, fit_interval
+    interval = min(interval, total_steps)
+
+    segments = [Segment(**vars(s)) if not isinstance(s, Segment) else s for s in (frozen or [])]
+    done = segments[-1].end if segments else 0
+    if done > total_steps:
+        raise PlanError(
+            f"total_steps {total_steps} is below the {done} steps this run has already trained; "
+            "raise total_steps, or give the run a new name to start over"
+        )
+    start = done
+    while start < total_steps:
+        end = min(start + per_segment, total_steps)
+        segments.append(
+            Segment(len(segments), start, end, min(interval, end - start), time_limit,
+                    costs.save_seconds, keep, log_every)
+        )
+        start = end
+
+    step = costs.step_seconds
+    interval_seconds = interval * step
+    ovh = overhead(total_steps * step, costs.save_seconds, interval_seconds)
+    restart = costs.startup_seconds + costs.load_seconds
+    if ovh.percent > 10:
+        warnings.append(
+            f"checkpointing costs {ovh.percent:.1f} % of the training time; consider a longer interval"
+        )
+    return Plan(
+        total_steps=total_steps,
+        time_limit=time_limit,
+        margin_seconds=margin_seconds,
+        costs=costs,
+        policy=policy.kind,
+        interval_steps=interval,
+        interval_seconds=interval_seconds,
+        reason=reason,
+        steps_per_segment=per_segment,
+        segment_seconds=segment_seconds(per_segment, interval, costs),
+        segments=segments,
+        overhead=ovh,
+        young_seconds=young,
+        daly_seconds=daly,
+        lost_mean_seconds=interval_seconds / 2 + restart,
+        lost_max_seconds=interval_seconds + costs.save_seconds + restart,
+        frozen_segments=len(frozen or []),
+        warnings=warnings,
+    )
+
+
+def plan_table(plan: Plan, run: str = "") -> str:
+    """A human table of the plan: the DSRI formula with this run's numbers, then the segments."""
+    from .durations import format_duration as fd
+
+    c, o = plan.costs, plan.overhead
+    lines = [
+        f"Plan for run {run}" if run else "Plan",
+        "",
+        "Measured costs",
+        f"  step time            y_step = {fd(c.step_seconds)}",
+        f"  checkpoint save      y      = {fd(c.save_seconds)}",
+        f"  checkpoint load             = {fd(c.load_seconds)}",
+        f"  job start-up                = {fd(c.startup_seconds)}",
+        f"  checkpoint size             = {c.checkpoint_bytes / 1e6:.3g} MB",
+        "",
+        "Checkpoint interval",
+        f"  policy  {plan.reason}",
+        f"  z = {plan.interval_steps} steps = {fd(plan.interval_seconds)}",
+        "",
+        "Overhead (DSRI formula)",
+        f"  TT    = {plan.total_steps} steps * {fd(c.step_seconds)} = {fd(o.train_seconds)}",
+        f"  NCP   = TT / z = {fd(o.train_seconds)} / {fd(o.interval_seconds)} = {o.checkpoints:.4g} checkpoints",
+        f"  TTSC  = NCP * y = {o.checkpoints:.4g} * {fd(c.save_seconds)} = {fd(o.checkpoint_seconds)}",
+        f"  overhead = TTSC / TT * 100 = {o.percent:.3g} %",
+        "",
+        "Segments",
+        f"  job time limit      {fd(plan.time_limit)} (safety margin {fd(plan.margin_seconds)})",
+        f"  steps per segment   {plan.steps_per_segment} (predicted {fd(plan.segment_seconds)} per job)",
+        f"  segments            {len(plan.segments)}"
+        + (f" ({plan.frozen_segments} already trained, kept as they were)" if plan.frozen_segments else ""),
+        "",
+        "Work lost per failure (interval + save in flight + restart)",
+        f"  mean {fd(plan.lost_mean_seconds)}, at most {fd(plan.lost_max_seconds)}",
+    ]
+    if plan.young_seconds is not None:
+        lines += ["", f"  Young {fd(plan.young_seconds)}, Daly {fd(plan.daly_seconds)}"]
+    for w in plan.warnings:
+        lines += ["", f"WARNING: {w}"]
+    lines += ["", f"{'segment':>8} {'start':>10} {'end':>10} {'interval':>9}"]
+    lines += [f"{s.index:>8} {s.start:>10} {s.end:>10} {s.interval:>9}" for s in plan.segments]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,312 @@
+"""The train-segment runner: restore, train to the planned end step, save periodically, stop in time.
+
+Resume contract, in one place:
+1. the newest verified periodic checkpoint of this segment (a previous attempt was interrupted),
+2. else the previous segment's final checkpoint (the job's input),
+3. else, for segment 0, a freshly seeded model.
+The data order is a function of the seed and the step, so training continues exactly where the
+restored checkpoint left it. A stop request (SIGTERM, SIGUSR1) or the approaching deadline saves
+at the next step boundary and exits with EXIT_STOPPED so that the scheduler's retry resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import store as store_mod
+from .data import DataOrder
+from .planning import Segment
+
+log = logging.getLogger(__name__)
+
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early on purpose, run again to continue
+
+
+class Stopped(Exception):
+    """Training stopped early (deadline or signal) after saving; rerun to continue."""
+
+
+def process_age() -> float:
+    """Seconds since this process started (the job's clock starts with the process)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@dataclass
+class RunPaths:
+    """Where one run keeps its files."""
+
+    root: Path  # results/<run>
+
+    @property
+    def store(self) -> Path:
+        return self.root / "ckpt"
+
+    def working_metrics(self, segment: int) -> Path:
+        return self.store / "metrics" / f"segment-{segment:04d}.csv"
+
+    @property
+    def attempts(self) -> Path:
+        return self.store / "attempts.jsonl"
+
+    def segment_dir(self, segment: int) -> Path:
+        return self.root / "segments" / f"{segment:04d}"
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; checked at step boundaries (saving inside a handler can hang)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def install(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        self.signal = signum
+
+    def __bool__(self):
+        return self.signal is not None
+
+
+class MetricsLog:
+    """The segment's metrics rows, kept in the store so they survive kills; cut back on resume."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fields: list[str] | None = None
+        self.rows: list[dict] = []
+        if path.exists():
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                self.fields = reader.fieldnames
+                self.rows = list(reader)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows after ``step``: they will be trained again and logged again."""
+        self.rows = [r for r in self.rows if int(r["step"]) <= step]
+        self._rewrite()
+
+    def _rewrite(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.fields is None:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, self.fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict) -> None:
+        if self.fields is None:
+            self.fields = list(row)
+            self._rewrite()
+        self.rows.append(row)
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
+
+    def sync(self) -> None:
+        if self.path.exists():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def run_segment(
+    run: dict,
+    segment: Segment,
+    paths: RunPaths,
+    previous: Path | None,
+    out_dir: Path,
+    backend_factory=None,
+    clock=time.monotonic,
+) -> dict:
+    """Train ``segment`` of ``run`` and write its output folder; returns the segment summary.
+
+    Raises Stopped after saving when a signal or the deadline stops training early.
+    """
+    started_wall = time.time()
+    deadline = clock() - process_age() + segment.time_limit
+    stop = StopFlag()
+    stop.install()
+
+    store = store_mod.CheckpointStore(paths.store, keep=run["keep"])
+    store.lock()
+    try:
+        store.clean_partials()
+        if backend_factory is None:
+            from .backends import load_backend
+
+            backend_factory = load_backend(run["framework"])
+        backend = backend_factory(run["task"], run.get("params", {}), run["seed"], run["threads"])
+        order = DataOrder(backend.num_samples, run["batch_size"], run["seed"])
+
+        skipped: list[dict] = []
+        source, step = _restore(run, segment, store, previous, backend, skipped)
+        attempt = _next_attempt(paths, segment.index)
+        metrics = MetricsLog(paths.working_metrics(segment.index))
+        metrics.truncate_after(step)
+        with open(paths.attempts, "a") as fh:
+            fh.write(json.dumps({
+                "segment": segment.index, "attempt": attempt, "start_time": started_wall,
+                "resumed_from": step, "source": source, "skipped": skipped,
+            }) + "\n")
+        log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
+                 segment.index, attempt, step, source, segment.end, segment.interval)
+
+        t0 = clock()
+        last_progress = t0
+        saves: list[float] = []
+        first_step = step
+        row: dict = {}
+        while step < segment.end:
+            time_left = deadline - clock()
+            if stop or time_left < max(segment.save_seconds, max(saves, default=0.0)) * 1.5 + 0.5:
+                why = f"signal {signal.Signals(stop.signal).name}" if stop else (
+                    f"deadline: {time_left:.1f} s left, a save takes up to {max(saves, default=segment.save_seconds):.2f} s")
+                if step > segment.start and not store.path(step).exists():
+                    seconds = _save(run, segment, store, backend, order, step, metrics, saves)
+                    metrics.append({**_row(segment, attempt, step, row), "save_seconds": f"{seconds:.6f}"})
+                _append_attempt_end(paths, segment.index, attempt, step, "stopped", why)
+                raise Stopped(f"segment {segment.index} stopped at step {step} ({why}); run again to continue")
+            row = backend.train_step(order.batch(step))
+            step += 1
+            save_now = step % segment.interval == 0 or step == segment.end
+            seconds = _save(run, segment, store, backend, order, step, metrics, saves) if save_now else None
+            if save_now or step % run["log_every"] == 0:
+                metrics.append({**_row(segment, attempt, step, row),
+                                "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
+            now = clock()
+            if now - last_progress >= 10 or step == segment.end:
+                rate = (step - first_step) / max(now - t0, 1e-9)
+                eta = (segment.end - step) / rate if rate > 0 else float("inf")
+                log.info("step %d/%d loss %.4f %.1f steps/s, segment ends in %.0f s, deadline in %.0f s",
+                         step, segment.end, row["loss"], rate, eta, deadline - now)
+                last_progress = now
+
+        final = store.path(segment.end)
+        store_mod.verify(final)
+        _append_attempt_end(paths, segment.index, attempt, step, "completed", "")
+        return _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall)
+    finally:
+        store.unlock()
+
+
+def _restore(run, segment, store, previous, backend, skipped):
+    def note(step, why):
+        skipped.append({"step": step, "reason": why})
+
+    ckpt = store.newest_valid(max_step=segment.end, min_step=segment.start + 1, on_skip=note)
+    if ckpt is None and segment.start > 0:
+        if previous is not None:
+            try:
+                manifest = store_mod.verify(previous)
+                ckpt = store_mod.Checkpoint(manifest["step"], Path(previous), manifest)
+                source = f"previous segment ({previous})"
+            except store_mod.CorruptCheckpoint as exc:
+                log.warning("previous segment's checkpoint is damaged (%s); looking in the store", exc)
+                note(segment.start, str(exc))
+        if ckpt is None:
+            ckpt = store.newest_valid(max_step=segment.start, min_step=segment.start, on_skip=note)
+            source = "store copy of the previous segment's end"
+        if ckpt is None:
+            raise RuntimeError(
+                f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "
+                "retrain the previous segment (snakemake --forcerun train_segment for it)"
+            )
+    elif ckpt is not None:
+        source = f"periodic checkpoint {ckpt.path.name}"
+    if ckpt is None:
+        return "a freshly seeded model", 0
+    if ckpt.manifest.get("model_hash") != run["model_hash"]:
+        raise RuntimeError(
+            f"{ckpt.path} was written for a different model definition (hash {ckpt.manifest.get('model_hash')}, "
+            f"now {run['model_hash']}: framework, task, params, batch_size or seed changed); refusing to "
+            "resume. Give the run a new name to train the new definition; nothing was changed"
+        )
+    extra = backend.read_state(ckpt.path)
+    if extra["step"] != ckpt.step:
+        raise store_mod.CorruptCheckpoint(f"{ckpt.path}: holds step {extra['step']}, named {ckpt.step}")
+    return source, ckpt.step
+
+
+def _row(segment, attempt, step, train_row) -> dict:
+    return {"segment": segment.index, "attempt": attempt, "step": step, **train_row, "time": time.time()}
+
+
+def _save(run, segment, store, backend, order, step, metrics, saves) -> float:
+    """Save the state after ``step`` steps; returns the seconds it took."""
+    t = time.perf_counter()
+    pos = order.position(step)
+    extra = {"step": step, "epoch": pos.epoch, "index": pos.index, "segment": segment.index}
+    meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
+            "segment": segment.index, "data_position": pos.to_dict()}
+    metrics.sync()
+    store.save(step, lambda folder: backend.write_state(folder, extra), meta)
+    store.prune(protect={step})
+    seconds = time.perf_counter() - t
+    saves.append(seconds)
+    return seconds
+
+
+def _next_attempt(paths: RunPaths, segment: int) -> int:
+    if not paths.attempts.exists():
+        paths.attempts.parent.mkdir(parents=True, exist_ok=True)
+        return 1
+    n = 0
+    for line in paths.attempts.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if rec.get("segment") == segment and "resumed_from" in rec:
+            n += 1
+    return n + 1
+
+
+def _append_attempt_end(paths, segment, attempt, step, status, why):
+    with open(paths.attempts, "a") as fh:
+        fh.write(json.dumps({"segment": segment, "attempt": attempt, "end_time": time.time(),
+                             "end_step": step, "status": status, "reason": why}) + "\n")
+
+
+def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall) -> dict:
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    store_mod.link_or_copy(final, out_dir / "state")
+    rows = [r for r in metrics.rows if segment.start < int(r["step"]) <= segment.end]
+    with open(out_dir / "metrics.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, metrics.fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    summary = {
+        "segment": vars(segment),
+        "attempts": attempt,
+        "started_from": source,
+        "saves_this_attempt": len(saves),
+        "save_seconds_max": max(saves, default=0.0),
+        "wall_seconds_this_attempt": time.time() - started_wall,
+    }
+    store_mod.write_json_atomic(out_dir / "segment.json", summary)  # written last: the output is complete
+    return summary

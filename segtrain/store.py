@@ -1,0 +1,276 @@
+"""The checkpoint store: atomic ``step-<N>`` folders with a manifest written last.
+
+A checkpoint counts only when its folder has its final name and its manifest lists every file
+with the size and sha256 it has on disk. Writing goes to a hidden temporary folder that is
+fsynced and then renamed, so a kill at any moment leaves either the complete checkpoint or a
+temporary folder that the next start removes. Framework code only writes files into the folder
+it is handed; everything else lives here and imports no framework.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint folder that does not match its manifest."""
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (disk full, locked by another process, ...)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+    manifest: dict
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON to ``path`` through a fsynced temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def verify(path: Path) -> dict:
+    """Return the manifest of the checkpoint folder ``path`` or raise CorruptCheckpoint saying why."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{path}: no {MANIFEST} (the save did not finish)") from None
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpoint(f"{path}: unreadable {MANIFEST}: {exc}") from None
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CorruptCheckpoint(f"{path}: {MANIFEST} lists no files")
+    for name, meta in files.items():
+        f = path / name
+        try:
+            size = f.stat().st_size
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{path}: file {name} is missing") from None
+        if size != meta["size"]:
+            raise CorruptCheckpoint(f"{path}: file {name} has {size} bytes, the manifest says {meta['size']}")
+        digest = sha256_file(f)
+        if digest != meta["sha256"]:
+            raise CorruptCheckpoint(f"{path}: file {name} does not match its sha256 (changed or damaged)")
+    return manifest
+
+
+class CheckpointStore:
+    """``step-<N>`` folders under ``root``; keeps the newest ``keep`` (at least 2) by step number."""
+
+    def __init__(self, root: Path | str, keep: int = 2):
+        if keep < 2:
+            # The newest checkpoint can be the one a kill damaged; the one before it is the fallback.
+            raise StoreError(f"keep must be at least 2, got {keep}")
+        self.root = Path(root)
+        self.keep = keep
+        self._lock_fh = None
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take an exclusive lock so two jobs never train the same run at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise StoreError(
+                f"{self.root} is in use by {holder}; two jobs cannot train the same run at once"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._lock_fh = fh
+
+    def unlock(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def clean_partials(self) -> list[str]:
+        """Remove temporary folders left by saves that were killed; return their names."""
+        removed = []
+        if not self.root.exists():
+            return removed
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".tmp-step-") or entry.name.startswith(".old-step-"):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+                log.info("removed %s, left by a save that did not finish", entry.name)
+        return removed
+
+    # -- reading ------------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Steps of the checkpoint folders present, in numeric order (not verified)."""
+        if not self.root.exists():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            m = _STEP_DIR.match(entry.name)
+            if m and entry.is_dir():
+                found.append(int(m.group(1)))
+        return sorted(found)
+
+    def path(self, step: int) -> Path:
+        return self.root / step_dir_name(step)
+
+    def newest_valid(
+        self, max_step: int | None = None, min_step: int = 0, on_skip: Callable[[int, str], None] | None = None
+    ) -> Checkpoint | None:
+        """The newest checkpoint with min_step <= step <= max_step that verifies, or None.
+
+        Damaged ones are skipped with a log line that says which and why.
+        """
+        for step in reversed(self.steps()):
+            if step < min_step or (max_step is not None and step > max_step):
+                continue
+            try:
+                manifest = verify(self.path(step))
+            except CorruptCheckpoint as exc:
+                log.warning("skipping checkpoint at step %d: %s", step, exc)
+                if on_skip:
+                    on_skip(step, str(exc))
+                continue
+            return Checkpoint(step, self.path(step), manifest)
+        return None
+
+    # -- writing ------------------------------------------------------------------------------
+    def save(self, step: int, write_files: Callable[[Path], None], meta: dict | None = None) -> Checkpoint:
+        """Write a checkpoint for ``step``: ``write_files(folder)`` fills a temporary folder,
+        then the manifest is written last, everything fsynced, and the folder renamed into place.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(step)
+        if final.exists():
+            try:
+                manifest = verify(final)
+                return Checkpoint(step, final, manifest)  # deterministic training: same content
+            except CorruptCheckpoint as exc:
+                log.warning("replacing damaged checkpoint at step %d: %s", step, exc)
+                aside = self.root / f".old-step-{step}-{os.getpid()}"
+                os.rename(final, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+        tmp = self.root / f".tmp-step-{step}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            write_files(tmp)
+            files = {}
+            for f in sorted(tmp.iterdir()):
+                if f.name == MANIFEST:
+                    continue
+                _fsync_file(f)
+                files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+            manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files, **(meta or {})}
+            with open(tmp / MANIFEST, "w") as fh:
+                json.dump(manifest, fh, indent=2, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(
+                    f"no space left to save the checkpoint at step {step} in {self.root}; the earlier "
+                    "checkpoints are intact. Free space (or raise the volume's size) and run again"
+                ) from exc
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Checkpoint(step, final, manifest)
+
+    def prune(self, protect: set[int] = frozenset()) -> list[int]:
+        """Delete all but the newest ``keep`` checkpoints (numeric order) and those in ``protect``."""
+        steps = self.steps()
+        doomed = [s for s in steps[: -self.keep] if s not in protect]
+        for s in doomed:
+            aside = self.root / f".old-step-{s}-{os.getpid()}"
+            os.rename(self.path(s), aside)  # rename first: a kill mid-delete leaves no half folder
+            shutil.rmtree(aside, ignore_errors=True)
+        return doomed
+
+
+def recorded_model_hash(root: Path | str) -> str | None:
+    """The model hash in the newest readable manifest under ``root`` (no hashing: cheap at parse time)."""
+    store = CheckpointStore(root)
+    for step in reversed(store.steps()):
+        try:
+            return json.loads((store.path(step) / MANIFEST).read_text()).get("model_hash")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link the files of checkpoint folder ``src`` into a new folder ``dst`` (copy across devices)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        target = dst / f.name
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)

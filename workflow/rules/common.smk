@@ -1,0 +1,109 @@
+# Config loading and validation, and the input functions of the rules. Nothing else.
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, workflow.basedir)
+from segtrain.config import ConfigError, resolve
+from segtrain.store import recorded_model_hash
+
+PYTHON = sys.executable
+SCRIPTS = str(Path(workflow.basedir) / "scripts")
+EXPORT_EXT = {"torch": "pt"}
+
+try:
+    RUNS = resolve(config, base=Path.cwd())
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+for _name, _run in RUNS.items():
+    _recorded = recorded_model_hash(Path("results") / _name / "ckpt")
+    if _recorded is not None and _recorded != _run["model_hash"]:
+        raise WorkflowError(
+            f"run '{_name}' has checkpoints of a different model definition (hash {_recorded}, "
+            f"config now gives {_run['model_hash']}): framework, task, params, batch_size or seed "
+            "changed. Nothing was touched. Give the changed run a new name, or move "
+            f"results/{_name} away to start it over."
+        )
+
+
+wildcard_constraints:
+    run="|".join(map(re.escape, RUNS)) if RUNS else "x^",
+    segment=r"\d\d\d\d+",
+
+
+def _subset(run, keys):
+    return json.dumps({k: RUNS[run][k] for k in keys}, sort_keys=True)
+
+
+# What defines the model and its training trajectory; changing any of it changes the model hash.
+MODEL_KEYS = ("name", "framework", "task", "params", "seed", "batch_size", "model_hash")
+
+
+def model_settings(wildcards):
+    return _subset(wildcards.run, MODEL_KEYS)
+
+
+def measure_settings(wildcards):
+    return _subset(wildcards.run, MODEL_KEYS + ("threads", "keep", "measure_steps", "measure_saves"))
+
+
+def plan_settings(wildcards):
+    keys = ("name", "model_hash", "total_steps", "time_limit_seconds", "margin_seconds", "policy")
+    return _subset(wildcards.run, keys + ("steps_per_segment", "keep", "log_every"))
+
+
+def runtime_minutes(wildcards):
+    """The job's runtime resource, from the same time_limit the plan uses."""
+    return max(1, math.ceil(RUNS[wildcards.run]["time_limit_seconds"] / 60))
+
+
+_plan_cache = {}
+
+
+def load_plan(run):
+    """The run's plan; raises Snakemake's IncompleteCheckpointException until it exists."""
+    path = Path(checkpoints.plan_segments.get(run=run).output.plan)
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _plan_cache:
+        _plan_cache[key] = json.loads(path.read_text())
+    return _plan_cache[key]
+
+
+def segment_dir(run, index):
+    return f"results/{run}/segments/{index:04d}"
+
+
+def previous_segment(wildcards):
+    """Segment i starts from segment i-1's output; segment 0 from a seeded fresh model."""
+    plan = load_plan(wildcards.run)
+    i = int(wildcards.segment)
+    if i >= len(plan["segments"]):
+        raise WorkflowError(f"run {wildcards.run} has {len(plan['segments'])} segments in its plan, not {i + 1}")
+    return [segment_dir(wildcards.run, i - 1)] if i > 0 else []
+
+
+def segment_settings(wildcards):
+    """The segment's entry in the plan. Segments already trained keep their entry on re-planning,
+    so finished segments never see their params change."""
+    return json.dumps(load_plan(wildcards.run)["segments"][int(wildcards.segment)], sort_keys=True)
+
+
+def all_segments(wildcards):
+    plan = load_plan(wildcards.run)
+    return [segment_dir(wildcards.run, s["index"]) for s in plan["segments"]]
+
+
+def get_final_targets(wildcards):
+    targets = []
+    for name, run in RUNS.items():
+        targets += [
+            f"results/{name}/model.{EXPORT_EXT[run['framework']]}",
+            f"results/{name}/metrics.csv",
+            f"results/{name}/plan.txt",
+        ]
+    return targets

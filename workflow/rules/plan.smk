@@ -1,0 +1,15 @@
+# A Snakemake checkpoint: the number of train_segment jobs is only known once the costs are measured.
+checkpoint plan_segments:
+    """Checkpoint interval, steps per segment and the segments, from the measured costs and time_limit."""
+    input:
+        costs="results/{run}/costs.json",
+    output:
+        plan="results/{run}/plan.json",
+        table="results/{run}/plan.txt",
+    params:
+        run=plan_settings,
+    log:
+        "logs/plan_segments/{run}.log",
+    shell:
+        "{PYTHON} {SCRIPTS}/plan_segments.py --run {params.run:q} --costs {input.costs:q} "
+        "--plan-json {output.plan:q} --plan-txt {output.table:q} 2>> {log:q}"

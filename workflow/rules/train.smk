@@ -1,0 +1,23 @@
+# Periodic checkpoints live in results/{run}/ckpt/, outside the declared output: Snakemake deletes
+# a job's outputs before it reruns the job, and a rerun must resume from the newest of them.
+# The plan is read through the input functions but is not an input: re-planning must not retrain
+# finished segments, and their entries in the plan never change (see segment_settings).
+rule train_segment:
+    """Resume from the previous segment (or the newest periodic checkpoint) and train to the planned end step."""
+    input:
+        previous_segment,
+    output:
+        directory("results/{run}/segments/{segment}"),
+    params:
+        model=model_settings,
+        segment=segment_settings,
+    log:
+        "logs/train_segment/{run}/{segment}.log",
+    benchmark:
+        "benchmarks/train_segment/{run}/{segment}.tsv"
+    threads: lambda wildcards: RUNS[wildcards.run]["threads"]
+    resources:
+        runtime=runtime_minutes,
+    shell:
+        "{PYTHON} {SCRIPTS}/train_segment.py --run {params.model:q} --segment {params.segment:q} "
+        "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}"
