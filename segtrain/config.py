@@ -70,6 +70,18 @@ def _fill_defaults(schema_props: dict, data: dict) -> dict:
     return out
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def find_task(task: str, base: Path = Path(".")) -> Path | None:
+    """The task file: relative to ``base`` (the working directory) first, then to the workflow."""
+    for root in (Path(base), REPO):
+        candidate = root / task
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def task_functions(path: Path) -> set[str]:
     """Names of the top-level functions a task file defines, read without running it."""
     tree = ast.parse(Path(path).read_text(), filename=str(path))
@@ -136,9 +148,12 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
             problems.append(
                 f"{where}.framework: '{run['framework']}' is not installed in this environment; {hint}"
             )
-        task = base / run["task"]
-        if not task.is_file():
-            problems.append(f"{where}.task: file '{run['task']}' not found (relative to {base.resolve()})")
+        task = find_task(run["task"], base)
+        if task is None:
+            problems.append(
+                f"{where}.task: file '{run['task']}' not found in {Path(base).resolve()} or {REPO}; "
+                "give a path relative to the working directory"
+            )
         else:
             try:
                 defined = task_functions(task)

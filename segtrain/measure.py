@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from . import store as store_mod
+from .config import find_task
 from .data import DataOrder
 from .runner import process_age
 
@@ -24,7 +25,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         from .backends import load_backend
 
         backend_factory = load_backend(run["framework"])
-    backend = backend_factory(run["task"], run.get("params", {}), run["seed"], run["threads"])
+    backend = backend_factory(str(find_task(run["task"]) or run["task"]), run.get("params", {}), run["seed"], run["threads"])
     startup = process_age()  # interpreter, framework import and building the task
     order = DataOrder(backend.num_samples, run["batch_size"], run["seed"])
 

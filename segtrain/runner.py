@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store as store_mod
+from .config import find_task
 from .data import DataOrder
 from .planning import Segment
 
@@ -158,7 +159,7 @@ def run_segment(
             from .backends import load_backend
 
             backend_factory = load_backend(run["framework"])
-        backend = backend_factory(run["task"], run.get("params", {}), run["seed"], run["threads"])
+        backend = backend_factory(str(find_task(run["task"]) or run["task"]), run.get("params", {}), run["seed"], run["threads"])
         order = DataOrder(backend.num_samples, run["batch_size"], run["seed"])
 
         skipped: list[dict] = []

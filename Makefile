@@ -1,0 +1,40 @@
+# Two commands do all setup on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build from PyPI's CPU wheel on this machine; on a GPU machine: make TORCH=torch
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+
+.PHONY: install run test test-fast bench-dag clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## run: train the default config (config/config.yaml) on the local executor
+run: install
+	$(SNAKEMAKE) --profile profiles/local
+	@for f in results/*/plan.txt; do echo; echo "== $$f"; sed -n '/^Measured costs/,/^Work lost/p' $$f; done
+	@echo
+	@$(PY) -m segtrain.summary results
+
+## test: the whole suite (unit + end-to-end with the real snakemake)
+test: install
+	$(PY) -m pytest -q tests
+
+## test-fast: unit tests only (seconds)
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e" tests
+
+## bench-dag: time `snakemake -n` on a 200-segment plan
+bench-dag: install
+	$(PY) tests/bench_dag.py
+
+clean:
+	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,145 @@
+import math
+
+import pytest
+
+from segtrain import planning
+from segtrain.durations import DurationError, parse_duration, parse_percent
+from segtrain.plan import main as plan_cli
+
+
+def test_dsri_worked_example_gives_336_checkpoints_and_1_11_percent():
+    o = planning.overhead(7 * 86400, 20, 1800)
+    assert o.checkpoints == pytest.approx(336)
+    assert o.checkpoint_seconds / 3600 == pytest.approx(1.8667, abs=1e-3)
+    assert round(o.percent, 2) == 1.11
+
+
+def test_overhead_does_not_depend_on_training_time():
+    assert planning.overhead(3600, 20, 1800).percent == pytest.approx(planning.overhead(7 * 86400, 20, 1800).percent)
+
+
+def test_target_overhead_inverts_the_formula():
+    z = planning.interval_for_overhead(20, 2.0)
+    assert z == pytest.approx(1000)
+    assert planning.overhead(86400, 20, z).percent == pytest.approx(2.0)
+
+
+def test_young_and_daly_intervals():
+    assert planning.young_interval(20, 86400) == pytest.approx(math.sqrt(2 * 20 * 86400))
+    daly = planning.daly_interval(20, 86400)
+    assert daly < planning.young_interval(20, 86400)  # the -C term dominates for small C/M
+    assert planning.daly_interval(100, 10) == 10  # C >= 2M: checkpoint every M
+
+
+def costs(step=0.1, save=1.0, load=0.5, startup=2.0):
+    return planning.Costs(step_seconds=step, save_seconds=save, load_seconds=load, startup_seconds=startup)
+
+
+def test_every_segment_fits_its_time_limit():
+    c = costs()
+    plan = planning.make_plan(total_steps=10_000, time_limit=100, costs=c,
+                              policy=planning.Policy(every_steps=50), margin_seconds=5)
+    assert plan.steps_per_segment % 50 == 0
+    for seg in plan.segments:
+        assert planning.segment_seconds(seg.end - seg.start, seg.interval, c) + 5 <= 100
+    # one more interval would not fit
+    assert planning.segment_seconds(plan.steps_per_segment + 50, 50, c) + 5 > 100
+    assert plan.segments[-1].end == 10_000
+    assert [s.start for s in plan.segments[1:]] == [s.end for s in plan.segments[:-1]]
+
+
+def test_max_overhead_policy_keeps_overhead_at_or_below_target():
+    plan = planning.make_plan(total_steps=100_000, time_limit=3600, costs=costs(step=0.013, save=0.7),
+                              policy=planning.Policy(max_overhead_percent=1.0))
+    assert plan.overhead.percent <= 1.0
+    assert planning.overhead(1, 0.7, (plan.interval_steps - 1) * 0.013).percent > 1.0
+
+
+def test_time_limit_shorter_than_one_step_plus_save_is_refused():
+    with pytest.raises(planning.PlanError, match="shorter than one step plus one save"):
+        planning.make_plan(total_steps=10, time_limit=3, costs=costs(), policy=planning.Policy(every_steps=1))
+
+
+def test_fixed_steps_per_segment_that_does_not_fit_is_refused():
+    with pytest.raises(planning.PlanError, match="lower steps_per_segment"):
+        planning.make_plan(total_steps=10_000, time_limit=100, costs=costs(),
+                           policy=planning.Policy(every_steps=50), steps_per_segment=5000)
+
+
+def test_replanning_keeps_trained_segments_and_appends_new_ones():
+    c = costs()
+    first = planning.make_plan(total_steps=1000, time_limit=100, costs=c, policy=planning.Policy(every_steps=50))
+    trained = first.segments[:-1] + [first.segments[-1]]
+    slower = costs(step=0.2)  # re-measured: only new segments use the new numbers
+    second = planning.make_plan(total_steps=3000, time_limit=100, costs=slower,
+                                policy=planning.Policy(every_steps=50), frozen=trained)
+    assert second.segments[: len(trained)] == trained
+    assert second.segments[len(trained)].start == 1000
+    assert second.segments[-1].end == 3000
+
+
+def test_lowering_total_steps_below_trained_steps_is_refused():
+    c = costs()
+    first = planning.make_plan(total_steps=1000, time_limit=100, costs=c, policy=planning.Policy(every_steps=50))
+    with pytest.raises(planning.PlanError, match="already trained"):
+        planning.make_plan(total_steps=500, time_limit=100, costs=c, policy=planning.Policy(every_steps=50),
+                           frozen=first.segments)
+
+
+def test_policy_needs_exactly_one_choice():
+    with pytest.raises(planning.PlanError):
+        planning.Policy()
+    with pytest.raises(planning.PlanError):
+        planning.Policy(every_steps=3, mtbf_seconds=10)
+
+
+@pytest.mark.parametrize("text,seconds", [("7d", 604800), ("20s", 20), ("30m", 1800), ("1h30m", 5400),
+                                          ("0.5h", 1800), (90, 90), ("250ms", 0.25), ("12", 12)])
+def test_durations_in_units_people_type(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["-5s", "ten minutes", "", "5x", -1, "1h-3m", True])
+def test_bad_durations_are_refused_with_the_key_named(bad):
+    with pytest.raises(DurationError, match="time_limit"):
+        parse_duration(bad, "time_limit")
+
+
+def test_percentages():
+    assert parse_percent("2%") == 2
+    with pytest.raises(DurationError):
+        parse_percent("150%")
+
+
+def test_planner_cli_prints_the_dsri_example(capsys):
+    assert plan_cli(["--train-time", "7d", "--save-time", "20s", "--interval", "30m"]) == 0
+    out = capsys.readouterr().out
+    assert "NCP  = TT / z = 336" in out
+    assert "1.87 h" in out
+    assert "1.11 %" in out
+
+
+def test_planner_cli_max_overhead_gives_the_interval(capsys):
+    assert plan_cli(["--train-time", "7d", "--save-time", "20s", "--max-overhead", "2%"]) == 0
+    out = capsys.readouterr().out
+    assert "16.7 min" in out and "= 2 %" in out
+
+
+def test_planner_cli_mtbf_prints_young_and_daly(capsys):
+    assert plan_cli(["--train-time", "7d", "--save-time", "20s", "--mtbf", "24h"]) == 0
+    out = capsys.readouterr().out
+    assert "Young" in out and "Daly" in out and "31 min" in out
+
+
+def test_planner_cli_steps_per_segment(capsys):
+    args = ["--train-time", "7d", "--save-time", "20s", "--interval", "30m", "--time-limit", "24h", "--step-time", "0.4s"]
+    assert plan_cli(args) == 0
+    out = capsys.readouterr().out
+    assert "steps in total       = 1512000" in out
+    assert "interval in steps    = 4500" in out
+    assert "segments (jobs)      = 8" in out
+
+
+def test_planner_cli_rejects_bad_units(capsys):
+    assert plan_cli(["--train-time", "7 weeks", "--save-time", "20s"]) == 2
+    assert "--train-time" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segtrain import store as st
+from segtrain.data import DataOrder
+
+
+def write_payload(payload: bytes):
+    def write(folder: Path):
+        (folder / "state.bin").write_bytes(payload)
+        (folder / "extra.txt").write_text("x")
+    return write
+
+
+def test_save_is_complete_with_manifest_and_no_temporary_left(tmp_path):
+    s = st.CheckpointStore(tmp_path)
+    ck = s.save(5, write_payload(b"abc"), {"model_hash": "h"})
+    assert ck.path.name == "step-000000005"
+    manifest = st.verify(ck.path)
+    assert manifest["step"] == 5 and manifest["model_hash"] == "h"
+    assert set(manifest["files"]) == {"state.bin", "extra.txt"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_keep_newest_k_uses_numeric_not_string_order(tmp_path):
+    s = st.CheckpointStore(tmp_path, keep=2)
+    for step in (9, 10, 100, 1000, 99):
+        s.save(step, write_payload(str(step).encode()))
+    s.prune(protect={99})
+    assert s.steps() == [99, 100, 1000]
+    s.prune()
+    assert s.steps() == [100, 1000]
+
+
+def test_keep_below_two_is_refused(tmp_path):
+    with pytest.raises(st.StoreError, match="at least 2"):
+        st.CheckpointStore(tmp_path, keep=1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_manifest", "missing_file"])
+def test_damaged_newest_checkpoint_is_skipped_and_previous_used(tmp_path, damage, caplog):
+    s = st.CheckpointStore(tmp_path, keep=3)
+    s.save(10, write_payload(os.urandom(4096)))
+    newest = s.save(20, write_payload(os.urandom(4096)))
+    f = newest.path / "state.bin"
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[:1000])
+    elif damage == "flip":
+        data = bytearray(f.read_bytes())
+        data[2000] ^= 0x01
+        f.write_bytes(bytes(data))
+    elif damage == "no_manifest":
+        (newest.path / st.MANIFEST).unlink()
+    else:
+        f.unlink()
+    skipped = []
+    found = s.newest_valid(on_skip=lambda step, why: skipped.append((step, why)))
+    assert found.step == 10
+    assert skipped and skipped[0][0] == 20
+    assert "step 20" in caplog.text
+
+
+def test_saving_over_a_damaged_checkpoint_replaces_it(tmp_path):
+    s = st.CheckpointStore(tmp_path)
+    ck = s.save(3, write_payload(b"good"))
+    (ck.path / "state.bin").write_bytes(b"bad!")
+    s.save(3, write_payload(b"good"))
+    assert (ck.path / "state.bin").read_bytes() == b"good"
+    st.verify(ck.path)
+
+
+def test_second_process_cannot_lock_the_same_store(tmp_path):
+    s = st.CheckpointStore(tmp_path)
+    s.lock()
+    code = f"from segtrain.store import CheckpointStore; CheckpointStore({str(tmp_path)!r}).lock()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0 and "in use by pid" in r.stderr
+    s.unlock()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+SAVER = """
+import os, sys, time
+from pathlib import Path
+from segtrain.store import CheckpointStore
+s = CheckpointStore(sys.argv[1], keep=2)
+def write(folder):
+    for i in range(4):
+        with open(folder / f"part{i}", "wb") as fh:
+            fh.write(os.urandom(256 * 1024)); fh.flush(); time.sleep(0.01)
+step = 0
+while True:
+    step += 1
+    s.save(step, write)
+    s.prune(protect={step})
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_during_saves_never_leaves_a_checkpoint_that_counts_but_is_broken(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)])
+    time.sleep(0.6 + rng.uniform(0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    s = st.CheckpointStore(tmp_path)
+    steps = s.steps()
+    assert steps, "the saver wrote nothing before the kill"
+    for step in steps:  # every folder with a final name verifies
+        st.verify(s.path(step))
+    assert s.newest_valid().step == steps[-1]
+    s.clean_partials()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp") or p.name.startswith(".old")] == []
+
+
+def test_recorded_model_hash_reads_the_newest_manifest(tmp_path):
+    s = st.CheckpointStore(tmp_path)
+    assert st.recorded_model_hash(tmp_path) is None
+    s.save(1, write_payload(b"a"), {"model_hash": "old"})
+    s.save(2, write_payload(b"b"), {"model_hash": "new"})
+    assert st.recorded_model_hash(tmp_path) == "new"
+
+
+def test_data_order_is_a_pure_function_of_seed_and_step():
+    a, b = DataOrder(100, 8, seed=3), DataOrder(100, 8, seed=3)
+    steps = list(range(0, 40))
+    first = [a.batch(s).tolist() for s in steps]
+    # another instance, visiting the steps in a different order (as a resumed job does)
+    second = {s: b.batch(s).tolist() for s in reversed(steps)}
+    assert first == [second[s] for s in steps]
+    assert a.steps_per_epoch == 12
+    epoch0 = np.concatenate([a.batch(s) for s in range(12)])
+    assert len(set(epoch0.tolist())) == 96  # no sample twice within an epoch
+    assert a.position(13).to_dict() == {"epoch": 1, "index": 8}
+    assert DataOrder(100, 8, seed=4).batch(0).tolist() != first[0]
