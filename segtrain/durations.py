@@ -24,6 +24,8 @@ def parse_duration(value, what: str = "duration") -> float:
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
+        if text.startswith("-"):
+            raise DurationError(f"{what}: a duration must be zero or positive, got {value!r}")
         if re.fullmatch(r"\d+(\.\d*)?|\.\d+", text):
             seconds = float(text)
         else:

@@ -1,0 +1,94 @@
+"""Bad input is refused before any job starts, with the key and the fix named."""
+
+import pytest
+
+from conftest import MLP, REPO
+
+from segtrain import backends
+from segtrain.config import ConfigError, resolve
+
+
+def cfg(run=None, **defaults):
+    return {"defaults": defaults, "runs": {"r": {**MLP, "total_steps": 10, **(run or {})}}}
+
+
+def check(config, *expected):
+    with pytest.raises(ConfigError) as exc:
+        resolve(config, base=REPO)
+    for text in expected:
+        assert text in str(exc.value)
+    return str(exc.value)
+
+
+def test_valid_config_gets_defaults_and_seconds():
+    runs = resolve(cfg(time_limit="1h30m"), base=REPO)
+    r = runs["r"]
+    assert r["time_limit_seconds"] == 5400
+    assert r["margin_seconds"] == pytest.approx(108)  # default 2 %
+    assert r["policy"] == {"max_overhead_percent": 1.0}
+    assert r["keep"] == 2 and len(r["model_hash"]) == 16
+
+
+def test_misspelled_key_names_the_key_and_suggests_the_right_one():
+    check(cfg({"totl_steps": 5}), "runs.r", "unknown key 'totl_steps'", "did you mean 'total_steps'")
+    check(cfg(time_limt="1h"), "defaults", "unknown key 'time_limt'", "did you mean 'time_limit'")
+    check({"runs": {"r": {**MLP, "total_steps": 1}}, "run": {}}, "unknown key 'run'", "did you mean 'runs'")
+
+
+@pytest.mark.parametrize("value,text", [("-5m", "zero or positive"), ("soon", "cannot read"), (0, "must be positive")])
+def test_bad_time_limit_is_refused(value, text):
+    check(cfg(time_limit=value), "runs.r.time_limit", text)
+
+
+def test_bad_checkpoint_policy_is_refused():
+    check(cfg(checkpoint={"every": "-1h"}), "checkpoint.every")
+    check(cfg(checkpoint={"max_overhead": "120%"}), "max_overhead")
+    check(cfg(checkpoint={"every": "1h", "mtbf": "1d"}), "exactly one")
+
+
+def test_missing_task_file_is_refused():
+    check(cfg({"task": "examples/nope.py"}), "runs.r.task", "'examples/nope.py' not found")
+
+
+def test_task_without_a_required_function_is_refused(tmp_path):
+    task = tmp_path / "task.py"
+    task.write_text("def build_model(p):\n    pass\n\ndef build_dataset(p):\n    pass\n")
+    check(cfg({"task": str(task)}), "does not define build_optimizer, compute_loss", "Writing a task")
+
+
+def test_framework_that_is_not_installed_names_the_package(monkeypatch):
+    info = backends.BackendInfo(module="x", package="surely_not_installed_pkg", install="pip install it",
+                                required=())
+    monkeypatch.setitem(backends.BACKENDS, "torch", info)
+    check(cfg(), "runs.r.framework", "not installed", "pip install it")
+
+
+def test_model_hash_ignores_length_and_time_limit_but_not_hyperparameters():
+    a = resolve(cfg(), base=REPO)["r"]["model_hash"]
+    assert resolve(cfg({"total_steps": 99}, time_limit="3h"), base=REPO)["r"]["model_hash"] == a
+    assert resolve(cfg({"params": {"lr": 1.0}}), base=REPO)["r"]["model_hash"] != a
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("change,expected", [
+    ({"totl_steps": 5}, "did you mean 'total_steps'"),
+    ({"time_limit": "-3h"}, "runs.r.time_limit"),
+    ({"time_limit": "eleven"}, "cannot read 'eleven'"),
+    ({"task": "missing.py"}, "'missing.py' not found"),
+])
+def test_snakemake_stops_before_any_job_on_bad_input(project, change, expected):
+    project.write_config({"r": {**MLP, "total_steps": 10, **change}})
+    r = project.snakemake("-n", check=False)
+    assert r.returncode != 0
+    assert expected in r.stdout + r.stderr
+    assert not (project.root / "results").exists()
+
+
+@pytest.mark.e2e
+def test_time_limit_shorter_than_one_step_plus_save_stops_at_the_plan(project):
+    project.write_config({"r": {**MLP, "total_steps": 10}}, time_limit="4s", safety_margin="1s")
+    r = project.snakemake(check=False)
+    assert r.returncode != 0
+    log = (project.root / "logs" / "plan_segments" / "r.log").read_text()
+    assert "shorter than one step plus one save" in log and "raise time_limit" in log
+    assert not (project.run_dir("r") / "segments").exists()
