@@ -1,0 +1,80 @@
+"""The segment runner in-process with the real PyTorch backend: stop at the deadline or on SIGTERM."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from conftest import MLP, REPO, load_weights, assert_bitwise_equal
+
+from segtrain import runner
+from segtrain.backends.torch_backend import Backend
+from segtrain.config import resolve
+from segtrain.planning import Segment
+
+
+@pytest.fixture
+def run_settings():
+    cfg = {"defaults": {"log_every": 5}, "runs": {"r": {**MLP, "total_steps": 120}}}
+    return resolve(cfg, base=REPO)["r"]
+
+
+def segment(end=120, interval=20, time_limit=3600):
+    return Segment(index=0, start=0, end=end, interval=interval, time_limit=time_limit, save_seconds=0.01)
+
+
+class FakeClock:
+    """A clock that advances a fixed amount on every reading: the deadline arrives mid-segment."""
+
+    def __init__(self, tick):
+        self.t, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.t += self.tick
+        return self.t
+
+
+def export(folder, tmp_path, name):
+    out = tmp_path / name
+    Backend.export(folder, out)
+    return load_weights(out)
+
+
+def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path, run_settings):
+    ref = runner.RunPaths(tmp_path / "ref")
+    runner.run_segment(run_settings, segment(), ref, None, ref.segment_dir(0))
+
+    paths = runner.RunPaths(tmp_path / "cut")
+    with pytest.raises(runner.Stopped, match="deadline"):
+        runner.run_segment(run_settings, segment(time_limit=60), paths, None, paths.segment_dir(0),
+                           clock=FakeClock(0.5))
+    stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
+    assert 0 < stopped_at < 120
+    runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
+    attempts = [json.loads(x) for x in paths.attempts.read_text().splitlines()]
+    assert attempts[1]["status"] == "stopped" and attempts[2]["resumed_from"] == stopped_at
+    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a.pt"),
+                         export(paths.segment_dir(0) / "state", tmp_path, "b.pt"))
+
+
+def test_sigterm_saves_at_the_current_step_and_exits_for_a_retry(tmp_path, run_settings):
+    class SignalledBackend(Backend):
+        steps = 0
+
+        def train_step(self, indices):
+            SignalledBackend.steps += 1
+            if SignalledBackend.steps == 33:
+                os.kill(os.getpid(), signal.SIGTERM)  # a real signal to this process
+            return super().train_step(indices)
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        paths = runner.RunPaths(tmp_path / "run")
+        with pytest.raises(runner.Stopped, match="SIGTERM"):
+            runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0),
+                               backend_factory=SignalledBackend)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert max(runner.store_mod.CheckpointStore(paths.store).steps()) == 33  # not 20: no work lost
+    assert not paths.segment_dir(0).exists()  # the output appears only when the segment is complete
