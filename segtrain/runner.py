@@ -141,13 +141,15 @@ def run_segment(
     out_dir: Path,
     backend_factory=None,
     clock=time.monotonic,
+    job_start: float | None = None,
 ) -> dict:
     """Train ``segment`` of ``run`` and write its output folder; returns the segment summary.
 
     Raises Stopped after saving when a signal or the deadline stops training early.
     """
     started_wall = time.time()
-    deadline = clock() - process_age() + segment.time_limit
+    # The job's clock starts with its process (interpreter and framework start-up count too).
+    deadline = (clock() - process_age() if job_start is None else job_start) + segment.time_limit
     stop = StopFlag()
     stop.install()
 

@@ -48,7 +48,7 @@ def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path,
     paths = runner.RunPaths(tmp_path / "cut")
     with pytest.raises(runner.Stopped, match="deadline"):
         runner.run_segment(run_settings, segment(time_limit=60), paths, None, paths.segment_dir(0),
-                           clock=FakeClock(0.5))
+                           clock=FakeClock(0.5), job_start=0.0)
     stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
     assert 0 < stopped_at < 120
     runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
