@@ -13,7 +13,7 @@ from .runner import RunPaths, Stopped, run_segment
 log = logging.getLogger(__name__)
 
 
-def setup_logging(log_file: str | None) -> None:
+def setup_logging(log_file: str | None = None) -> None:
     handlers = [logging.StreamHandler()]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -84,16 +84,20 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
     return 0
 
 
-def export(run: dict, segment_dirs: list[str], model_out: Path, metrics_out: Path) -> None:
-    """Export the final weights in the framework's usual form and merge every segment's metrics."""
-    import pandas as pd
-
+def export_model(run: dict, segment_dir: Path, out: Path) -> None:
+    """Export the weights of a segment's final checkpoint in the framework's usual form."""
     from .backends import load_backend
 
-    last = Path(segment_dirs[-1]) / "state"
-    store_mod.verify(last)
-    load_backend(run["framework"]).export(last, Path(model_out))
-    frames = [pd.read_csv(Path(d) / "metrics.csv") for d in segment_dirs]
-    merged = pd.concat(frames, ignore_index=True)
-    merged.to_csv(metrics_out, index=False)
-    log.info("exported %s and %d metrics rows from %d segments", model_out, len(merged), len(segment_dirs))
+    state = Path(segment_dir) / "state"
+    store_mod.verify(state)
+    load_backend(run["framework"]).export(run, state, Path(out))
+    log.info("exported %s from %s", out, state)
+
+
+def merge_metrics(segment_dirs: list[Path], out: Path) -> None:
+    """Concatenate every segment's metrics, in segment order."""
+    import pandas as pd
+
+    merged = pd.concat([pd.read_csv(Path(d) / "metrics.csv") for d in segment_dirs], ignore_index=True)
+    merged.to_csv(out, index=False)
+    log.info("merged %d metrics rows from %d segments into %s", len(merged), len(segment_dirs), out)

@@ -37,7 +37,7 @@ class FakeClock:
 
 def export(folder, tmp_path, name):
     out = tmp_path / name
-    Backend.export(folder, out)
+    Backend.export({}, folder, out)
     return load_weights(out)
 
 

@@ -134,7 +134,7 @@ class Backend:
         return state["extra"]
 
     @staticmethod
-    def export(folder: Path, out_path: Path) -> None:
+    def export(run: dict, folder: Path, out_path: Path) -> None:
         """Write the model weights of a checkpoint as a plain ``state_dict`` file."""
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         torch.save(state["model"], out_path)

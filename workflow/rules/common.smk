@@ -98,6 +98,10 @@ def all_segments(wildcards):
     return [segment_dir(wildcards.run, s["index"]) for s in plan["segments"]]
 
 
+def last_segment(wildcards):
+    return all_segments(wildcards)[-1]
+
+
 def get_final_targets(wildcards):
     targets = []
     for name, run in RUNS.items():

@@ -1,14 +1,26 @@
-rule export_run:
-    """The trained weights in the framework's usual form and one metrics table across all segments."""
+rule export_model:
+    """The trained weights of the last segment in the framework's usual form."""
     input:
-        all_segments,
+        last_segment,
     output:
-        model="results/{run}/model.pt",
-        metrics="results/{run}/metrics.csv",
+        "results/{run}/model.{ext}",
     params:
         run=model_settings,
     log:
-        "logs/export_run/{run}.log",
+        "logs/export_model/{run}.{ext}.log",
+    wildcard_constraints:
+        ext="pt|keras",
     shell:
-        "{PYTHON} {SCRIPTS}/export_run.py --run {params.run:q} --model {output.model:q} "
-        "--metrics {output.metrics:q} {input:q} 2>> {log:q}"
+        "{PYTHON} {SCRIPTS}/export_model.py --run {params.run:q} --segment {input:q} --output {output:q} 2>> {log:q}"
+
+
+rule merge_metrics:
+    """One metrics table for the whole run, across all segments and attempts."""
+    input:
+        all_segments,
+    output:
+        "results/{run}/metrics.csv",
+    log:
+        "logs/merge_metrics/{run}.log",
+    shell:
+        "{PYTHON} {SCRIPTS}/merge_metrics.py --output {output:q} {input:q} 2>> {log:q}"
