@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU build from PyPI's CPU wheel on this machine; on a GPU machine: make TORCH=torch
 TORCH ?= torch==2.13.0
+# Keras 3 on TensorFlow; CPU-only build for tests. On a GPU machine: make TENSORFLOW='tensorflow[and-cuda]'
+TENSORFLOW ?= tensorflow-cpu==2.21.0
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
@@ -11,7 +13,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)" "$(TENSORFLOW)"
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 

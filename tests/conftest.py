@@ -27,6 +27,10 @@ TEST_DEFAULTS = {
 }
 MLP = {"task": "examples/digits_mlp_torch.py", "params": {"hidden": 32, "lr": 0.05}}
 CNN = {"task": "examples/digits_cnn_torch.py", "params": {"channels": 8, "dropout": 0.3, "lr": 0.003, "lr_step": 300}}
+KMLP = {**MLP, "task": "examples/digits_mlp_keras.py", "framework": "keras"}
+KCNN = {**CNN, "task": "examples/digits_cnn_keras.py", "framework": "keras"}
+# name -> (task settings, total steps): the example tasks in both frameworks
+TASKS = {"mlp": (MLP, 1500), "cnn": (CNN, 1000), "kmlp": (KMLP, 600), "kcnn": (KCNN, 500)}
 
 
 class Project:
@@ -84,17 +88,29 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 
 def load_weights(path: Path) -> dict:
+    """Exported weights as name -> numpy array, loaded with each framework's plain API."""
+    path = Path(path)
+    if path.suffix == ".keras":
+        import keras
+
+        model = keras.models.load_model(path)
+        return {v.path: v.numpy() for v in model.variables}
     import torch
 
-    return torch.load(path, weights_only=True)
+    return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
+
+
+def model_file(project: "Project", run: str) -> Path:
+    (found,) = [p for p in project.run_dir(run).glob("model.*")]
+    return found
 
 
 def assert_bitwise_equal(a: dict, b: dict):
-    import torch
+    import numpy as np
 
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), f"tensor {k} differs"
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), f"tensor {k} differs"
 
 
 @pytest.fixture
@@ -104,13 +120,12 @@ def project(tmp_path) -> Project:
 
 @pytest.fixture(scope="session")
 def baseline(tmp_path_factory) -> Project:
-    """Uninterrupted single-segment runs of both example tasks, the reference for exact resume."""
+    """Every example task trained as 1 and as 5 segments; the 1-segment runs are the reference."""
     p = Project(tmp_path_factory.mktemp("baseline") / "proj")
-    p.write_config({
-        "mlp-1": {**MLP, "total_steps": 1500, "steps_per_segment": 1500},
-        "cnn-1": {**CNN, "total_steps": 1000, "steps_per_segment": 1000},
-        "mlp-5": {**MLP, "total_steps": 1500, "steps_per_segment": 300},
-        "cnn-5": {**CNN, "total_steps": 1000, "steps_per_segment": 200},
-    })
+    runs = {}
+    for name, (task, total) in TASKS.items():
+        runs[f"{name}-1"] = {**task, "total_steps": total, "steps_per_segment": total}
+        runs[f"{name}-5"] = {**task, "total_steps": total, "steps_per_segment": total // 5}
+    p.write_config(runs)
     p.snakemake()
     return p

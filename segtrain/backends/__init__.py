@@ -24,6 +24,12 @@ BACKENDS = {
         required=("build_model", "build_optimizer", "build_dataset", "compute_loss"),
         optional=("build_scheduler",),
     ),
+    "keras": BackendInfo(
+        module="keras_backend",
+        package="tensorflow",
+        install="pip install tensorflow (CPU only: pip install tensorflow-cpu)",
+        required=("build_model", "build_dataset"),
+    ),
 }
 
 

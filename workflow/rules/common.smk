@@ -13,7 +13,7 @@ from segtrain.store import recorded_model_hash
 
 PYTHON = sys.executable
 SCRIPTS = str(Path(workflow.basedir) / "scripts")
-EXPORT_EXT = {"torch": "pt"}
+EXPORT_EXT = {"torch": "pt", "keras": "keras"}
 
 try:
     RUNS = resolve(config, base=Path.cwd())

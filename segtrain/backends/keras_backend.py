@@ -1,0 +1,122 @@
+"""Keras 3 (TensorFlow backend): builds the task, takes steps, and turns the full state into files.
+
+Why not ``model.fit`` with ``ModelCheckpoint``/``BackupAndRestore``: those restore weights or the
+epoch, not the batch, and ``tf.train.Checkpoint`` misses the Keras 3 seed-generator state that
+dropout draws from. Here the state is every ``model.variables`` value (weights and seed-generator
+states) and every ``optimizer.variables`` value (iteration count included), assigned back in
+order; with the data order owned by the pipeline, a resume is bitwise identical.
+
+Files are a ``.npz`` of plain numeric arrays (loaded with ``allow_pickle=False``) and JSON:
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras  # noqa: E402
+
+from ..taskfile import load_task  # noqa: E402
+
+ARRAYS = "state.npz"
+META = "state.json"
+
+
+class Backend:
+    """Trains a compiled Keras model one batch at a time; see README 'Writing a task'."""
+
+    framework = "keras"
+
+    def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()!r}; this backend needs 'tensorflow'")
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # already initialised in this process (tests build several backends)
+        keras.utils.set_random_seed(seed)  # python, numpy and the backend's global seed
+        tf.config.experimental.enable_op_determinism()
+        self.task = load_task(task_path)
+        self.params = dict(params)
+        data = self.task.build_dataset(self.params)
+        self.arrays = [np.asarray(a) for a in data]
+        self.num_samples = len(self.arrays[0])
+        self.model = self.task.build_model(self.params)
+        if getattr(self.model, "optimizer", None) is None or not self.model.compiled:
+            raise RuntimeError(f"{task_path}: build_model must return a compiled model (model.compile(optimizer, loss))")
+        if not self.model.built:
+            self.model.build((None, *self.arrays[0].shape[1:]))
+        # Create the optimizer's variables now, so a restore can assign them before the first step.
+        self.model.optimizer.build(self.model.trainable_variables)
+
+    def train_step(self, indices: np.ndarray) -> dict:
+        idx = np.asarray(indices, dtype=np.int64)
+        x, y = (a[idx] for a in self.arrays[:2])
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs = self.model.train_on_batch(x, y, return_dict=True)
+        row = {"loss": float(logs.pop("loss")), "lr": lr}
+        row.update({k: float(v) for k, v in logs.items()})
+        return row
+
+    def _variables(self):
+        return list(self.model.variables), list(self.model.optimizer.variables)
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        model_vars, opt_vars = self._variables()
+        arrays = {f"model_{i:05d}": v.numpy() for i, v in enumerate(model_vars)}
+        arrays.update({f"optimizer_{i:05d}": v.numpy() for i, v in enumerate(opt_vars)})
+        key, keys, pos, has_gauss, cached = np.random.get_state()
+        arrays["numpy_rng_keys"] = keys
+        with open(Path(folder) / ARRAYS, "wb") as fh:
+            np.savez(fh, **arrays)
+        version, internal, gauss = random.getstate()
+        meta = {
+            "extra": extra,
+            "model_variables": [[v.path, list(v.shape)] for v in model_vars],
+            "optimizer_variables": [[v.path, list(v.shape)] for v in opt_vars],
+            "python_rng": [version, list(internal), gauss],
+            "numpy_rng": [key, int(pos), int(has_gauss), float(cached)],
+        }
+        (Path(folder) / META).write_text(json.dumps(meta))
+
+    def read_state(self, folder: Path) -> dict:
+        meta = json.loads((Path(folder) / META).read_text())
+        model_vars, opt_vars = self._variables()
+        with np.load(Path(folder) / ARRAYS, allow_pickle=False) as data:
+            for prefix, variables, recorded in (("model", model_vars, meta["model_variables"]),
+                                                ("optimizer", opt_vars, meta["optimizer_variables"])):
+                if len(variables) != len(recorded) or any(
+                    list(v.shape) != shape for v, (_, shape) in zip(variables, recorded)
+                ):
+                    raise RuntimeError(
+                        f"the checkpoint in {folder} does not fit the model the task builds now "
+                        f"({prefix} variables differ); the model definition changed: give the run a new name"
+                    )
+                for i, v in enumerate(variables):
+                    v.assign(data[f"{prefix}_{i:05d}"])
+            keys = data["numpy_rng_keys"]
+        version, internal, gauss = meta["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        key, pos, has_gauss, cached = meta["numpy_rng"]
+        np.random.set_state((key, keys, pos, has_gauss, cached))
+        return meta["extra"]
+
+    @staticmethod
+    def export(run: dict, folder: Path, out_path: Path) -> None:
+        """Rebuild the task's model, load the checkpoint and save it as a ``.keras`` file."""
+        from ..config import find_task
+
+        task = str(find_task(run["task"]) or run["task"])
+        backend = Backend(task, run.get("params", {}), run["seed"], run.get("threads", 1))
+        backend.read_state(folder)
+        backend.model.save(out_path)
