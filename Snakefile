@@ -14,6 +14,13 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/export.smk"
 
 
+# Cheap bookkeeping runs where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    plan_segments,
+    merge_metrics,
+
+
 rule all:
     input:
         get_final_targets,

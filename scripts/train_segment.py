@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from segtrain.runner import STOP  # noqa: E402
+
+STOP.install()  # before the framework import: a SIGTERM/SIGUSR1 during start-up must not kill us
+
 from segtrain import pipeline  # noqa: E402
 
 p = argparse.ArgumentParser()

@@ -83,9 +83,18 @@ def find_task(task: str, base: Path = Path(".")) -> Path | None:
 
 
 def task_functions(path: Path) -> set[str]:
-    """Names of the top-level functions a task file defines, read without running it."""
+    """Names a task file binds at top level (def, assignment, import), read without running it."""
     tree = ast.parse(Path(path).read_text(), filename=str(path))
-    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
 
 
 def model_hash(run: dict) -> str:
@@ -119,6 +128,7 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
             run["time_limit_seconds"] = parse_duration(run["time_limit"], f"{where}.time_limit")
             if run["time_limit_seconds"] <= 0:
                 raise DurationError(f"{where}.time_limit: must be positive, got {run['time_limit']!r}")
+            run["grace_period_seconds"] = parse_duration(run["grace_period"], f"{where}.grace_period")
             margin = run["safety_margin"]
             if isinstance(margin, str) and margin.strip().endswith("%"):
                 pct = parse_percent(margin, f"{where}.safety_margin")

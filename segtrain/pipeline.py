@@ -58,6 +58,7 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
         frozen=frozen_segments(Path(plan_json).parent),
         keep=run["keep"],
         log_every=run["log_every"],
+        grace_seconds=run["grace_period_seconds"],
     )
     data = result.to_dict()
     data["run"] = run["name"]

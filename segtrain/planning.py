@@ -68,6 +68,7 @@ class Costs:
     load_seconds: float = 0.0
     startup_seconds: float = 0.0
     checkpoint_bytes: int = 0
+    save_seconds_max: float = 0.0  # the slowest measured save: what must fit in a grace period
 
     @classmethod
     def from_dict(cls, data: dict) -> "Costs":
@@ -201,6 +202,7 @@ def make_plan(
     frozen: list[Segment] | None = None,
     keep: int = 2,
     log_every: int = 10,
+    grace_seconds: float | None = None,
 ) -> Plan:
     """Plan a run; ``frozen`` segments (already trained) are kept exactly as they were."""
     if total_steps < 1:
@@ -244,6 +246,14 @@ def make_plan(
     interval_seconds = interval * step
     ovh = overhead(total_steps * step, costs.save_seconds, interval_seconds)
     restart = costs.startup_seconds + costs.load_seconds
+    slowest = max(costs.save_seconds, costs.save_seconds_max)
+    if grace_seconds is not None and slowest > 0.5 * grace_seconds:
+        warnings.append(
+            f"a save takes up to {slowest:.3g} s but the platform's grace period between SIGTERM and "
+            f"SIGKILL is {grace_seconds:g} s: a stop signal may kill the save and lose up to one interval. "
+            "Raise the grace period (terminationGracePeriodSeconds, SLURM KillWait) or rely on the "
+            "deadline guard, which stops before the time limit"
+        )
     if ovh.percent > 10:
         warnings.append(
             f"checkpointing costs {ovh.percent:.1f} % of the training time; consider a longer interval"

@@ -74,16 +74,23 @@ class StopFlag:
 
     def __init__(self):
         self.signal: int | None = None
+        self.installed = False
 
     def install(self):
+        """Catch the stop signals from now on; call it before slow imports, since a signal that
+        arrives while the framework loads would otherwise end the process by default."""
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handler)
+        self.installed = True
 
     def _handler(self, signum, frame):
         self.signal = signum
 
     def __bool__(self):
         return self.signal is not None
+
+
+STOP = StopFlag()  # one per process: signals are process-wide
 
 
 class MetricsLog:
@@ -150,8 +157,9 @@ def run_segment(
     started_wall = time.time()
     # The job's clock starts with its process (interpreter and framework start-up count too).
     deadline = (clock() - process_age() if job_start is None else job_start) + segment.time_limit
-    stop = StopFlag()
-    stop.install()
+    stop = STOP
+    if not stop.installed:
+        stop.install()
 
     store = store_mod.CheckpointStore(paths.store, keep=run["keep"])
     store.lock()

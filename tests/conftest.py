@@ -45,6 +45,7 @@ class Project:
                 shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy2(src, root / name)
+        shutil.copytree(REPO / "tests" / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
         (root / "config").mkdir()
 
     def write_config(self, runs: dict, **defaults) -> Path:
@@ -53,8 +54,8 @@ class Project:
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
-    def snakemake(self, *args, check=True, timeout=600, **popen) -> subprocess.CompletedProcess:
-        cmd = [SNAKEMAKE, "--cores", "2", *args]
+    def snakemake(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
+        cmd = [SNAKEMAKE, *args] if any(a.startswith("--profile") for a in args) else [SNAKEMAKE, "--cores", "2", *args]
         r = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}")
@@ -94,10 +95,32 @@ def load_weights(path: Path) -> dict:
         import keras
 
         model = keras.models.load_model(path)
-        return {v.path: v.numpy() for v in model.variables}
+        # By position: Keras makes names unique per process (dense, dense_1, ...). A .keras file
+        # does not restore seed-generator states (load_model draws new ones): not weights, skipped;
+        # final_state() compares them, from the checkpoint itself.
+        weights = [v for v in model.variables if "seed_generator" not in v.path]
+        return {f"{i:03d}": v.numpy() for i, v in enumerate(weights)}
     import torch
 
     return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
+
+
+def final_state(project: "Project", run: str) -> dict:
+    """Every array of the run's final checkpoint (Keras: weights, seed generators, optimizer)."""
+    import numpy as np
+
+    last = sorted((project.run_dir(run) / "segments").iterdir())[-1] / "state"
+    if (last / "state.npz").exists():
+        with np.load(last / "state.npz", allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    import torch
+
+    state = torch.load(last / "state.pt", weights_only=True)
+    arrays = {f"model.{k}": v.numpy() for k, v in state["model"].items()}
+    for pid, slot in state["optimizer"]["state"].items():
+        arrays.update({f"optimizer.{pid}.{k}": torch.as_tensor(v).numpy() for k, v in slot.items()})
+    arrays["rng.torch"] = state["rng"]["torch"].numpy()
+    return arrays
 
 
 def model_file(project: "Project", run: str) -> Path:

@@ -56,6 +56,13 @@ def test_task_without_a_required_function_is_refused(tmp_path):
     check(cfg({"task": str(task)}), "does not define build_optimizer, compute_loss", "Writing a task")
 
 
+def test_task_may_import_or_assign_its_functions(tmp_path):
+    task = tmp_path / "task.py"
+    task.write_text("from mylib import build_model, build_optimizer as build_optimizer\n"
+                    "import other\nbuild_dataset = other.data\ncompute_loss: object = other.loss\n")
+    resolve(cfg({"task": str(task)}), base=REPO)
+
+
 def test_framework_that_is_not_installed_names_the_package(monkeypatch):
     info = backends.BackendInfo(module="x", package="surely_not_installed_pkg", install="pip install it",
                                 required=())

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import TASKS, assert_bitwise_equal, load_weights, model_file
+from conftest import TASKS, assert_bitwise_equal, final_state, load_weights, model_file
 
 from segtrain import store as st
 
@@ -21,6 +21,7 @@ def test_one_segment_and_five_segments_end_bitwise_identical(baseline, task):
     assert len(list((five / "segments").iterdir())) == 5
     assert_bitwise_equal(load_weights(model_file(baseline, f"{task}-1")),
                          load_weights(model_file(baseline, f"{task}-5")))
+    assert_bitwise_equal(final_state(baseline, f"{task}-1"), final_state(baseline, f"{task}-5"))
     m1, m5 = pd.read_csv(one / "metrics.csv"), pd.read_csv(five / "metrics.csv")
     cols = ["step", "loss", "lr"]
     rows1 = m1.dropna(subset=["loss"])[cols].drop_duplicates("step").reset_index(drop=True)
@@ -91,6 +92,7 @@ def test_sigkill_of_training_process_resumes_from_newest_periodic_checkpoint(pro
     assert attempts[1]["resumed_from"] == resume_at
     assert attempts[1]["source"].startswith("periodic checkpoint")
     assert_bitwise_equal(load_weights(model_file(baseline, f"{task}-1")), load_weights(model_file(project, "cnn-kill")))
+    assert_bitwise_equal(final_state(baseline, f"{task}-1"), final_state(project, "cnn-kill"))
 
 
 @pytest.mark.parametrize("task", ["cnn", "kcnn"])
@@ -115,3 +117,4 @@ def test_killed_snakemake_process_resumes_with_rerun_incomplete(project, baselin
     assert len(retried) == 1  # only the killed segment ran twice
     assert retried[0]["resumed_from"] == resume_at and retried[0]["source"].startswith("periodic checkpoint")
     assert_bitwise_equal(load_weights(model_file(baseline, f"{task}-1")), load_weights(model_file(project, "cnn-sm")))
+    assert_bitwise_equal(final_state(baseline, f"{task}-1"), final_state(project, "cnn-sm"))

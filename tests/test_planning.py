@@ -143,3 +143,15 @@ def test_planner_cli_steps_per_segment(capsys):
 def test_planner_cli_rejects_bad_units(capsys):
     assert plan_cli(["--train-time", "7 weeks", "--save-time", "20s"]) == 2
     assert "--train-time" in capsys.readouterr().err
+
+
+def test_plan_warns_when_a_save_does_not_fit_the_grace_period():
+    slow = planning.Costs(step_seconds=0.1, save_seconds=20, save_seconds_max=25)
+    plan = planning.make_plan(total_steps=100_000, time_limit=86400, costs=slow,
+                              policy=planning.Policy(every_steps=5000), grace_seconds=30)
+    assert any("grace period" in w for w in plan.warnings)
+    assert "grace period" in planning.plan_table(plan)
+    fast = planning.Costs(step_seconds=0.1, save_seconds=2, save_seconds_max=3)
+    plan = planning.make_plan(total_steps=100_000, time_limit=86400, costs=fast,
+                              policy=planning.Policy(every_steps=5000), grace_seconds=30)
+    assert not plan.warnings

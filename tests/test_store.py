@@ -142,3 +142,30 @@ def test_data_order_is_a_pure_function_of_seed_and_step():
     assert len(set(epoch0.tolist())) == 96  # no sample twice within an epoch
     assert a.position(13).to_dict() == {"epoch": 1, "index": 8}
     assert DataOrder(100, 8, seed=4).batch(0).tolist() != first[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 512 KiB file system (tmpfs; needs root), unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a small tmpfs: {r.stderr}")
+        pytest.skip(f"cannot mount a small tmpfs: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_during_save_gives_a_clear_error_and_keeps_earlier_checkpoints(small_disk):
+    s = st.CheckpointStore(small_disk / "ckpt", keep=2)
+    s.save(1, write_payload(os.urandom(100_000)))
+    s.save(2, write_payload(os.urandom(100_000)))
+    with pytest.raises(st.StoreError, match="no space left.*earlier checkpoints are intact"):
+        s.save(3, write_payload(os.urandom(400_000)))
+    assert s.steps() == [1, 2]
+    for step in s.steps():
+        st.verify(s.path(step))
+    assert [p.name for p in s.root.iterdir() if p.name.startswith(".tmp")] == []
+    assert s.newest_valid().step == 2

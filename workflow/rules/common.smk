@@ -53,7 +53,7 @@ def measure_settings(wildcards):
 
 
 def plan_settings(wildcards):
-    keys = ("name", "model_hash", "total_steps", "time_limit_seconds", "margin_seconds", "policy")
+    keys = ("name", "model_hash", "total_steps", "time_limit_seconds", "margin_seconds", "policy", "grace_period_seconds")
     return _subset(wildcards.run, keys + ("steps_per_segment", "keep", "log_every"))
 
 

@@ -1,0 +1,141 @@
+"""Chaos harness: run a pipeline while killing its training processes at random moments.
+
+A killer thread waits a random time, then sends SIGKILL or SIGTERM to whichever train_segment
+process holds the run's store lock; some kills land inside saves. Snakemake's retries restart the
+killed segments. Afterwards the harness reports the kills survived, how many hit a save, the work
+lost per kill (steps between the last step logged before the kill and the step resumed from),
+and whether the final weights equal an uninterrupted run's. Seeded, so failures reproduce.
+
+    python tests/chaos.py [--kills 20] [--seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import MLP, Project, final_state, load_weights, model_file  # noqa: E402
+
+RUN = "chaos"
+INTERVAL = 20
+
+
+def _train_pid(store: Path) -> int | None:
+    """The pid of the live train_segment process holding the store's lock, if any."""
+    try:
+        pid = int((store / ".lock").read_text().split()[1])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError, ValueError):
+        return None
+    return pid if b"train_segment.py" in cmdline else None
+
+
+def _last_logged_step(store: Path) -> int:
+    steps = [0]
+    for f in (store / "metrics").glob("segment-*.csv"):
+        with open(f, newline="") as fh:
+            steps += [int(r["step"]) for r in csv.DictReader(fh) if r.get("step", "").isdigit()]
+    return max(steps)
+
+
+def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
+    spec = {**MLP, "params": {"hidden": 1024, "lr": 0.05}, "total_steps": 3000, "steps_per_segment": 1500}
+    settings = dict(checkpoint={"every_steps": INTERVAL}, log_every=1, keep=2)
+
+    ref = Project(root / "ref")
+    ref.write_config({RUN: spec}, **settings)
+    ref.snakemake()
+
+    p = Project(root / "chaos")
+    p.write_config({RUN: spec}, **settings)
+    store = p.run_dir(RUN) / "ckpt"
+    rng = np.random.default_rng(seed)
+    log: list[dict] = []
+    done = threading.Event()
+
+    def killer():
+        while len(log) < kills and not done.is_set():
+            pid = _train_pid(store)
+            if pid is None:
+                time.sleep(0.05)
+                continue
+            time.sleep(rng.uniform(0.3, 2.0))  # let it train (and save) for a random while
+            if _train_pid(store) != pid:
+                continue
+            sig = signal.SIGKILL if rng.random() < 0.6 else signal.SIGTERM
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue
+            if sig == signal.SIGKILL:
+                # SIGKILL is instant: what is on disk now is exactly what the kill left behind
+                mid_save = any(e.name.startswith(".tmp-step-") for e in store.iterdir())
+            else:
+                mid_save = None  # SIGTERM: the process saves and exits at its next step boundary
+            while Path(f"/proc/{pid}").exists():
+                time.sleep(0.01)
+            log.append({"signal": sig.name, "at_step": _last_logged_step(store), "mid_save": mid_save,
+                        "time": time.time()})
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = p.snakemake("--retries", str(kills + 5), check=False, timeout=1500)
+    done.set()
+    thread.join(timeout=5)
+    if result.returncode != 0:
+        raise AssertionError(f"the pipeline did not survive:\n{result.stderr[-6000:]}")
+
+    attempts = [json.loads(line) for line in (store / "attempts.jsonl").read_text().splitlines()]
+    starts = [a for a in attempts if "resumed_from" in a]
+    # each kill is followed by the next attempt's start; the work lost is the steps trained again
+    for kill in log:
+        nxt = next((a for a in starts if a["start_time"] > kill["time"]), None)
+        kill["resumed_from"] = nxt["resumed_from"] if nxt else None
+        kill["lost_steps"] = kill["at_step"] - nxt["resumed_from"] if nxt else None
+    corrupted = [s for a in starts for s in a.get("skipped", [])]
+    identical = True
+    try:
+        from conftest import assert_bitwise_equal
+
+        assert_bitwise_equal(load_weights(model_file(ref, RUN)), load_weights(model_file(p, RUN)))
+        assert_bitwise_equal(final_state(ref, RUN), final_state(p, RUN))
+    except AssertionError:
+        identical = False
+    return {"kills": log, "corrupted": corrupted, "identical": identical, "interval": INTERVAL,
+            "attempts": len(starts)}
+
+
+def report(result: dict) -> str:
+    kills = result["kills"]
+    lost = [k["lost_steps"] for k in kills if k["lost_steps"] is not None]
+    lines = [
+        f"kills survived: {len(kills)} ({sum(k['signal'] == 'SIGKILL' for k in kills)} SIGKILL, "
+        f"{sum(k['signal'] == 'SIGTERM' for k in kills)} SIGTERM), {sum(bool(k['mid_save']) for k in kills)} "
+        f"SIGKILLs landed inside a save",
+        f"segment attempts: {result['attempts']}; checkpoints found damaged at resume: {len(result['corrupted'])}",
+        f"work lost per kill (steps; interval {result['interval']}): max {max(lost, default=0)}, "
+        f"mean {sum(lost) / max(len(lost), 1):.1f}; after SIGTERM: "
+        f"{[k['lost_steps'] for k in kills if k['signal'] == 'SIGTERM']}",
+        f"final weights and state bitwise identical to the uninterrupted run: {result['identical']}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        print(report(run_chaos(Path(tmp), args.kills, args.seed)))

@@ -1,0 +1,32 @@
+"""Test task: a digits MLP (PyTorch) with dropout and a pause of params['pause'] s in every step.
+
+The pause makes a segment outlast a walltime; it touches no numbers, so a run with pause 0 is the
+exact reference for a run with a pause.
+"""
+
+import time
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+
+def build_dataset(params):
+    digits = load_digits()
+    return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target)
+
+
+def build_model(params):
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+    model.pause = params.get("pause", 0.0)  # a plain attribute: not part of the state
+    return model
+
+
+def build_optimizer(model, params):
+    return torch.optim.Adam(model.parameters(), lr=0.003)
+
+
+def compute_loss(model, batch):
+    time.sleep(model.pause)
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)

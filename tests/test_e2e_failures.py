@@ -1,0 +1,54 @@
+"""Failures of the real processes: SIGTERM with a grace period, and random kills (chaos)."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import CNN
+from test_e2e_resume import wait_for_checkpoint
+
+from segtrain import store as st
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project):
+    project.write_config({"r": {**CNN, "total_steps": 3000, "steps_per_segment": 3000}},
+                         checkpoint={"every_steps": 500}, log_every=1)
+    proc = project.popen()
+    store_root = project.run_dir("r") / "ckpt"
+    wait_for_checkpoint(store_root, 500, proc)
+    pid = int((store_root / ".lock").read_text().split()[1])
+    os.kill(pid, signal.SIGTERM)  # what Kubernetes sends when a booking ends
+    sent = time.time()
+    while os.path.exists(f"/proc/{pid}") and time.time() - sent < 30:
+        time.sleep(0.01)
+    exited_after = time.time() - sent
+    if os.path.exists(f"/proc/{pid}"):
+        os.kill(pid, signal.SIGKILL)  # the end of the grace period
+    proc.wait(timeout=120)
+    assert exited_after < 30, "the segment did not stop within the grace period"
+    steps = st.CheckpointStore(store_root).steps()
+    assert steps[-1] % 500 != 0, f"no checkpoint at the step the signal found: {steps}"
+    ends = [a for a in project.attempts("r") if a.get("status") == "stopped"]
+    assert ends and ends[0]["end_step"] == steps[-1] and "SIGTERM" in ends[0]["reason"]
+    st.verify(st.CheckpointStore(store_root).path(steps[-1]))
+
+
+def test_chaos_twenty_random_kills_lose_at_most_one_interval_and_end_identical(tmp_path, capsys):
+    from chaos import INTERVAL, report, run_chaos
+
+    result = run_chaos(tmp_path, kills=20, seed=7)
+    with capsys.disabled():
+        print("\n[chaos]\n" + report(result))
+    kills = result["kills"]
+    assert len(kills) >= 20
+    assert result["corrupted"] == []  # no checkpoint was ever found damaged or lost
+    for kill in kills:
+        assert kill["lost_steps"] is not None
+        assert 0 <= kill["lost_steps"] <= INTERVAL, kill
+        if kill["signal"] == "SIGTERM":
+            assert kill["lost_steps"] == 0, kill
+    assert result["identical"]

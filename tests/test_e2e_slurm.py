@@ -1,0 +1,61 @@
+"""A real single-node SLURM kills the segments at a 1-minute walltime; retries finish the run.
+
+The suite starts SLURM itself (tests/slurm/start-slurm.sh: Debian's slurm-wlm and munge, as root).
+Where that is impossible the test is skipped with the reason; in CI (CI=true) it must run.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import REPO, Project, assert_bitwise_equal, final_state, load_weights, model_file
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    why = None
+    if os.geteuid() != 0:
+        why = "starting SLURM needs root"
+    else:
+        r = subprocess.run(["bash", str(REPO / "tests/slurm/start-slurm.sh")], capture_output=True, text=True)
+        if r.returncode != 0:
+            why = f"SLURM did not start: {r.stderr[-2000:]}"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def test_segments_killed_by_slurm_walltime_resume_by_retries_and_end_bitwise_identical(tmp_path, slurm):
+    runs = {
+        "torch-slurm": {"task": "tasks/slow_digits_torch.py", "params": {"pause": 0.04}},
+        "keras-slurm": {"task": "tasks/slow_digits_keras.py", "framework": "keras", "params": {"pause": 0.04}},
+    }
+    common = {"total_steps": 1000, "checkpoint": {"every_steps": 40}}
+    settings = dict(time_limit="3m", safety_margin="5s", measure_steps=3, measure_saves=2)
+
+    # the reference: the same runs without the pause, on the local executor, uninterrupted
+    ref = Project(tmp_path / "ref")
+    ref.write_config({name: {**spec, **common, "params": {"pause": 0.0}} for name, spec in runs.items()}, **settings)
+    ref.snakemake()
+
+    # Under SLURM the plan expects 3-minute jobs, but the partition allows only 1 minute (e.g. a
+    # lower limit or preemption): SLURM sends SIGTERM at the walltime, and every retry resumes.
+    p = Project(tmp_path / "slurm")
+    p.write_config({name: {**spec, **common} for name, spec in runs.items()}, **settings)
+    p.snakemake("--profile", "profiles/slurm",
+                "--set-resources", "train_segment:runtime=1", "train_segment:slurm_extra='--signal=USR1@15'",
+                "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "5",
+                "--retries", "6", timeout=1200)
+    for name in runs:
+        attempts = p.attempts(name)
+        stops = [a for a in attempts if a.get("status") == "stopped"]
+        assert stops, f"{name}: SLURM never stopped a segment: {attempts}"
+        assert all("SIGTERM" in a["reason"] or "SIGUSR1" in a["reason"] for a in stops)
+        resumed = [a for a in attempts if a.get("attempt", 1) > 1 and "resumed_from" in a]
+        assert resumed and all(a["source"].startswith("periodic checkpoint") for a in resumed)
+        assert_bitwise_equal(load_weights(model_file(ref, name)), load_weights(model_file(p, name)))
+        assert_bitwise_equal(final_state(ref, name), final_state(p, name))
