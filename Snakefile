@@ -7,11 +7,15 @@ min_version("9.20")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/plan.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/report.smk"
 
 
 # Cheap bookkeeping runs where Snakemake runs, not as cluster jobs.
@@ -19,6 +23,8 @@ localrules:
     all,
     plan_segments,
     merge_metrics,
+    plot_run,
+    compare_runs,
 
 
 rule all:

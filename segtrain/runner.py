@@ -173,14 +173,22 @@ def run_segment(
         order = DataOrder(backend.num_samples, run["batch_size"], run["seed"])
 
         skipped: list[dict] = []
+        t_restore = time.perf_counter()
         source, step = _restore(run, segment, store, previous, backend, skipped)
+        restore_seconds = time.perf_counter() - t_restore
         attempt = _next_attempt(paths, segment.index)
         metrics = MetricsLog(paths.working_metrics(segment.index))
+        # Rows past the restored step were logged by an attempt that died before saving them:
+        # that is the work this failure lost (it is trained again, identically).
+        beyond = [r for r in metrics.rows if int(r["step"]) > step]
+        lost = {"lost_steps": max(int(r["step"]) for r in beyond) - step,
+                "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
         metrics.truncate_after(step)
         with open(paths.attempts, "a") as fh:
             fh.write(json.dumps({
                 "segment": segment.index, "attempt": attempt, "start_time": started_wall,
-                "resumed_from": step, "source": source, "skipped": skipped,
+                "train_start_time": time.time(), "resumed_from": step, "source": source,
+                "restore_seconds": restore_seconds, "skipped": skipped, **lost,
             }) + "\n")
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, attempt, step, source, segment.end, segment.interval)
@@ -218,7 +226,8 @@ def run_segment(
         final = store.path(segment.end)
         store_mod.verify(final)
         _append_attempt_end(paths, segment.index, attempt, step, "completed", "")
-        return _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall)
+        history = _segment_attempts(paths, segment.index)
+        return _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history)
     finally:
         store.unlock()
 
@@ -301,7 +310,20 @@ def _append_attempt_end(paths, segment, attempt, step, status, why):
                              "end_step": step, "status": status, "reason": why}) + "\n")
 
 
-def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall) -> dict:
+def _segment_attempts(paths: RunPaths, segment: int) -> list[dict]:
+    """Every start and end record of ``segment``'s attempts, in order (a kill leaves no end)."""
+    records = []
+    for line in paths.attempts.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("segment") == segment:
+            records.append(rec)
+    return records
+
+
+def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history) -> dict:
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -318,6 +340,7 @@ def _write_output(segment, final, metrics, out_dir, source, attempt, saves, star
         "saves_this_attempt": len(saves),
         "save_seconds_max": max(saves, default=0.0),
         "wall_seconds_this_attempt": time.time() - started_wall,
+        "history": history,
     }
     store_mod.write_json_atomic(out_dir / "segment.json", summary)  # written last: the output is complete
     return summary

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import MLP, Project, final_state, load_weights, model_file  # noqa: E402
 
 RUN = "chaos"
-INTERVAL = 20
+INTERVAL = 10
 
 
 def _train_pid(store: Path) -> int | None:
@@ -41,6 +41,23 @@ def _train_pid(store: Path) -> int | None:
     return pid if b"train_segment.py" in cmdline else None
 
 
+def _starts(store: Path) -> int:
+    """How many segment attempts have begun training (restored and logged their start)."""
+    try:
+        text = (store / "attempts.jsonl").read_text()
+    except OSError:
+        return 0
+    return text.count('"resumed_from"')
+
+
+def _wait_for_save_in_flight(store: Path, timeout: float) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if any(e.name.startswith(".tmp-step-") for e in os.scandir(store)):
+            return
+        time.sleep(0.0005)
+
+
 def _last_logged_step(store: Path) -> int:
     steps = [0]
     for f in (store / "metrics").glob("segment-*.csv"):
@@ -50,8 +67,9 @@ def _last_logged_step(store: Path) -> int:
 
 
 def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
-    spec = {**MLP, "params": {"hidden": 1024, "lr": 0.05}, "total_steps": 3000, "steps_per_segment": 1500}
-    settings = dict(checkpoint={"every_steps": INTERVAL}, log_every=1, keep=2)
+    # a wide layer makes saves (about 4 MB with Adam's state) long enough for kills to land in them
+    spec = {**MLP, "params": {"hidden": 4096, "lr": 0.05}, "total_steps": 8000, "steps_per_segment": 2000}
+    settings = dict(checkpoint={"every_steps": INTERVAL}, log_every=1, keep=2, measure_steps=5, measure_saves=2)
 
     ref = Project(root / "ref")
     ref.write_config({RUN: spec}, **settings)
@@ -65,15 +83,19 @@ def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
     done = threading.Event()
 
     def killer():
+        seen = 0
         while len(log) < kills and not done.is_set():
             pid = _train_pid(store)
-            if pid is None:
-                time.sleep(0.05)
+            if pid is None or _starts(store) <= seen:
+                time.sleep(0.01)  # wait for a new attempt to start training
                 continue
-            time.sleep(rng.uniform(0.3, 2.0))  # let it train (and save) for a random while
+            seen = _starts(store)
+            time.sleep(rng.uniform(0.05, 1.5))  # let it train (and save) for a random while
             if _train_pid(store) != pid:
                 continue
             sig = signal.SIGKILL if rng.random() < 0.6 else signal.SIGTERM
+            if sig == signal.SIGKILL and rng.random() < 0.5:
+                _wait_for_save_in_flight(store, timeout=1.0)  # aim this one at a save
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:

@@ -45,6 +45,7 @@ def test_chaos_twenty_random_kills_lose_at_most_one_interval_and_end_identical(t
         print("\n[chaos]\n" + report(result))
     kills = result["kills"]
     assert len(kills) >= 20
+    assert sum(bool(k["mid_save"]) for k in kills) >= 1, "no kill landed inside a save"
     assert result["corrupted"] == []  # no checkpoint was ever found damaged or lost
     for kill in kills:
         assert kill["lost_steps"] is not None

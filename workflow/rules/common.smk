@@ -109,5 +109,6 @@ def get_final_targets(wildcards):
             f"results/{name}/model.{EXPORT_EXT[run['framework']]}",
             f"results/{name}/metrics.csv",
             f"results/{name}/plan.txt",
+            f"results/{name}/report/training.svg",
         ]
-    return targets
+    return targets + ["results/compare/loss.svg"]

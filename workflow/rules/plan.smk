@@ -5,7 +5,12 @@ checkpoint plan_segments:
         costs="results/{run}/costs.json",
     output:
         plan="results/{run}/plan.json",
-        table="results/{run}/plan.txt",
+        table=report(
+            "results/{run}/plan.txt",
+            caption="../report/plan.rst",
+            category="{run}",
+            subcategory="Plan",
+        ),
     params:
         run=plan_settings,
     log:

@@ -1,0 +1,94 @@
+"""The HTML report has, for every run, the plan, training curves, checkpoint costs and a timeline."""
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from test_e2e_resume import wait_for_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+SECTIONS = {"Plan", "Training", "Checkpoints", "Timeline"}
+
+
+def read_report(path):
+    text = path.read_text()
+    found = {}
+    for var in ("results", "categories"):
+        m = re.search(r"var " + var + r" = (\{.*?\});\n", text, re.S)
+        assert m, f"no {var} in the report"
+        found[var] = json.loads(m.group(1))
+    return found["results"], found["categories"]
+
+
+def decoded(result):
+    header, data = result["data_uri"].split(",", 1)
+    return base64.b64decode(data).decode() if "base64" in header else data
+
+
+def check_run(results, categories, run):
+    assert SECTIONS <= set(categories[run]), categories[run]
+    for section in SECTIONS:
+        for path in categories[run][section]:
+            body = decoded(results[path])
+            assert results[path]["caption"], f"{path} has no caption"
+            if path.endswith(".svg"):
+                ET.fromstring(body)  # a complete, parseable image
+                assert run in body  # the title names the run
+    plan = decoded(results[f"results/{run}/plan.txt"])
+    assert "NCP   = TT / z" in plan and "overhead = TTSC / TT * 100" in plan
+    return {os.path.basename(p): decoded(results[p]) for s in SECTIONS for p in categories[run][s]}
+
+
+def test_report_of_pytorch_and_keras_runs_has_every_section(baseline, tmp_path):
+    out = tmp_path / "report.html"
+    baseline.snakemake("--report", str(out))
+    results, categories = read_report(out)
+    for run in ("mlp-5", "cnn-5", "kmlp-5", "kcnn-5"):
+        files = check_run(results, categories, run)
+        assert "training across 5 segments" in files["training.svg"]
+        assert "accuracy" in files["training.svg"] or run.startswith("kmlp")
+        assert "global step" in files["checkpoints.svg"] and "cumulative overhead" in files["checkpoints.svg"]
+        assert files["plan_vs_measured.csv"].count("\n") == 6  # header + 5 segments
+    assert "results/compare/loss.svg" in results
+
+
+def test_report_of_a_run_with_a_failure_shows_the_kill_and_the_work_lost(project, tmp_path):
+    project.write_config({"r": {"task": "tasks/slow_digits_torch.py", "params": {"pause": 0.01},
+                                "total_steps": 800, "steps_per_segment": 400}}, checkpoint={"every_steps": 50})
+    proc = project.popen()
+    store_root = project.run_dir("r") / "ckpt"
+    wait_for_checkpoint(store_root, 560, proc)
+    pid = int((store_root / ".lock").read_text().split()[1])
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=120)
+    project.snakemake()
+    out = tmp_path / "report.html"
+    project.snakemake("--report", str(out))
+    results, categories = read_report(out)
+    files = check_run(results, categories, "r")
+    assert "1 restarts" in files["timeline.svg"] and "killed" in files["timeline.svg"]
+    assert re.search(r"lost \d+ steps", files["timeline.svg"])
+    assert "resume after a failure" in files["training.svg"]
+    rows = files["plan_vs_measured.csv"].splitlines()
+    assert rows[2].split(",")[2] == "2"  # segment 1 took two attempts
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed")
+        pytest.skip("chromium is not installed (Debian package chromium)")
+    shot = tmp_path / "report.png"
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1000",
+                        "--virtual-time-budget=8000", f"--screenshot={shot}", f"file://{out}"],
+                       capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000, r.stderr[-2000:]

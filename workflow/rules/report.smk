@@ -1,0 +1,52 @@
+rule plot_run:
+    """Figures and the plan-versus-measured table of one run, for the HTML report."""
+    input:
+        plan="results/{run}/plan.json",
+        metrics="results/{run}/metrics.csv",
+        segments=all_segments,
+    output:
+        training=report(
+            "results/{run}/report/training.svg",
+            caption="../report/training.rst",
+            category="{run}",
+            subcategory="Training",
+        ),
+        checkpoints=report(
+            "results/{run}/report/checkpoints.svg",
+            caption="../report/checkpoints.rst",
+            category="{run}",
+            subcategory="Checkpoints",
+        ),
+        timeline=report(
+            "results/{run}/report/timeline.svg",
+            caption="../report/timeline.rst",
+            category="{run}",
+            subcategory="Timeline",
+        ),
+        table=report(
+            "results/{run}/report/plan_vs_measured.csv",
+            caption="../report/plan_vs_measured.rst",
+            category="{run}",
+            subcategory="Plan",
+        ),
+    log:
+        "logs/plot_run/{run}.log",
+    shell:
+        "{PYTHON} {SCRIPTS}/plot_run.py --run {wildcards.run:q} --plan {input.plan:q} "
+        "--metrics {input.metrics:q} --training {output.training:q} --checkpoints {output.checkpoints:q} "
+        "--timeline {output.timeline:q} --table {output.table:q} {input.segments:q} 2>> {log:q}"
+
+
+rule compare_runs:
+    """Every run's training loss in one figure."""
+    input:
+        expand("results/{run}/metrics.csv", run=RUNS),
+    output:
+        report("results/compare/loss.svg", caption="../report/compare.rst", category="All runs"),
+    params:
+        names=list(RUNS),
+    log:
+        "logs/compare_runs.log",
+    shell:
+        "{PYTHON} {SCRIPTS}/compare_runs.py --output {output:q} --names {params.names:q} "
+        "--metrics {input:q} 2>> {log:q}"
