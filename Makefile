@@ -8,7 +8,7 @@ TENSORFLOW ?= tensorflow-cpu==2.21.0
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: install run test test-fast bench-dag clean
+.PHONY: install run test test-fast lint bench-dag clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: install
 ## test-fast: unit tests only (seconds)
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e" tests
+
+## lint: Snakemake's linter and snakefmt (both also run as tests)
+lint: install
+	$(SNAKEMAKE) --lint || true
+	$(VENV)/bin/snakefmt --check Snakefile workflow
 
 ## bench-dag: time `snakemake -n` on a 200-segment plan
 bench-dag: install

@@ -1,4 +1,9 @@
 # Segmented training: measure checkpoint costs, plan segments, chain train-segment jobs, export.
+#
+# `snakemake --lint` asks for a conda environment or container per rule. Deliberately none: every
+# rule runs in the project's own environment (the Makefile's .venv, or the job image built from
+# the Containerfile), because per-rule environments would install PyTorch/TensorFlow at run time,
+# which GPU nodes without internet cannot do, and would split one framework build across rules.
 from snakemake.utils import min_version
 
 min_version("9.20")
@@ -28,6 +33,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         get_final_targets,
-    default_target: True

@@ -1,6 +1,7 @@
 # Config loading and validation, and the input functions of the rules. Nothing else.
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -11,8 +12,14 @@ sys.path.insert(0, workflow.basedir)
 from segtrain.config import ConfigError, resolve
 from segtrain.store import recorded_model_hash
 
-PYTHON = sys.executable
-SCRIPTS = str(Path(workflow.basedir) / "scripts")
+# Rules run `$SEGTRAIN_PYTHON $SEGTRAIN_SCRIPTS/<rule>.py`: this interpreter and this workflow's
+# scripts, wherever the working directory is. They travel as environment variables, not params:
+# the paths differ between a laptop, a cluster node and a container, and a params change would
+# make Snakemake retrain finished segments. Cluster jobs parse this file again and set their own.
+os.environ.update(
+    SEGTRAIN_PYTHON=sys.executable,
+    SEGTRAIN_SCRIPTS=str(Path(workflow.basedir) / "scripts"),
+)
 EXPORT_EXT = {"torch": "pt", "keras": "keras"}
 
 try:
@@ -49,11 +56,22 @@ def model_settings(wildcards):
 
 
 def measure_settings(wildcards):
-    return _subset(wildcards.run, MODEL_KEYS + ("threads", "keep", "measure_steps", "measure_saves"))
+    return _subset(
+        wildcards.run,
+        MODEL_KEYS + ("threads", "keep", "measure_steps", "measure_saves"),
+    )
 
 
 def plan_settings(wildcards):
-    keys = ("name", "model_hash", "total_steps", "time_limit_seconds", "margin_seconds", "policy", "grace_period_seconds")
+    keys = (
+        "name",
+        "model_hash",
+        "total_steps",
+        "time_limit_seconds",
+        "margin_seconds",
+        "policy",
+        "grace_period_seconds",
+    )
     return _subset(wildcards.run, keys + ("steps_per_segment", "keep", "log_every"))
 
 
@@ -83,14 +101,18 @@ def previous_segment(wildcards):
     plan = load_plan(wildcards.run)
     i = int(wildcards.segment)
     if i >= len(plan["segments"]):
-        raise WorkflowError(f"run {wildcards.run} has {len(plan['segments'])} segments in its plan, not {i + 1}")
+        raise WorkflowError(
+            f"run {wildcards.run} has {len(plan['segments'])} segments in its plan, not {i + 1}"
+        )
     return [segment_dir(wildcards.run, i - 1)] if i > 0 else []
 
 
 def segment_settings(wildcards):
     """The segment's entry in the plan. Segments already trained keep their entry on re-planning,
     so finished segments never see their params change."""
-    return json.dumps(load_plan(wildcards.run)["segments"][int(wildcards.segment)], sort_keys=True)
+    return json.dumps(
+        load_plan(wildcards.run)["segments"][int(wildcards.segment)], sort_keys=True
+    )
 
 
 def all_segments(wildcards):

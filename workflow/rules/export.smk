@@ -4,14 +4,15 @@ rule export_model:
         last_segment,
     output:
         "results/{run}/model.{ext}",
-    params:
-        run=model_settings,
     log:
         "logs/export_model/{run}.{ext}.log",
     wildcard_constraints:
         ext="pt|keras",
+    params:
+        run=model_settings,
     shell:
-        "{PYTHON} {SCRIPTS}/export_model.py --run {params.run:q} --segment {input:q} --output {output:q} 2>> {log:q}"
+        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
+        "--run {params.run:q} --segment {input:q} --output {output:q} 2>> {log:q}"
 
 
 rule merge_metrics:
@@ -23,4 +24,5 @@ rule merge_metrics:
     log:
         "logs/merge_metrics/{run}.log",
     shell:
-        "{PYTHON} {SCRIPTS}/merge_metrics.py --output {output:q} {input:q} 2>> {log:q}"
+        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/merge_metrics.py '
+        "--output {output:q} {input:q} 2>> {log:q}"

@@ -11,10 +11,11 @@ checkpoint plan_segments:
             category="{run}",
             subcategory="Plan",
         ),
-    params:
-        run=plan_settings,
     log:
         "logs/plan_segments/{run}.log",
+    params:
+        run=plan_settings,
     shell:
-        "{PYTHON} {SCRIPTS}/plan_segments.py --run {params.run:q} --costs {input.costs:q} "
+        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/plan_segments.py '
+        "--run {params.run:q} --costs {input.costs:q} "
         "--plan-json {output.plan:q} --plan-txt {output.table:q} 2>> {log:q}"

@@ -32,7 +32,8 @@ rule plot_run:
     log:
         "logs/plot_run/{run}.log",
     shell:
-        "{PYTHON} {SCRIPTS}/plot_run.py --run {wildcards.run:q} --plan {input.plan:q} "
+        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/plot_run.py '
+        "--run {wildcards.run:q} --plan {input.plan:q} "
         "--metrics {input.metrics:q} --training {output.training:q} --checkpoints {output.checkpoints:q} "
         "--timeline {output.timeline:q} --table {output.table:q} {input.segments:q} 2>> {log:q}"
 
@@ -42,11 +43,16 @@ rule compare_runs:
     input:
         expand("results/{run}/metrics.csv", run=RUNS),
     output:
-        report("results/compare/loss.svg", caption="../report/compare.rst", category="All runs"),
-    params:
-        names=list(RUNS),
+        report(
+            "results/compare/loss.svg",
+            caption="../report/compare.rst",
+            category="All runs",
+        ),
     log:
         "logs/compare_runs.log",
+    params:
+        names=list(RUNS),
     shell:
-        "{PYTHON} {SCRIPTS}/compare_runs.py --output {output:q} --names {params.names:q} "
+        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/compare_runs.py '
+        "--output {output:q} --names {params.names:q} "
         "--metrics {input:q} 2>> {log:q}"

@@ -8,9 +8,6 @@ rule train_segment:
         previous_segment,
     output:
         directory("results/{run}/segments/{segment}"),
-    params:
-        model=model_settings,
-        segment=segment_settings,
     log:
         "logs/train_segment/{run}/{segment}.log",
     benchmark:
@@ -18,6 +15,10 @@ rule train_segment:
     threads: lambda wildcards: RUNS[wildcards.run]["threads"]
     resources:
         runtime=runtime_minutes,
+    params:
+        model=model_settings,
+        segment=segment_settings,
     shell:
-        "{PYTHON} {SCRIPTS}/train_segment.py --run {params.model:q} --segment {params.segment:q} "
+        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/train_segment.py '
+        "--run {params.model:q} --segment {params.segment:q} "
         "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}"
