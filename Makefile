@@ -8,13 +8,13 @@ TENSORFLOW ?= tensorflow-cpu==2.21.0
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: install run test test-fast lint bench-dag clean
+.PHONY: install run test test-fast lint profiles bench-dag clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" "$(TENSORFLOW)"
-	$(PY) -m pip install --quiet -e '.[test,slurm]'
+	$(PY) -m pip install --quiet -e '.[test,slurm,dsri]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,6 +33,13 @@ test: install
 ## test-fast: unit tests only (seconds)
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e" tests
+
+## profiles: make `snakemake --profile dsri|slurm|local` resolve by name (links in ~/.config/snakemake)
+PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+profiles:
+	mkdir -p "$(PROFILE_HOME)"
+	for p in dsri slurm local; do ln -sfn "$(CURDIR)/profiles/$$p" "$(PROFILE_HOME)/$$p"; done
+	@echo "linked dsri, slurm and local into $(PROFILE_HOME)"
 
 ## lint: Snakemake's linter and snakefmt (both also run as tests)
 lint: install

@@ -48,15 +48,25 @@ def process_age() -> float:
         return 0.0
 
 
+CHECKPOINT_ROOT_ENV = "SEGTRAIN_CHECKPOINT_ROOT"
+
+
 @dataclass
 class RunPaths:
-    """Where one run keeps its files."""
+    """Where one run keeps its files.
+
+    The periodic checkpoints live under ``checkpoint_root/<run>/ckpt`` (default: next to the
+    results). On Kubernetes a job's working directory is an emptyDir that dies with the pod, so
+    there the workflow points checkpoint_root at the persistent volume (env SEGTRAIN_CHECKPOINT_ROOT).
+    """
 
     root: Path  # results/<run>
+    checkpoint_root: Path | None = None
 
     @property
     def store(self) -> Path:
-        return self.root / "ckpt"
+        base = self.checkpoint_root or os.environ.get(CHECKPOINT_ROOT_ENV)
+        return Path(base) / self.root.name / "ckpt" if base else self.root / "ckpt"
 
     def working_metrics(self, segment: int) -> Path:
         return self.store / "metrics" / f"segment-{segment:04d}.csv"

@@ -19,6 +19,7 @@ from segtrain.store import recorded_model_hash
 os.environ.update(
     SEGTRAIN_PYTHON=sys.executable,
     SEGTRAIN_SCRIPTS=str(Path(workflow.basedir) / "scripts"),
+    SEGTRAIN_CHECKPOINT_ROOT=config.get("checkpoint_root", "results"),
 )
 EXPORT_EXT = {"torch": "pt", "keras": "keras"}
 
@@ -28,7 +29,9 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 for _name, _run in RUNS.items():
-    _recorded = recorded_model_hash(Path("results") / _name / "ckpt")
+    _recorded = recorded_model_hash(
+        Path(config.get("checkpoint_root", "results")) / _name / "ckpt"
+    )
     if _recorded is not None and _recorded != _run["model_hash"]:
         raise WorkflowError(
             f"run '{_name}' has checkpoints of a different model definition (hash {_recorded}, "
@@ -85,10 +88,15 @@ _plan_cache = {}
 
 def load_plan(run):
     """The run's plan; raises Snakemake's IncompleteCheckpointException until it exists."""
-    path = Path(checkpoints.plan_segments.get(run=run).output.plan)
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _plan_cache:
-        _plan_cache[key] = json.loads(path.read_text())
+    plan = checkpoints.plan_segments.get(run=run).output.plan
+    # With a storage provider (Kubernetes) the plan lives in storage: open() fetches a local copy.
+    local = Path(plan.storage_object.local_path()) if plan.is_storage else Path(plan)
+    key = (str(local), local.stat().st_mtime_ns) if local.exists() else None
+    if key is None or key not in _plan_cache:
+        with plan.open() as fh:
+            data = json.load(fh)
+        key = (str(local), local.stat().st_mtime_ns)
+        _plan_cache[key] = data
     return _plan_cache[key]
 
 

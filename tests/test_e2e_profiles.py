@@ -1,0 +1,113 @@
+"""The profiles: local, SLURM and DSRI (Kubernetes), the last checked against DSRI's pod rules."""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import MLP, REPO, SNAKEMAKE
+from k8s_standin import StandIn
+
+pytestmark = pytest.mark.e2e
+
+GI, MI = 1024**3, 1024**2
+
+
+def quantity(value: str) -> float:
+    """A Kubernetes quantity in base units (cores for cpu, bytes otherwise)."""
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 1024, "Mi": MI, "Gi": GI, "Ti": 1024**4}
+    m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value))
+    return float(m.group(1)) * units.get(m.group(2), 1)
+
+
+def runtimes(output: str) -> set[int]:
+    """The runtime resource of every train_segment job in a dry run's output."""
+    blocks = re.findall(r"rule train_segment:\n(?:\s+.*\n)*?\s+resources: (.*)", output)
+    return {int(re.search(r"runtime=(\d+)", b).group(1)) for b in blocks}
+
+
+def dsri_args(project, pvc):
+    return ["--profile", "profiles/dsri", "--default-storage-prefix", str(pvc / "segtrain"),
+            "--config", f"checkpoint_root={pvc / 'checkpoints'}"]
+
+
+@pytest.mark.parametrize("profile,runtime", [("local", 10), ("slurm", 10), ("dsri", 1440)])
+def test_each_profile_dry_run_shows_the_segment_runtime_the_plan_used(project, tmp_path, profile, runtime):
+    project.write_config({"r": {**MLP, "total_steps": 200, "steps_per_segment": 100}},
+                         time_limit="10m", measure_steps=3, measure_saves=2)
+    if profile == "dsri":
+        args = dsri_args(project, tmp_path / "pvc")
+        project.snakemake(*args, "--executor", "local", "--cores", "2", "--until", "plan_segments")
+    else:
+        args = ["--profile", f"profiles/{profile}"]
+        project.snakemake("--until", "plan_segments")
+    r = project.snakemake(*args, "-n")
+    assert runtimes(r.stdout + r.stderr) == {runtime}  # one setting: the plan's time_limit, in minutes
+    executor = yaml.safe_load((project.root / "profiles" / profile / "config.yaml").read_text()).get("executor")
+    assert executor == {"local": None, "slurm": "slurm", "dsri": "kubernetes"}[profile]
+    if profile == "dsri":
+        plan = json.loads((tmp_path / "pvc/segtrain/results/r/plan.json").read_text())
+        assert plan["time_limit"] == 86400  # the DSRI profile's 24 h reached the plan too
+
+
+def captured_jobs(project, tmp_path, args):
+    with StandIn() as api:
+        env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig"))}
+        cmd = [SNAKEMAKE, *args, "--kubernetes-namespace", "my-project", "--container-image",
+               "registry.example/segtrain:1", "--retries", "0", "--seconds-between-status-checks", "1"]
+        r = subprocess.run(cmd, cwd=project.root, env=env, capture_output=True, text=True, timeout=300)
+    assert api.jobs, f"no Job was submitted:\n{r.stderr[-4000:]}"
+    return api.jobs
+
+
+def check_dsri_pod_rules(job, gpu: bool):
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    res = container["resources"]
+    for kind in ("cpu", "memory", "ephemeral-storage"):
+        assert kind in res["requests"] and kind in res["limits"], f"{kind} request and limit are required"
+    assert quantity(res["requests"]["cpu"]) <= 32 and quantity(res["limits"]["cpu"]) <= 128
+    assert quantity(res["requests"]["memory"]) <= 128 * GI and quantity(res["limits"]["memory"]) <= 512 * GI
+    assert quantity(res["limits"]["ephemeral-storage"]) <= 50 * GI
+    assert (res["limits"].get("nvidia.com/gpu") == "1") is gpu
+    assert (res["requests"].get("nvidia.com/gpu") == "1") is gpu
+    assert container["image"] == "registry.example/segtrain:1"
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"pvc-segtrain": "pvc-segtrain"}
+    assert {"name": "pvc-segtrain", "mountPath": "/data"} in container["volumeMounts"]
+    assert spec["restartPolicy"] == "Never"
+
+
+def test_dsri_profile_submits_jobs_that_follow_dsri_pod_rules(project, tmp_path):
+    project.write_config({"r": {**MLP, "total_steps": 100, "steps_per_segment": 50}},
+                         time_limit="10m", measure_steps=3, measure_saves=2)
+    pvc = tmp_path / "pvc"
+    args = dsri_args(project, pvc)
+    # measured and planned already: the first Job is a training segment
+    project.snakemake(*args, "--executor", "local", "--cores", "2", "--until", "plan_segments")
+    (train,) = captured_jobs(project, tmp_path, args)
+    assert "train_segment" in train["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    check_dsri_pod_rules(train, gpu=True)
+    # everything trained already: the first Job is the export, which needs no GPU
+    project.snakemake(*args, "--executor", "local", "--cores", "2", "--omit-from", "export_model")
+    (export,) = captured_jobs(project, tmp_path, args)
+    assert "export_model" in export["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    check_dsri_pod_rules(export, gpu=False)
+
+
+def test_dsri_profile_resolves_by_name_after_make_profiles(project, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | {"HOME": str(home)}
+    subprocess.run(["make", "-s", "-C", str(REPO), "profiles"], env=env, check=True, capture_output=True)
+    assert (home / ".config/snakemake/dsri").resolve() == REPO / "profiles/dsri"
+    project.write_config({"r": {**MLP, "total_steps": 100}})
+    pvc = tmp_path / "pvc"
+    r = subprocess.run([SNAKEMAKE, "--profile", "dsri", "-n", "--default-storage-prefix", str(pvc),
+                        "--config", f"checkpoint_root={pvc / 'checkpoints'}"],
+                       cwd=project.root, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Using profile dsri" in r.stdout + r.stderr
