@@ -116,6 +116,16 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_format_schema_error(e, schema) for e in errors))
 
+    if config.get("deadline"):
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(str(config["deadline"]))
+        except ValueError:
+            raise ConfigError(
+                f"invalid config:\n  deadline: cannot read {config['deadline']!r} as a date and time; "
+                "write it like '2026-12-04T09:00:00+01:00'"
+            ) from None
     settings_props = schema["$defs"]["settings"]["properties"]
     run_props = schema["$defs"]["run"]["properties"]
     defaults = _fill_defaults(settings_props, config.get("defaults") or {})

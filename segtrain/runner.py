@@ -49,6 +49,20 @@ def process_age() -> float:
 
 
 CHECKPOINT_ROOT_ENV = "SEGTRAIN_CHECKPOINT_ROOT"
+DEADLINE_ENV = "SEGTRAIN_DEADLINE"  # an absolute end (e.g. a DSRI booking's), ISO 8601
+
+
+def absolute_deadline() -> float | None:
+    """The wall-clock end time from SEGTRAIN_DEADLINE (seconds since the epoch), if set."""
+    from datetime import datetime
+
+    text = os.environ.get(DEADLINE_ENV, "").strip()
+    if not text:
+        return None
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as a person reads a booking calendar
+    return when.timestamp()
 
 
 @dataclass
@@ -167,6 +181,12 @@ def run_segment(
     started_wall = time.time()
     # The job's clock starts with its process (interpreter and framework start-up count too).
     deadline = (clock() - process_age() if job_start is None else job_start) + segment.time_limit
+    end = absolute_deadline()
+    if end is not None:  # e.g. the end of a GPU booking: whichever comes first
+        deadline = min(deadline, clock() + end - time.time())
+        if end - time.time() < 2 * segment.save_seconds + 1:
+            raise Stopped(f"the deadline {os.environ[DEADLINE_ENV]} has passed or is too close to train; "
+                          "set a later deadline (config key deadline) to continue")
     stop = STOP
     if not stop.installed:
         stop.install()

@@ -81,3 +81,21 @@ def test_sigterm_saves_at_the_current_step_and_exits_for_a_retry(tmp_path, run_s
         runner.STOP.installed = False
     assert max(runner.store_mod.CheckpointStore(paths.store).steps()) == 33  # not 20: no work lost
     assert not paths.segment_dir(0).exists()  # the output appears only when the segment is complete
+
+
+def test_absolute_deadline_stops_before_it_with_a_save(tmp_path, run_settings, monkeypatch):
+    import time
+    from datetime import datetime, timezone
+
+    end = time.time() + 4.0
+    monkeypatch.setenv(runner.DEADLINE_ENV, datetime.fromtimestamp(end, timezone.utc).isoformat())
+    paths = runner.RunPaths(tmp_path / "run")
+    with pytest.raises(runner.Stopped, match="deadline"):
+        runner.run_segment(run_settings, segment(end=10_000_000, interval=1_000_000), paths, None,
+                           paths.segment_dir(0))
+    assert time.time() < end  # stopped and saved before the booking ended
+    steps = runner.store_mod.CheckpointStore(paths.store).steps()
+    assert steps and steps[-1] % 1_000_000 != 0  # saved where it stopped, not at a periodic step
+    with pytest.raises(runner.Stopped, match="passed or is too close"):
+        monkeypatch.setenv(runner.DEADLINE_ENV, "2020-01-01T09:00:00+01:00")
+        runner.run_segment(run_settings, segment(end=10_000_000), paths, None, paths.segment_dir(0))

@@ -20,6 +20,8 @@ os.environ.update(
     SEGTRAIN_PYTHON=sys.executable,
     SEGTRAIN_SCRIPTS=str(Path(workflow.basedir) / "scripts"),
     SEGTRAIN_CHECKPOINT_ROOT=config.get("checkpoint_root", "results"),
+    # an absolute end (a booking's); an environment variable so changing it retrains nothing
+    SEGTRAIN_DEADLINE=str(config.get("deadline") or ""),
 )
 EXPORT_EXT = {"torch": "pt", "keras": "keras"}
 
