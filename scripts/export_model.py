@@ -1,4 +1,4 @@
-"""Rule export_model: the final weights of a run in the framework's usual form."""
+"""Rules export_torch and export_keras: the last and the best checkpoint in the framework's forms."""
 
 import argparse
 import json
@@ -11,7 +11,8 @@ from segtrain import pipeline  # noqa: E402
 p = argparse.ArgumentParser()
 p.add_argument("--run", required=True, help="the run's model-defining settings as JSON")
 p.add_argument("--segment", required=True, help="the last segment's output folder")
-p.add_argument("--output", required=True)
+p.add_argument("--output", nargs="+", required=True, help="which.ext=path, e.g. last.pt=results/r/model.pt")
 a = p.parse_args()
 pipeline.setup_logging()
-pipeline.export_model(json.loads(a.run), Path(a.segment), Path(a.output))
+outputs = dict(item.split("=", 1) for item in a.output)
+pipeline.export_model(json.loads(a.run), Path(a.segment), {k: Path(v) for k, v in outputs.items()})

@@ -100,6 +100,8 @@ def task_functions(path: Path) -> set[str]:
 def model_hash(run: dict) -> str:
     """Hash of what defines the model and its training trajectory; a resume must match it."""
     key = {k: run[k] for k in ("framework", "task", "params", "batch_size", "seed")}
+    if run.get("validation_split"):  # it changes which samples train (absent: hashes as before)
+        key["validation_split"] = run["validation_split"]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -151,6 +153,8 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
                 policy = {"every_seconds": parse_duration(value, f"{where}.checkpoint.every")}
                 if policy["every_seconds"] <= 0:
                     raise DurationError(f"{where}.checkpoint.every: must be positive")
+            elif kind == "every_epochs":
+                policy = {"every_epochs": float(value)}
             elif kind == "max_overhead":
                 policy = {"max_overhead_percent": parse_percent(value, f"{where}.checkpoint.max_overhead")}
             elif kind == "mtbf":

@@ -22,10 +22,23 @@ class Position:
         return {"epoch": self.epoch, "index": self.index}
 
 
-class DataOrder:
-    """Batches of sample indices for every global step; the last incomplete batch of an epoch is dropped."""
+def validation_split(num_samples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) sample indices; the same for every job of a run."""
+    perm = np.random.default_rng([seed, 7_777]).permutation(num_samples)
+    n_val = int(round(num_samples * fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int):
+
+class DataOrder:
+    """Batches of sample indices for every global step; the last incomplete batch of an epoch is dropped.
+
+    ``indices`` restricts training to those samples (the rest is held out for validation).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, indices: np.ndarray | None = None):
+        self.indices = None if indices is None else np.asarray(indices)
+        if self.indices is not None:
+            num_samples = len(self.indices)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if num_samples < batch_size:
@@ -50,4 +63,5 @@ class DataOrder:
 
     def batch(self, step: int) -> np.ndarray:
         pos = self.position(step)
-        return self.permutation(pos.epoch)[pos.index : pos.index + self.batch_size]
+        picked = self.permutation(pos.epoch)[pos.index : pos.index + self.batch_size]
+        return picked if self.indices is None else self.indices[picked]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import store as store_mod
 from .config import find_task
-from .data import DataOrder
+from .data import DataOrder, validation_split
 from .runner import process_age
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,10 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
 
         backend_factory = load_backend(run["framework"])
     backend = backend_factory(str(find_task(run["task"]) or run["task"]), run.get("params", {}), run["seed"], run["threads"])
-    order = DataOrder(backend.num_samples, run["batch_size"], run["seed"])
+    train = None
+    if not backend.has_validation_data and run.get("validation_split", 0) > 0:
+        train, _ = validation_split(backend.num_samples, run["validation_split"], run["seed"])
+    order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train)
     backend.train_step(order.batch(0))
     # What a job pays before its steady state: interpreter, framework import, building the task
     # and the first step (graph tracing, allocator warm-up), which every segment pays again.
@@ -67,6 +70,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         "load_seconds_max": max(load_times),
         "startup_seconds": startup,
         "checkpoint_bytes": max(sizes),
+        "steps_per_epoch": order.steps_per_epoch,
         "measured_steps": len(step_times),
         "measured_saves": len(save_times),
         "storage": str(Path(store_root).resolve()),

@@ -59,6 +59,9 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
         keep=run["keep"],
         log_every=run["log_every"],
         grace_seconds=run["grace_period_seconds"],
+        eval_every=0 if run["eval_every"] == "auto" else int(run["eval_every"]),
+        monitor=run["monitor"],
+        mode=run["mode"],
     )
     data = result.to_dict()
     data["run"] = run["name"]
@@ -85,14 +88,22 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
     return 0
 
 
-def export_model(run: dict, segment_dir: Path, out: Path) -> None:
-    """Export the weights of a segment's final checkpoint in the framework's usual form."""
+def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None:
+    """Export the last and the best checkpoint of a run in the framework's usual forms.
+
+    ``outputs`` maps ``last.<ext>``/``best.<ext>`` to paths, for every ext the backend writes.
+    """
     from .backends import load_backend
 
-    state = Path(segment_dir) / "state"
-    store_mod.verify(state)
-    load_backend(run["framework"]).export(run, state, Path(out))
-    log.info("exported %s from %s", out, state)
+    backend = load_backend(run["framework"])
+    for which in ("last", "best"):
+        folder = Path(segment_dir) / ("state" if which == "last" else "best")
+        if which == "best" and not folder.exists():
+            log.warning("no best checkpoint (nothing was evaluated); exporting the last one as best")
+            folder = Path(segment_dir) / "state"
+        store_mod.verify(folder)
+        backend.export(run, folder, {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS})
+        log.info("exported the %s checkpoint (%s)", which, folder)
 
 
 def merge_metrics(segment_dirs: list[Path], out: Path) -> None:

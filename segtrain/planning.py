@@ -69,6 +69,7 @@ class Costs:
     startup_seconds: float = 0.0
     checkpoint_bytes: int = 0
     save_seconds_max: float = 0.0  # the slowest measured save: what must fit in a grace period
+    steps_per_epoch: int = 0  # training samples // batch size, for intervals given in epochs
 
     @classmethod
     def from_dict(cls, data: dict) -> "Costs":
@@ -81,6 +82,7 @@ class Policy:
 
     every_seconds: float | None = None
     every_steps: int | None = None
+    every_epochs: float | None = None
     max_overhead_percent: float | None = None
     mtbf_seconds: float | None = None
 
@@ -88,7 +90,7 @@ class Policy:
         chosen = [k for k, v in asdict(self).items() if v is not None]
         if len(chosen) != 1:
             raise PlanError(
-                "checkpoint policy: set exactly one of every (a duration), every_steps, "
+                "checkpoint policy: set exactly one of every (a duration), every_steps, every_epochs, "
                 f"max_overhead or mtbf; got {chosen or 'none'}"
             )
 
@@ -109,6 +111,13 @@ class Segment:
     save_seconds: float = 0.0  # measured save time, for the deadline guard
     keep: int = 2
     log_every: int = 10
+    eval_every: int = 0  # evaluate every this many steps (0: at every checkpoint) and at the end
+    monitor: str = "val_loss"  # the metric that picks the best checkpoint
+    mode: str = "min"
+
+    def __post_init__(self):
+        if not self.eval_every:
+            self.eval_every = self.interval
 
 
 @dataclass
@@ -143,6 +152,12 @@ def _interval_steps(policy: Policy, costs: Costs) -> tuple[int, str, float | Non
     young = daly = None
     if policy.every_steps is not None:
         return policy.every_steps, f"fixed: every {policy.every_steps} steps", None, None
+    if policy.every_epochs is not None:
+        if costs.steps_per_epoch < 1:
+            raise PlanError("checkpoint.every_epochs needs the steps per epoch, which the costs do not give")
+        steps = max(1, round(policy.every_epochs * costs.steps_per_epoch))
+        return steps, (f"fixed: every {policy.every_epochs:g} epochs = {policy.every_epochs:g} * "
+                       f"{costs.steps_per_epoch} steps"), None, None
     if policy.every_seconds is not None:
         steps = max(1, math.floor(policy.every_seconds / step))
         return steps, f"fixed: every {policy.every_seconds:g} s of training", None, None
@@ -203,6 +218,9 @@ def make_plan(
     keep: int = 2,
     log_every: int = 10,
     grace_seconds: float | None = None,
+    eval_every: int = 0,
+    monitor: str = "val_loss",
+    mode: str = "min",
 ) -> Plan:
     """Plan a run; ``frozen`` segments (already trained) are kept exactly as they were."""
     if total_steps < 1:
@@ -238,7 +256,7 @@ def make_plan(
         end = min(start + per_segment, total_steps)
         segments.append(
             Segment(len(segments), start, end, min(interval, end - start), time_limit,
-                    costs.save_seconds, keep, log_every)
+                    costs.save_seconds, keep, log_every, eval_every, monitor, mode)
         )
         start = end
 
@@ -297,7 +315,8 @@ def plan_table(plan: Plan, run: str = "") -> str:
         "",
         "Checkpoint interval",
         f"  policy  {plan.reason}",
-        f"  z = {plan.interval_steps} steps = {fd(plan.interval_seconds)}",
+        f"  z = {plan.interval_steps} steps = {fd(plan.interval_seconds)}"
+        + (f" = {plan.interval_steps / c.steps_per_epoch:.3g} epochs" if c.steps_per_epoch else ""),
         "",
         "Overhead (DSRI formula)",
         f"  TT    = {plan.total_steps} steps * {fd(c.step_seconds)} = {fd(o.train_seconds)}",

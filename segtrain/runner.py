@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import store as store_mod
 from .config import find_task
-from .data import DataOrder
+from .data import DataOrder, validation_split
 from .planning import Segment
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,9 @@ class MetricsLog:
         if self.fields is None:
             self.fields = list(row)
             self._rewrite()
+        elif any(k not in self.fields for k in row):  # e.g. the first validation metrics
+            self.fields = self.fields + [k for k in row if k not in self.fields]
+            self._rewrite()
         self.rows.append(row)
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
@@ -200,11 +203,22 @@ def run_segment(
 
             backend_factory = load_backend(run["framework"])
         backend = backend_factory(str(find_task(run["task"]) or run["task"]), run.get("params", {}), run["seed"], run["threads"])
-        order = DataOrder(backend.num_samples, run["batch_size"], run["seed"])
+        train_idx = val_idx = None
+        has_val = backend.has_validation_data
+        if not has_val and run.get("validation_split", 0) > 0:
+            train_idx, val_idx = validation_split(backend.num_samples, run["validation_split"], run["seed"])
+            has_val = True
+        order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train_idx)
+        best_store = store_mod.CheckpointStore(paths.store / "best", keep=2)
+        best_store.clean_partials()
 
         skipped: list[dict] = []
         t_restore = time.perf_counter()
-        source, step = _restore(run, segment, store, previous, backend, skipped)
+        source, step, restored = _restore(run, segment, store, previous, backend, skipped)
+        best = restored.get("best")
+        if best and (best.get("monitor"), best.get("mode")) != (segment.monitor, segment.mode):
+            log.info("the best-model criterion changed (%s); best so far starts anew", best)
+            best = None
         restore_seconds = time.perf_counter() - t_restore
         attempt = _next_attempt(paths, segment.index)
         metrics = MetricsLog(paths.working_metrics(segment.index))
@@ -234,15 +248,26 @@ def run_segment(
                 why = f"signal {signal.Signals(stop.signal).name}" if stop else (
                     f"deadline: {time_left:.1f} s left, a save takes up to {max(saves, default=segment.save_seconds):.2f} s")
                 if step > segment.start and not store.path(step).exists():
-                    seconds = _save(run, segment, store, backend, order, step, metrics, saves)
+                    seconds = _save(run, segment, store, backend, order, step, metrics, saves, best)
                     metrics.append({**_row(segment, attempt, step, row), "save_seconds": f"{seconds:.6f}"})
                 _append_attempt_end(paths, segment.index, attempt, step, "stopped", why)
                 raise Stopped(f"segment {segment.index} stopped at step {step} ({why}); run again to continue")
             row = backend.train_step(order.batch(step))
             step += 1
+            evaluate = step % segment.eval_every == 0 or step == segment.end
+            if evaluate and has_val:
+                row = {**row, **backend.evaluate(val_idx, run["batch_size"])}
+            new_best = False
+            if evaluate and segment.monitor in row:
+                value = row[segment.monitor]
+                if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
+                    best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
+                    new_best = True
             save_now = step % segment.interval == 0 or step == segment.end
-            seconds = _save(run, segment, store, backend, order, step, metrics, saves) if save_now else None
-            if save_now or step % run["log_every"] == 0:
+            seconds = _save(run, segment, store, backend, order, step, metrics, saves, best) if save_now else None
+            if new_best:
+                _save_best(run, segment, store, best_store, backend, order, step, best)
+            if save_now or evaluate or step % run["log_every"] == 0:
                 metrics.append({**_row(segment, attempt, step, row),
                                 "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
             now = clock()
@@ -257,7 +282,9 @@ def run_segment(
         store_mod.verify(final)
         _append_attempt_end(paths, segment.index, attempt, step, "completed", "")
         history = _segment_attempts(paths, segment.index)
-        return _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history)
+        best_ckpt = best_store.newest_valid(max_step=segment.end)
+        return _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,
+                             best_ckpt)
     finally:
         store.unlock()
 
@@ -287,7 +314,7 @@ def _restore(run, segment, store, previous, backend, skipped):
     elif ckpt is not None:
         source = f"periodic checkpoint {ckpt.path.name}"
     if ckpt is None:
-        return "a freshly seeded model", 0
+        return "a freshly seeded model", 0, {}
     if ckpt.manifest.get("model_hash") != run["model_hash"]:
         raise RuntimeError(
             f"{ckpt.path} was written for a different model definition (hash {ckpt.manifest.get('model_hash')}, "
@@ -297,18 +324,43 @@ def _restore(run, segment, store, previous, backend, skipped):
     extra = backend.read_state(ckpt.path)
     if extra["step"] != ckpt.step:
         raise store_mod.CorruptCheckpoint(f"{ckpt.path}: holds step {extra['step']}, named {ckpt.step}")
-    return source, ckpt.step
+    return source, ckpt.step, extra
 
 
 def _row(segment, attempt, step, train_row) -> dict:
     return {"segment": segment.index, "attempt": attempt, "step": step, **train_row, "time": time.time()}
 
 
-def _save(run, segment, store, backend, order, step, metrics, saves) -> float:
+def _extra(segment, order, step, best) -> dict:
+    pos = order.position(step)
+    return {"step": step, "epoch": pos.epoch, "index": pos.index, "segment": segment.index, "best": best}
+
+
+def _save_best(run, segment, store, best_store, backend, order, step, best) -> None:
+    """Keep the best state so far apart from the rotation: linked from the periodic checkpoint
+    of the same step when there is one, else written."""
+    meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
+            "segment": segment.index, "best": best}
+    if store.path(step).exists():
+        def write(folder):
+            for f in store.path(step).iterdir():
+                if f.name != store_mod.MANIFEST:
+                    try:
+                        os.link(f, folder / f.name)
+                    except OSError:
+                        shutil.copy2(f, folder / f.name)
+    else:
+        def write(folder):
+            backend.write_state(folder, _extra(segment, order, step, best))
+    best_store.save(step, write, meta)
+    best_store.prune(protect={step})
+
+
+def _save(run, segment, store, backend, order, step, metrics, saves, best=None) -> float:
     """Save the state after ``step`` steps; returns the seconds it took."""
     t = time.perf_counter()
     pos = order.position(step)
-    extra = {"step": step, "epoch": pos.epoch, "index": pos.index, "segment": segment.index}
+    extra = _extra(segment, order, step, best)
     meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
             "segment": segment.index, "data_position": pos.to_dict()}
     metrics.sync()
@@ -353,11 +405,14 @@ def _segment_attempts(paths: RunPaths, segment: int) -> list[dict]:
     return records
 
 
-def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history) -> dict:
+def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,
+                  best_ckpt=None) -> dict:
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     store_mod.link_or_copy(final, out_dir / "state")
+    if best_ckpt is not None:
+        store_mod.link_or_copy(best_ckpt.path, out_dir / "best")
     rows = [r for r in metrics.rows if segment.start < int(r["step"]) <= segment.end]
     with open(out_dir / "metrics.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, metrics.fields, extrasaction="ignore")
@@ -371,6 +426,7 @@ def _write_output(segment, final, metrics, out_dir, source, attempt, saves, star
         "save_seconds_max": max(saves, default=0.0),
         "wall_seconds_this_attempt": time.time() - started_wall,
         "history": history,
+        "best": best_ckpt.manifest.get("best") if best_ckpt is not None else None,
     }
     store_mod.write_json_atomic(out_dir / "segment.json", summary)  # written last: the output is complete
     return summary

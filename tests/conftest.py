@@ -123,9 +123,18 @@ def final_state(project: "Project", run: str) -> dict:
     return arrays
 
 
-def model_file(project: "Project", run: str) -> Path:
-    (found,) = [p for p in project.run_dir(run).glob("model.*")]
+def model_file(project: "Project", run: str, best: bool = False) -> Path:
+    """The exported model: the last (model.pt / model.keras) or the best (model.best.*)."""
+    stem = "model.best" if best else "model"
+    (found,) = [p for p in (project.run_dir(run) / f"{stem}.pt", project.run_dir(run) / f"{stem}.keras")
+                if p.exists()]
     return found
+
+
+def best_record(project: "Project", run: str) -> dict:
+    """The best checkpoint's record (monitor, value, step) kept with the run's last segment."""
+    last = sorted((project.run_dir(run) / "segments").iterdir())[-1]
+    return json.loads((last / "segment.json").read_text())["best"]
 
 
 def assert_bitwise_equal(a: dict, b: dict):

@@ -92,9 +92,9 @@ def test_dsri_profile_submits_jobs_that_follow_dsri_pod_rules(project, tmp_path)
     assert "train_segment" in train["spec"]["template"]["spec"]["containers"][0]["args"][-1]
     check_dsri_pod_rules(train, gpu=True)
     # everything trained already: the first Job is the export, which needs no GPU
-    project.snakemake(*args, "--executor", "local", "--cores", "2", "--omit-from", "export_model")
+    project.snakemake(*args, "--executor", "local", "--cores", "2", "--omit-from", "export_torch")
     (export,) = captured_jobs(project, tmp_path, args)
-    assert "export_model" in export["spec"]["template"]["spec"]["containers"][0]["args"][-1]
+    assert "export_torch" in export["spec"]["template"]["spec"]["containers"][0]["args"][-1]
     check_dsri_pod_rules(export, gpu=False)
 
 

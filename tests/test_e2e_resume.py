@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import TASKS, assert_bitwise_equal, final_state, load_weights, model_file
+from conftest import TASKS, assert_bitwise_equal, best_record, final_state, load_weights, model_file
 
 from segtrain import store as st
 
@@ -22,6 +22,11 @@ def test_one_segment_and_five_segments_end_bitwise_identical(baseline, task):
     assert_bitwise_equal(load_weights(model_file(baseline, f"{task}-1")),
                          load_weights(model_file(baseline, f"{task}-5")))
     assert_bitwise_equal(final_state(baseline, f"{task}-1"), final_state(baseline, f"{task}-5"))
+    # the best checkpoint (by val_loss) is the same step with the same weights
+    assert best_record(baseline, f"{task}-1") == best_record(baseline, f"{task}-5")
+    assert_bitwise_equal(load_weights(model_file(baseline, f"{task}-1", best=True)),
+                         load_weights(model_file(baseline, f"{task}-5", best=True)))
+    assert "val_loss" in m5.columns and m5.val_loss.notna().sum() >= 5  # evaluated in every segment
     m1, m5 = pd.read_csv(one / "metrics.csv"), pd.read_csv(five / "metrics.csv")
     cols = ["step", "loss", "lr"]
     rows1 = m1.dropna(subset=["loss"])[cols].drop_duplicates("step").reset_index(drop=True)
@@ -31,28 +36,56 @@ def test_one_segment_and_five_segments_end_bitwise_identical(baseline, task):
     assert m5.step.max() == m1.step.max() == TASKS[task][1]
 
 
-def test_exported_keras_model_loads_with_load_model_and_predicts(baseline):
-    import keras
-
-    from conftest import REPO
-    from segtrain.taskfile import load_task
-
-    model = keras.models.load_model(baseline.run_dir("kmlp-1") / "model.keras")
-    x, y = load_task(REPO / "examples/digits_mlp_keras.py").build_dataset({})
-    assert (model.predict(x, verbose=0).argmax(1) == y).mean() > 0.9
-
-
-def test_exported_weights_load_with_weights_only(baseline):
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_torch_exports_load_with_plain_apis_and_predict_like_the_final_state(baseline, which):
     import torch
+    from safetensors.torch import load_file
 
     from conftest import REPO
     from segtrain.taskfile import load_task
 
-    task = load_task(REPO / "examples/digits_mlp_torch.py")
-    model = task.build_model({"hidden": 32})
-    model.load_state_dict(torch.load(baseline.run_dir("mlp-1") / "model.pt", weights_only=True))
-    x, y = task.build_dataset({})
-    assert (model(x).argmax(1) == y).float().mean() > 0.9
+    task = load_task(REPO / "examples/digits_cnn_torch.py")
+    params = TASKS["cnn"][0]["params"]
+    run = baseline.run_dir("cnn-5")
+    last = sorted((run / "segments").iterdir())[-1]
+    state = torch.load(last / ("state" if which == "last" else "best") / "state.pt", weights_only=True)
+    stem = "model" if which == "last" else "model.best"
+    x, y = task.build_dataset(params)
+    predictions = []
+    for weights in (state["model"], torch.load(run / f"{stem}.pt", weights_only=True),
+                    load_file(run / f"{stem}.safetensors")):
+        model = task.build_model(params).eval()
+        model.load_state_dict(weights)
+        with torch.no_grad():
+            predictions.append(model(x))
+    assert torch.equal(predictions[0], predictions[1]) and torch.equal(predictions[0], predictions[2])
+    assert (predictions[0].argmax(1) == y).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_keras_exports_load_with_plain_apis_and_predict_like_the_final_state(baseline, which):
+    import keras
+    import numpy as np
+
+    from conftest import REPO
+    from segtrain.backends.keras_backend import Backend
+    from segtrain.taskfile import load_task
+
+    params = TASKS["kcnn"][0]["params"]
+    task_path = REPO / "examples/digits_cnn_keras.py"
+    run = baseline.run_dir("kcnn-5")
+    last = sorted((run / "segments").iterdir())[-1]
+    pipeline_state = Backend(str(task_path), params, 0, 1)
+    pipeline_state.read_state(last / ("state" if which == "last" else "best"))
+    stem = "model" if which == "last" else "model.best"
+    x, y = load_task(task_path).build_dataset(params)
+    reference = pipeline_state.model.predict(x, verbose=0)
+    loaded = keras.models.load_model(run / f"{stem}.keras")
+    weights_only = load_task(task_path).build_model(params)
+    weights_only.load_weights(run / f"{stem}.weights.h5")
+    assert np.array_equal(reference, loaded.predict(x, verbose=0))
+    assert np.array_equal(reference, weights_only.predict(x, verbose=0))
+    assert (reference.argmax(1) == y).mean() > 0.9
 
 
 def wait_for_checkpoint(store_root, min_step, proc, timeout=120):
@@ -75,24 +108,27 @@ def newest_after_kill(store_root):
 @pytest.mark.parametrize("task", ["cnn", "kcnn"])
 def test_sigkill_of_training_process_resumes_from_newest_periodic_checkpoint(project, baseline, task):
     spec, total = TASKS[task]
-    project.write_config({"cnn-kill": {**spec, "total_steps": total, "steps_per_segment": total // 2}})
+    # five segments, killed in the middle one
+    project.write_config({"cnn-kill": {**spec, "total_steps": total, "steps_per_segment": total // 5}})
     proc = project.popen()
     store_root = project.run_dir("cnn-kill") / "ckpt"
-    wait_for_checkpoint(store_root, total // 2 + 100, proc)
+    wait_for_checkpoint(store_root, total // 2 + 50, proc)
     pid = int((store_root / ".lock").read_text().split()[1])
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode != 0  # the killed job failed the run
     resume_at = newest_after_kill(store_root)
-    assert total // 2 + 100 <= resume_at < total
+    assert total // 2 + 50 <= resume_at < total
 
     project.snakemake()
-    attempts = [a for a in project.attempts("cnn-kill") if a.get("segment") == 1 and "resumed_from" in a]
-    assert [a["attempt"] for a in attempts] == [1, 2]
-    assert attempts[1]["resumed_from"] == resume_at
-    assert attempts[1]["source"].startswith("periodic checkpoint")
+    retried = [a for a in project.attempts("cnn-kill") if "resumed_from" in a and a["attempt"] >= 2]
+    assert len(retried) == 1 and retried[0]["resumed_from"] == resume_at
+    assert retried[0]["source"].startswith("periodic checkpoint")
     assert_bitwise_equal(load_weights(model_file(baseline, f"{task}-1")), load_weights(model_file(project, "cnn-kill")))
     assert_bitwise_equal(final_state(baseline, f"{task}-1"), final_state(project, "cnn-kill"))
+    assert best_record(baseline, f"{task}-1") == best_record(project, "cnn-kill")
+    assert_bitwise_equal(load_weights(model_file(baseline, f"{task}-1", best=True)),
+                         load_weights(model_file(project, "cnn-kill", best=True)))
 
 
 @pytest.mark.parametrize("task", ["cnn", "kcnn"])

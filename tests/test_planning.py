@@ -155,3 +155,10 @@ def test_plan_warns_when_a_save_does_not_fit_the_grace_period():
     plan = planning.make_plan(total_steps=100_000, time_limit=86400, costs=fast,
                               policy=planning.Policy(every_steps=5000), grace_seconds=30)
     assert not plan.warnings
+
+
+def test_interval_in_epochs_uses_the_measured_steps_per_epoch():
+    c = planning.Costs(step_seconds=0.01, save_seconds=0.1, steps_per_epoch=50)
+    plan = planning.make_plan(total_steps=1000, time_limit=3600, costs=c, policy=planning.Policy(every_epochs=2))
+    assert plan.interval_steps == 100
+    assert "= 2 epochs" in planning.plan_table(plan)

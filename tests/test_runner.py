@@ -36,9 +36,9 @@ class FakeClock:
 
 
 def export(folder, tmp_path, name):
-    out = tmp_path / name
+    out = {"pt": tmp_path / f"{name}.pt", "safetensors": tmp_path / f"{name}.safetensors"}
     Backend.export({}, folder, out)
-    return load_weights(out)
+    return load_weights(out["pt"])
 
 
 def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path, run_settings):
@@ -54,8 +54,8 @@ def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path,
     runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
     attempts = [json.loads(x) for x in paths.attempts.read_text().splitlines()]
     assert attempts[1]["status"] == "stopped" and attempts[2]["resumed_from"] == stopped_at
-    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a.pt"),
-                         export(paths.segment_dir(0) / "state", tmp_path, "b.pt"))
+    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
+                         export(paths.segment_dir(0) / "state", tmp_path, "b"))
 
 
 def test_sigterm_saves_at_the_current_step_and_exits_for_a_retry(tmp_path, run_settings):
@@ -99,3 +99,21 @@ def test_absolute_deadline_stops_before_it_with_a_save(tmp_path, run_settings, m
     with pytest.raises(runner.Stopped, match="passed or is too close"):
         monkeypatch.setenv(runner.DEADLINE_ENV, "2020-01-01T09:00:00+01:00")
         runner.run_segment(run_settings, segment(end=10_000_000), paths, None, paths.segment_dir(0))
+
+
+def test_best_checkpoint_survives_keep_2_when_older_than_the_two_newest(tmp_path):
+    from conftest import CNN
+
+    cfg = {"defaults": {"log_every": 5}, "runs": {"r": {**CNN, "total_steps": 400}}}
+    run = resolve(cfg, base=REPO)["r"]
+    # lr only falls (StepLR every 300 steps) and ties do not count: the first evaluation stays best
+    seg = Segment(index=0, start=0, end=400, interval=50, time_limit=3600, save_seconds=0.01,
+                  keep=2, monitor="lr", mode="max")
+    paths = runner.RunPaths(tmp_path / "run")
+    summary = runner.run_segment({**run, "keep": 2}, seg, paths, None, paths.segment_dir(0))
+    assert runner.store_mod.CheckpointStore(paths.store).steps() == [350, 400]  # rotation kept 2
+    assert summary["best"]["step"] == 50 and summary["best"]["value"] == pytest.approx(0.003)
+    best = paths.segment_dir(0) / "best"
+    assert runner.store_mod.verify(best)["step"] == 50
+    rows = __import__("pandas").read_csv(paths.segment_dir(0) / "metrics.csv")
+    assert rows.val_loss.notna().sum() == 8  # evaluated at every checkpoint (every 50 steps)

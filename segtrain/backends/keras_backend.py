@@ -68,6 +68,22 @@ class Backend:
         row.update({k: float(v) for k, v in logs.items()})
         return row
 
+    @property
+    def has_validation_data(self) -> bool:
+        return hasattr(self.task, "build_validation")
+
+    def evaluate(self, indices: np.ndarray | None, batch_size: int) -> dict:
+        """Mean loss and compiled metrics over the validation samples."""
+        if indices is None:
+            if not hasattr(self, "_val"):
+                self._val = [np.asarray(a) for a in self.task.build_validation(self.params)]
+            x, y = self._val[:2]
+        else:
+            idx = np.asarray(indices, dtype=np.int64)
+            x, y = (a[idx] for a in self.arrays[:2])
+        logs = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+        return {f"val_{k}": float(v) for k, v in logs.items()}
+
     def _variables(self):
         return list(self.model.variables), list(self.model.optimizer.variables)
 
@@ -111,12 +127,16 @@ class Backend:
         np.random.set_state((key, keys, pos, has_gauss, cached))
         return meta["extra"]
 
+    EXPORTS = ("keras", "weights.h5")
+
     @staticmethod
-    def export(run: dict, folder: Path, out_path: Path) -> None:
-        """Rebuild the task's model, load the checkpoint and save it as a ``.keras`` file."""
+    def export(run: dict, folder: Path, out: dict) -> None:
+        """Rebuild the task's model, load the checkpoint, save it as a ``.keras`` file
+        (``out['keras']``) and its weights alone (``out['weights.h5']``)."""
         from ..config import find_task
 
         task = str(find_task(run["task"]) or run["task"])
         backend = Backend(task, run.get("params", {}), run["seed"], run.get("threads", 1))
         backend.read_state(folder)
-        backend.model.save(out_path)
+        backend.model.save(out["keras"])
+        backend.model.save_weights(out["weights.h5"])

@@ -79,9 +79,7 @@ class Backend:
             batch = [t[idx] for t in self._tensors]
         else:
             batch = torch.utils.data.default_collate([self.dataset[int(i)] for i in indices])
-        if isinstance(batch, (list, tuple)):
-            return [b.to(self.device) if torch.is_tensor(b) else b for b in batch]
-        return batch.to(self.device) if torch.is_tensor(batch) else batch
+        return self._to_device(batch)
 
     def train_step(self, indices: np.ndarray) -> dict:
         """One optimizer step on the samples ``indices``; returns loss, lr and the task's metrics."""
@@ -97,6 +95,48 @@ class Backend:
         row = {"loss": float(loss.detach()), "lr": float(lr)}
         row.update({k: float(v) for k, v in metrics.items()})
         return row
+
+    @property
+    def has_validation_data(self) -> bool:
+        return hasattr(self.task, "build_validation")
+
+    def evaluate(self, indices: np.ndarray | None, batch_size: int) -> dict:
+        """Mean loss and task metrics over the validation samples (``indices`` into the training
+        dataset, or the task's own build_validation data when ``indices`` is None)."""
+        if indices is None:
+            if not hasattr(self, "_val"):
+                data = self.task.build_validation(self.params)
+                self._val = [torch.as_tensor(t) for t in data] if isinstance(data, (tuple, list)) else data
+            val = self._val
+            n = len(val[0]) if isinstance(val, list) else len(val)
+
+            def batch(lo, hi):
+                if isinstance(val, list):
+                    return [t[lo:hi].to(self.device) for t in val]
+                return self._to_device(torch.utils.data.default_collate([val[i] for i in range(lo, hi)]))
+        else:
+            n = len(indices)
+
+            def batch(lo, hi):
+                return self._batch(indices[lo:hi])
+
+        was_training = self.model.training
+        self.model.eval()
+        totals: dict[str, float] = {}
+        with torch.no_grad():
+            for lo in range(0, n, batch_size):
+                hi = min(lo + batch_size, n)
+                out = self.task.compute_loss(self.model, batch(lo, hi))
+                loss, metrics = (out if isinstance(out, tuple) else (out, {}))
+                for k, v in {"loss": float(loss), **{k: float(v) for k, v in metrics.items()}}.items():
+                    totals[k] = totals.get(k, 0.0) + v * (hi - lo)
+        self.model.train(was_training)
+        return {f"val_{k}": v / n for k, v in totals.items()}
+
+    def _to_device(self, batch):
+        if isinstance(batch, (list, tuple)):
+            return [b.to(self.device) if torch.is_tensor(b) else b for b in batch]
+        return batch.to(self.device) if torch.is_tensor(batch) else batch
 
     def write_state(self, folder: Path, extra: dict) -> None:
         """Write the full training state into ``folder`` (one ``state.pt``)."""
@@ -133,8 +173,14 @@ class Backend:
             torch.cuda.set_rng_state_all(rng["cuda"])
         return state["extra"]
 
+    EXPORTS = ("pt", "safetensors")
+
     @staticmethod
-    def export(run: dict, folder: Path, out_path: Path) -> None:
-        """Write the model weights of a checkpoint as a plain ``state_dict`` file."""
+    def export(run: dict, folder: Path, out: dict) -> None:
+        """Write a checkpoint's weights as a plain ``state_dict`` file (``out['pt']``) and as
+        safetensors (``out['safetensors']``) for sharing; both load on a CPU-only machine."""
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        torch.save(state["model"], out_path)
+        torch.save(state["model"], out["pt"])
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state["model"].items()}, str(out["safetensors"]))

@@ -53,7 +53,16 @@ def _subset(run, keys):
 
 
 # What defines the model and its training trajectory; changing any of it changes the model hash.
-MODEL_KEYS = ("name", "framework", "task", "params", "seed", "batch_size", "model_hash")
+MODEL_KEYS = (
+    "name",
+    "framework",
+    "task",
+    "params",
+    "seed",
+    "batch_size",
+    "validation_split",
+    "model_hash",
+)
 
 
 def model_settings(wildcards):
@@ -77,7 +86,8 @@ def plan_settings(wildcards):
         "policy",
         "grace_period_seconds",
     )
-    return _subset(wildcards.run, keys + ("steps_per_segment", "keep", "log_every"))
+    extra = ("steps_per_segment", "keep", "log_every", "eval_every", "monitor", "mode")
+    return _subset(wildcards.run, keys + extra)
 
 
 def runtime_minutes(wildcards):
@@ -134,11 +144,18 @@ def last_segment(wildcards):
     return all_segments(wildcards)[-1]
 
 
+def runs_of(framework):
+    """A wildcard pattern matching the names of the runs that use ``framework``."""
+    names = [re.escape(n) for n, r in RUNS.items() if r["framework"] == framework]
+    return "|".join(names) if names else "(?!x)x"
+
+
 def get_final_targets(wildcards):
     targets = []
     for name, run in RUNS.items():
         targets += [
             f"results/{name}/model.{EXPORT_EXT[run['framework']]}",
+            f"results/{name}/model.best.{EXPORT_EXT[run['framework']]}",
             f"results/{name}/metrics.csv",
             f"results/{name}/plan.txt",
             f"results/{name}/report/training.svg",

@@ -1,18 +1,45 @@
-rule export_model:
-    """The trained weights of the last segment in the framework's usual form."""
+rule export_torch:
+    """The last and the best weights of a PyTorch run, as state_dict files and as safetensors."""
     input:
         last_segment,
     output:
-        "results/{run}/model.{ext}",
+        last="results/{run}/model.pt",
+        last_safetensors="results/{run}/model.safetensors",
+        best="results/{run}/model.best.pt",
+        best_safetensors="results/{run}/model.best.safetensors",
     log:
-        "logs/export_model/{run}.{ext}.log",
+        "logs/export_model/{run}.log",
     wildcard_constraints:
-        ext="pt|keras",
+        run=runs_of("torch"),
     params:
         run=model_settings,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
-        "--run {params.run:q} --segment {input:q} --output {output:q} 2>> {log:q}"
+        "--run {params.run:q} --segment {input:q} "
+        "--output last.pt={output.last:q} last.safetensors={output.last_safetensors:q} "
+        "best.pt={output.best:q} best.safetensors={output.best_safetensors:q} 2>> {log:q}"
+
+
+rule export_keras:
+    """The last and the best model of a Keras run, as .keras files and as weights-only .weights.h5."""
+    input:
+        last_segment,
+    output:
+        last="results/{run}/model.keras",
+        last_weights="results/{run}/model.weights.h5",
+        best="results/{run}/model.best.keras",
+        best_weights="results/{run}/model.best.weights.h5",
+    log:
+        "logs/export_model/{run}.log",
+    wildcard_constraints:
+        run=runs_of("keras"),
+    params:
+        run=model_settings,
+    shell:
+        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
+        "--run {params.run:q} --segment {input:q} "
+        "--output last.keras={output.last:q} last.weights.h5={output.last_weights:q} "
+        "best.keras={output.best:q} best.weights.h5={output.best_weights:q} 2>> {log:q}"
 
 
 rule merge_metrics:
