@@ -160,11 +160,7 @@ class MetricsLog:
 
     def sync(self) -> None:
         if self.path.exists():
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            store_mod.fsync_path(self.path)
 
 
 def run_segment(

@@ -56,15 +56,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -82,7 +75,7 @@ def write_json_atomic(path: Path, data) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def verify(path: Path) -> dict:
@@ -220,16 +213,16 @@ class CheckpointStore:
             for f in sorted(tmp.iterdir()):
                 if f.name == MANIFEST:
                     continue
-                _fsync_file(f)
+                fsync_path(f)
                 files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
             manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files, **(meta or {})}
             with open(tmp / MANIFEST, "w") as fh:
                 json.dump(manifest, fh, indent=2, sort_keys=True)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_path(tmp)
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            fsync_path(self.root)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
