@@ -121,8 +121,13 @@ def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
     attempts = [json.loads(line) for line in (store / "attempts.jsonl").read_text().splitlines()]
     starts = [a for a in attempts if "resumed_from" in a]
     # each kill is followed by the next attempt's start; the work lost is the steps trained again
+    total = spec["total_steps"]
     for kill in log:
         nxt = next((a for a in starts if a["start_time"] > kill["time"]), None)
+        if nxt is None and kill["at_step"] >= total:
+            # the kill hit the last segment after it had finished its work: nothing to redo
+            kill["resumed_from"], kill["lost_steps"] = total, 0
+            continue
         kill["resumed_from"] = nxt["resumed_from"] if nxt else None
         kill["lost_steps"] = kill["at_step"] - nxt["resumed_from"] if nxt else None
     corrupted = [s for a in starts for s in a.get("skipped", [])]
