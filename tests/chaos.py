@@ -59,7 +59,9 @@ def _wait_for_save_in_flight(store: Path, timeout: float) -> None:
 
 
 def _last_logged_step(store: Path) -> int:
-    steps = [0]
+    """The furthest step the run is known to have reached: logged, or saved (a kill can land
+    between a save and the metrics row of its step)."""
+    steps = [0] + [int(p.name.split("-")[1]) for p in store.glob("step-*")]
     for f in (store / "metrics").glob("segment-*.csv"):
         with open(f, newline="") as fh:
             steps += [int(r["step"]) for r in csv.DictReader(fh) if r.get("step", "").isdigit()]
