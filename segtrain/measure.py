@@ -28,7 +28,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     backend = backend_factory(str(find_task(run["task"]) or run["task"]), run.get("params", {}), run["seed"], run["threads"])
     train = None
     if not backend.has_validation_data and run.get("validation_split", 0) > 0:
-        train, _ = validation_split(backend.num_samples, run["validation_split"], run["seed"])
+        train, held_out = validation_split(backend.num_samples, run["validation_split"], run["seed"])
     order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train)
     backend.train_step(order.batch(0))
     # What a job pays before its steady state: interpreter, framework import, building the task
@@ -41,6 +41,14 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         t = time.perf_counter()
         backend.train_step(order.batch(step))
         step_times.append(time.perf_counter() - t)
+
+    eval_times = []
+    if backend.has_validation_data or run.get("validation_split", 0) > 0:
+        val = None if backend.has_validation_data else held_out
+        for _repeat in range(2):
+            t = time.perf_counter()
+            backend.evaluate(val, run["batch_size"])
+            eval_times.append(time.perf_counter() - t)
 
     scratch = Path(store_root) / ".measure"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -71,6 +79,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         "startup_seconds": startup,
         "checkpoint_bytes": max(sizes),
         "steps_per_epoch": order.steps_per_epoch,
+        "eval_seconds": max(eval_times, default=0.0),
         "measured_steps": len(step_times),
         "measured_saves": len(save_times),
         "storage": str(Path(store_root).resolve()),

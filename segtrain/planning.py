@@ -70,6 +70,7 @@ class Costs:
     checkpoint_bytes: int = 0
     save_seconds_max: float = 0.0  # the slowest measured save: what must fit in a grace period
     steps_per_epoch: int = 0  # training samples // batch size, for intervals given in epochs
+    eval_seconds: float = 0.0  # one evaluation on the validation data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Costs":
@@ -177,24 +178,30 @@ def _interval_steps(policy: Policy, costs: Costs) -> tuple[int, str, float | Non
     ), young, daly
 
 
-def segment_seconds(steps: int, interval: int, costs: Costs) -> float:
-    """Predicted wall time of a segment of ``steps`` steps: start-up, restore, steps, saves."""
+def segment_seconds(steps: int, interval: int, costs: Costs, eval_every: int = 0) -> float:
+    """Predicted wall time of a segment of ``steps`` steps: start-up, restore, steps, saves and
+    evaluations (at every checkpoint unless ``eval_every`` says otherwise)."""
     saves = math.ceil(steps / interval)
-    return costs.startup_seconds + costs.load_seconds + steps * costs.step_seconds + saves * costs.save_seconds
+    evals = math.ceil(steps / eval_every) if eval_every else saves
+    return (costs.startup_seconds + costs.load_seconds + steps * costs.step_seconds
+            + saves * costs.save_seconds + evals * costs.eval_seconds)
 
 
-def max_steps_per_segment(time_limit: float, margin: float, interval: int, costs: Costs) -> tuple[int, int]:
+def max_steps_per_segment(
+    time_limit: float, margin: float, interval: int, costs: Costs, eval_every: int = 0
+) -> tuple[int, int]:
     """The most steps one job can take, and the interval clipped to it.
 
     Segments are whole multiples of the interval when at least one interval fits, so segment ends
     and periodic checkpoints coincide.
     """
     usable = time_limit - margin - costs.startup_seconds - costs.load_seconds
-    block = interval * costs.step_seconds + costs.save_seconds
+    evals_per_block = interval / eval_every if eval_every else 1
+    block = interval * costs.step_seconds + costs.save_seconds + evals_per_block * costs.eval_seconds
     blocks = math.floor(usable / block) if usable > 0 else 0
     if blocks >= 1:
         return blocks * interval, interval
-    steps = math.floor((usable - costs.save_seconds) / costs.step_seconds) if usable > 0 else 0
+    steps = math.floor((usable - costs.save_seconds - costs.eval_seconds) / costs.step_seconds) if usable > 0 else 0
     if steps < 1:
         need = costs.startup_seconds + costs.load_seconds + costs.step_seconds + costs.save_seconds + margin
         raise PlanError(
@@ -228,12 +235,12 @@ def make_plan(
     if costs.step_seconds <= 0:
         raise PlanError("the measured step time must be positive")
     interval, reason, young, daly = _interval_steps(policy, costs)
-    fit, fit_interval = max_steps_per_segment(time_limit, margin_seconds, interval, costs)
+    fit, fit_interval = max_steps_per_segment(time_limit, margin_seconds, interval, costs, eval_every)
     warnings = []
     if steps_per_segment is not None:
         per_segment = steps_per_segment
         interval = min(interval, per_segment)
-        need = segment_seconds(per_segment, interval, costs) + margin_seconds
+        need = segment_seconds(per_segment, interval, costs, eval_every) + margin_seconds
         if need > time_limit:
             raise PlanError(
                 f"steps_per_segment {per_segment} needs about {need:.3g} s per job (measured costs "
@@ -286,7 +293,7 @@ def make_plan(
         interval_seconds=interval_seconds,
         reason=reason,
         steps_per_segment=per_segment,
-        segment_seconds=segment_seconds(per_segment, interval, costs),
+        segment_seconds=segment_seconds(per_segment, interval, costs, eval_every),
         segments=segments,
         overhead=ovh,
         young_seconds=young,
@@ -311,6 +318,7 @@ def plan_table(plan: Plan, run: str = "") -> str:
         f"  checkpoint save      y      = {fd(c.save_seconds)}",
         f"  checkpoint load             = {fd(c.load_seconds)}",
         f"  job start-up                = {fd(c.startup_seconds)}",
+        f"  evaluation                  = {fd(c.eval_seconds)} (at every checkpoint unless eval_every is set)",
         f"  checkpoint size             = {c.checkpoint_bytes / 1e6:.3g} MB",
         "",
         "Checkpoint interval",

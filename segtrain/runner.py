@@ -236,11 +236,14 @@ def run_segment(
         t0 = clock()
         last_progress = t0
         saves: list[float] = []
+        evals: list[float] = []
         first_step = step
         row: dict = {}
         while step < segment.end:
             time_left = deadline - clock()
-            if stop or time_left < max(segment.save_seconds, max(saves, default=0.0)) * 1.5 + 0.5:
+            # what the next checkpoint step may still cost: the slowest save and evaluation so far
+            upcoming = max(segment.save_seconds, max(saves, default=0.0)) + max(evals, default=0.0)
+            if stop or time_left < upcoming * 1.5 + 0.5:
                 why = f"signal {signal.Signals(stop.signal).name}" if stop else (
                     f"deadline: {time_left:.1f} s left, a save takes up to {max(saves, default=segment.save_seconds):.2f} s")
                 if step > segment.start and not store.path(step).exists():
@@ -252,7 +255,9 @@ def run_segment(
             step += 1
             evaluate = step % segment.eval_every == 0 or step == segment.end
             if evaluate and has_val:
+                t_eval = time.perf_counter()
                 row = {**row, **backend.evaluate(val_idx, run["batch_size"])}
+                evals.append(time.perf_counter() - t_eval)
             new_best = False
             if evaluate and segment.monitor in row:
                 value = row[segment.monitor]

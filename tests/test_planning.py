@@ -162,3 +162,13 @@ def test_interval_in_epochs_uses_the_measured_steps_per_epoch():
     plan = planning.make_plan(total_steps=1000, time_limit=3600, costs=c, policy=planning.Policy(every_epochs=2))
     assert plan.interval_steps == 100
     assert "= 2 epochs" in planning.plan_table(plan)
+
+
+def test_evaluation_time_is_planned_with_each_checkpoint():
+    without = planning.Costs(step_seconds=0.1, save_seconds=1.0)
+    with_eval = planning.Costs(step_seconds=0.1, save_seconds=1.0, eval_seconds=4.0)
+    policy = planning.Policy(every_steps=50)
+    a = planning.make_plan(total_steps=10_000, time_limit=100, costs=without, policy=policy)
+    b = planning.make_plan(total_steps=10_000, time_limit=100, costs=with_eval, policy=policy)
+    assert a.steps_per_segment == 900 and b.steps_per_segment == 500  # 6 s vs 10 s per 50-step block
+    assert planning.segment_seconds(b.steps_per_segment, 50, with_eval) <= 100
