@@ -170,5 +170,5 @@ def test_evaluation_time_is_planned_with_each_checkpoint():
     policy = planning.Policy(every_steps=50)
     a = planning.make_plan(total_steps=10_000, time_limit=100, costs=without, policy=policy)
     b = planning.make_plan(total_steps=10_000, time_limit=100, costs=with_eval, policy=policy)
-    assert a.steps_per_segment == 900 and b.steps_per_segment == 500  # 6 s vs 10 s per 50-step block
+    assert a.steps_per_segment == 800 and b.steps_per_segment == 500  # 6 s vs 10 s per 50-step block
     assert planning.segment_seconds(b.steps_per_segment, 50, with_eval) <= 100
