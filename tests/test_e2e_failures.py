@@ -20,6 +20,16 @@ def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project
     proc = project.popen()
     store_root = project.run_dir("r") / "ckpt"
     wait_for_checkpoint(store_root, 500, proc)
+    rows = store_root / "metrics" / "segment-0000.csv"
+
+    def logged_step():
+        try:
+            return int(rows.read_text().splitlines()[-1].split(",")[2])
+        except (IndexError, ValueError):  # a line being written
+            return 0
+
+    while logged_step() < 560:  # well past the periodic save at 500
+        time.sleep(0.005)
     pid = int((store_root / ".lock").read_text().split()[1])
     os.kill(pid, signal.SIGTERM)  # what Kubernetes sends when a booking ends
     sent = time.time()
@@ -31,7 +41,7 @@ def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project
     proc.wait(timeout=120)
     assert exited_after < 30, "the segment did not stop within the grace period"
     steps = st.CheckpointStore(store_root).steps()
-    assert steps[-1] % 500 != 0, f"no checkpoint at the step the signal found: {steps}"
+    assert steps[-1] > 560 and steps[-1] % 500 != 0, f"no checkpoint at the step the signal found: {steps}"
     ends = [a for a in project.attempts("r") if a.get("status") == "stopped"]
     assert ends and ends[0]["end_step"] == steps[-1] and "SIGTERM" in ends[0]["reason"]
     st.verify(st.CheckpointStore(store_root).path(steps[-1]))
