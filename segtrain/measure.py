@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 
 from . import store as store_mod
-from .config import find_task
-from .data import DataOrder, validation_split
-from .runner import process_age
+from .runner import prepare_training, process_age
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +19,8 @@ WARMUP_STEPS = 5
 def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     """Time ``measure_steps`` steps and ``measure_saves`` saves and loads in a scratch store
     next to the run's real checkpoints. Returns the costs as a plain dict (seconds, bytes)."""
-    if backend_factory is None:
-        from .backends import load_backend
-
-        backend_factory = load_backend(run["framework"])
-    backend = backend_factory(str(find_task(run["task"]) or run["task"]), run.get("params", {}), run["seed"], run["threads"])
-    train = None
-    if not backend.has_validation_data and run.get("validation_split", 0) > 0:
-        train, held_out = validation_split(backend.num_samples, run["validation_split"], run["seed"])
-    order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train)
+    training = prepare_training(run, backend_factory)
+    backend, order = training.backend, training.order
     backend.train_step(order.batch(0))
     # What a job pays before its steady state: interpreter, framework import, building the task
     # and the first step (graph tracing, allocator warm-up), which every segment pays again.
@@ -43,11 +34,10 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         step_times.append(time.perf_counter() - t)
 
     eval_times, eval_warmup = [], 0.0
-    if backend.has_validation_data or run.get("validation_split", 0) > 0:
-        val = None if backend.has_validation_data else held_out
+    if training.has_validation:
         for _repeat in range(3):
             t = time.perf_counter()
-            backend.evaluate(val, run["batch_size"])
+            backend.evaluate(training.validation_indices, run["batch_size"])
             eval_times.append(time.perf_counter() - t)
         # the first evaluation of a job also builds its evaluation function (Keras traces a graph):
         # a once-per-job cost, so it goes with the start-up

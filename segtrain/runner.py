@@ -93,6 +93,33 @@ class RunPaths:
         return self.root / "segments" / f"{segment:04d}"
 
 
+@dataclass
+class Training:
+    """A built task and the data it trains and validates on."""
+
+    backend: object
+    order: DataOrder
+    has_validation: bool
+    validation_indices: object  # held-out sample indices, or None for the task's own validation data
+
+
+def prepare_training(run: dict, backend_factory=None) -> Training:
+    """Build the run's task with its framework's backend, and its seeded data order and split."""
+    if backend_factory is None:
+        from .backends import load_backend
+
+        backend_factory = load_backend(run["framework"])
+    task = str(find_task(run["task"]) or run["task"])
+    backend = backend_factory(task, run.get("params", {}), run["seed"], run["threads"])
+    train_idx = val_idx = None
+    has_val = backend.has_validation_data
+    if not has_val and run.get("validation_split", 0) > 0:
+        train_idx, val_idx = validation_split(backend.num_samples, run["validation_split"], run["seed"])
+        has_val = True
+    order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train_idx)
+    return Training(backend, order, has_val, val_idx)
+
+
 class StopFlag:
     """Set by SIGTERM/SIGUSR1; checked at step boundaries (saving inside a handler can hang)."""
 
@@ -194,17 +221,9 @@ def run_segment(
     store.lock()
     try:
         store.clean_partials()
-        if backend_factory is None:
-            from .backends import load_backend
-
-            backend_factory = load_backend(run["framework"])
-        backend = backend_factory(str(find_task(run["task"]) or run["task"]), run.get("params", {}), run["seed"], run["threads"])
-        train_idx = val_idx = None
-        has_val = backend.has_validation_data
-        if not has_val and run.get("validation_split", 0) > 0:
-            train_idx, val_idx = validation_split(backend.num_samples, run["validation_split"], run["seed"])
-            has_val = True
-        order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train_idx)
+        training = prepare_training(run, backend_factory)
+        backend, order = training.backend, training.order
+        has_val, val_idx = training.has_validation, training.validation_indices
         best_store = store_mod.CheckpointStore(paths.store / "best", keep=2)
         best_store.clean_partials()
 
@@ -344,12 +363,7 @@ def _save_best(run, segment, store, best_store, backend, order, step, best) -> N
             "segment": segment.index, "best": best}
     if store.path(step).exists():
         def write(folder):
-            for f in store.path(step).iterdir():
-                if f.name != store_mod.MANIFEST:
-                    try:
-                        os.link(f, folder / f.name)
-                    except OSError:
-                        shutil.copy2(f, folder / f.name)
+            store_mod.link_or_copy(store.path(step), folder, skip={store_mod.MANIFEST})
     else:
         def write(folder):
             backend.write_state(folder, _extra(segment, order, step, best))
@@ -360,10 +374,9 @@ def _save_best(run, segment, store, best_store, backend, order, step, best) -> N
 def _save(run, segment, store, backend, order, step, metrics, saves, best=None) -> float:
     """Save the state after ``step`` steps; returns the seconds it took."""
     t = time.perf_counter()
-    pos = order.position(step)
     extra = _extra(segment, order, step, best)
     meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
-            "segment": segment.index, "data_position": pos.to_dict()}
+            "segment": segment.index, "data_position": {"epoch": extra["epoch"], "index": extra["index"]}}
     metrics.sync()
     store.save(step, lambda folder: backend.write_state(folder, extra), meta)
     store.prune(protect={step})
@@ -376,15 +389,7 @@ def _next_attempt(paths: RunPaths, segment: int) -> int:
     if not paths.attempts.exists():
         paths.attempts.parent.mkdir(parents=True, exist_ok=True)
         return 1
-    n = 0
-    for line in paths.attempts.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
-        if rec.get("segment") == segment and "resumed_from" in rec:
-            n += 1
-    return n + 1
+    return 1 + sum("resumed_from" in rec for rec in _segment_attempts(paths, segment))
 
 
 def _append_attempt_end(paths, segment, attempt, step, status, why):
@@ -400,7 +405,7 @@ def _segment_attempts(paths: RunPaths, segment: int) -> list[dict]:
         try:
             rec = json.loads(line)
         except ValueError:
-            continue
+            continue  # a line cut by a kill
         if rec.get("segment") == segment:
             records.append(rec)
     return records

@@ -258,10 +258,12 @@ def recorded_model_hash(root: Path | str) -> str | None:
     return None
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link the files of checkpoint folder ``src`` into a new folder ``dst`` (copy across devices)."""
+def link_or_copy(src: Path, dst: Path, skip: set[str] = frozenset()) -> None:
+    """Hard-link the files of checkpoint folder ``src`` into folder ``dst`` (copy across devices)."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
+        if f.name in skip:
+            continue
         target = dst / f.name
         try:
             os.link(f, target)
