@@ -10,9 +10,9 @@ from segtrain import pipeline  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", required=True, help="the run's model-defining settings as JSON")
-p.add_argument("--segment", required=True, help="the last segment's output folder")
+pipeline.add_segments_args(p)
 p.add_argument("--output", nargs="+", required=True, help="which.ext=path, e.g. last.pt=results/r/model.pt")
 a = p.parse_args()
 pipeline.setup_logging()
 outputs = dict(item.split("=", 1) for item in a.output)
-pipeline.export_model(json.loads(a.run), Path(a.segment), {k: Path(v) for k, v in outputs.items()})
+pipeline.export_model(json.loads(a.run), pipeline.segment_dirs(a)[-1], {k: Path(v) for k, v in outputs.items()})

@@ -9,7 +9,7 @@ from segtrain import pipeline  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--output", required=True)
-p.add_argument("segments", nargs="+", help="the run's segment output folders, in order")
+pipeline.add_segments_args(p)
 a = p.parse_args()
 pipeline.setup_logging()
-pipeline.merge_metrics([Path(s) for s in a.segments], Path(a.output))
+pipeline.merge_metrics(pipeline.segment_dirs(a), Path(a.output))

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from segtrain.runner import STOP  # noqa: E402
+from segtrain.lifecycle import STOP, watch_parent  # noqa: E402
 
 STOP.install()  # before the framework import: a SIGTERM/SIGUSR1 during start-up must not kill us
+watch_parent()  # and a killed Snakemake stops this job instead of leaving it running as an orphan
 
 from segtrain import pipeline  # noqa: E402
 

@@ -147,6 +147,7 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
                 run["margin_seconds"] = run["time_limit_seconds"] * pct / 100
             else:
                 run["margin_seconds"] = parse_duration(margin, f"{where}.safety_margin")
+            run["max_startup_percent"] = parse_percent(run["max_startup_share"], f"{where}.max_startup_share")
             policy = dict(run["checkpoint"])
             (kind, value), = policy.items()
             if kind == "every":

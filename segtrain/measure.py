@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from . import store as store_mod
-from .runner import prepare_training, process_age
+from .lifecycle import process_age
+from .runner import prepare_training
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,16 @@ def setup_logging(log_file: str | None = None) -> None:
                         handlers=handlers, force=True)
 
 
+def add_segments_args(parser) -> None:
+    """The run's segment folders, given as their parent folder and their count (see the rules)."""
+    parser.add_argument("--segments-dir", required=True, help="the folder holding the segments' outputs")
+    parser.add_argument("--count", type=int, required=True, help="how many segments the run has")
+
+
+def segment_dirs(args) -> list[Path]:
+    return [Path(args.segments_dir) / f"{i:04d}" for i in range(args.count)]
+
+
 def measure(run: dict, output: Path) -> dict:
     from .measure import measure_costs
 
@@ -62,6 +72,7 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
         eval_every=0 if run["eval_every"] == "auto" else int(run["eval_every"]),
         monitor=run["monitor"],
         mode=run["mode"],
+        max_startup_percent=run.get("max_startup_percent", 100.0),
     )
     data = result.to_dict()
     data["run"] = run["name"]

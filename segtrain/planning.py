@@ -121,6 +121,55 @@ class Segment:
             self.eval_every = self.interval
 
 
+@dataclass(frozen=True)
+class JobOverhead:
+    """Where the planned jobs' time goes: everything that is not a training step is overhead.
+
+    The DSRI formula counts the saves only; a job also starts up (interpreter, framework, task,
+    first step), restores its checkpoint and evaluates. ``percent`` is all of that over the jobs'
+    whole time, the figure a researcher pays for in GPU hours."""
+
+    jobs: int
+    startup_seconds: float  # all jobs together
+    restore_seconds: float
+    save_seconds: float
+    eval_seconds: float
+    train_seconds: float
+    total_seconds: float
+    percent: float
+
+
+def job_overhead(segments: list, costs: Costs) -> JobOverhead:
+    """Start-up, restores, saves and evaluations of ``segments``, against their whole predicted time."""
+    startup = restore = save = evals = train = 0.0
+    for seg in segments:
+        steps = seg.end - seg.start
+        startup += costs.startup_seconds
+        restore += costs.load_seconds if seg.start > 0 else 0.0
+        save += math.ceil(steps / seg.interval) * costs.save_seconds
+        n_evals = math.ceil(steps / seg.eval_every) if seg.eval_every else math.ceil(steps / seg.interval)
+        evals += n_evals * costs.eval_seconds
+        train += steps * costs.step_seconds
+    total = startup + restore + save + evals + train
+    pct = 100.0 * (total - train) / total if total > 0 else 0.0
+    return JobOverhead(len(segments), startup, restore, save, evals, train, total, pct)
+
+
+def check_startup_share(time_limit: float, costs: Costs, max_percent: float) -> None:
+    """Refuse a time limit where starting a job (and restoring its checkpoint) takes more than
+    ``max_percent`` of it: such a plan would be thousands of jobs that mostly start up."""
+    restart = costs.startup_seconds + costs.load_seconds
+    share = 100.0 * restart / time_limit
+    if share > max_percent:
+        raise PlanError(
+            f"time_limit {time_limit:g} s: start-up {costs.startup_seconds:.3g} s + restore "
+            f"{costs.load_seconds:.3g} s would take {share:.0f} % of every job, more than max_startup_share "
+            f"{max_percent:g} %. Raise time_limit to at least {100 * restart / max_percent:.3g} s, or raise "
+            "max_startup_share. If the start-up was measured on a busy machine, measure again: "
+            "snakemake --forcerun measure_checkpoint_cost (finished segments are kept)"
+        )
+
+
 @dataclass
 class Plan:
     """A whole run's plan; ``to_dict`` is what plan.json holds."""
@@ -137,6 +186,8 @@ class Plan:
     segment_seconds: float
     segments: list[Segment] = field(default_factory=list)
     overhead: Overhead | None = None
+    jobs: JobOverhead | None = None  # start-up, restores, saves and evaluations of the planned jobs
+    max_startup_percent: float = 100.0
     young_seconds: float | None = None
     daly_seconds: float | None = None
     lost_mean_seconds: float = 0.0
@@ -208,7 +259,8 @@ def max_steps_per_segment(
             f"time_limit {time_limit:g} s is shorter than one step plus one save: start-up "
             f"{costs.startup_seconds:.3g} s + restore {costs.load_seconds:.3g} s + step "
             f"{costs.step_seconds:.3g} s + save {costs.save_seconds:.3g} s + margin {margin:.3g} s = "
-            f"{need:.3g} s; raise time_limit or lower safety_margin"
+            f"{need:.3g} s; raise time_limit or lower safety_margin (or, if the costs were measured on a busy "
+            "machine, measure again: snakemake --forcerun measure_checkpoint_cost)"
         )
     return steps, steps
 
@@ -228,12 +280,14 @@ def make_plan(
     eval_every: int = 0,
     monitor: str = "val_loss",
     mode: str = "min",
+    max_startup_percent: float = 100.0,
 ) -> Plan:
     """Plan a run; ``frozen`` segments (already trained) are kept exactly as they were."""
     if total_steps < 1:
         raise PlanError(f"total_steps must be at least 1, got {total_steps}")
     if costs.step_seconds <= 0:
         raise PlanError("the measured step time must be positive")
+    check_startup_share(time_limit, costs, max_startup_percent)
     interval, reason, young, daly = _interval_steps(policy, costs)
     fit, fit_interval = max_steps_per_segment(time_limit, margin_seconds, interval, costs, eval_every)
     warnings = []
@@ -283,6 +337,14 @@ def make_plan(
         warnings.append(
             f"checkpointing costs {ovh.percent:.1f} % of the training time; consider a longer interval"
         )
+    new = segments[len(frozen or []):]
+    jobs = job_overhead(new, costs)
+    if new and jobs.startup_seconds > 0.5 * jobs.total_seconds:
+        warnings.append(
+            f"start-up takes {100 * jobs.startup_seconds / jobs.total_seconds:.0f} % of the planned jobs' time: "
+            + ("steps_per_segment makes short jobs; 'auto' fills each job up to time_limit"
+               if steps_per_segment is not None else "raise time_limit")
+        )
     return Plan(
         total_steps=total_steps,
         time_limit=time_limit,
@@ -296,6 +358,8 @@ def make_plan(
         segment_seconds=segment_seconds(per_segment, interval, costs, eval_every),
         segments=segments,
         overhead=ovh,
+        jobs=jobs,
+        max_startup_percent=max_startup_percent,
         young_seconds=young,
         daly_seconds=daly,
         lost_mean_seconds=interval_seconds / 2 + restart,
@@ -303,6 +367,22 @@ def make_plan(
         frozen_segments=len(frozen or []),
         warnings=warnings,
     )
+
+
+def _jobs_lines(plan: Plan) -> list[str]:
+    from .durations import format_duration as fd
+
+    j = plan.jobs
+    if j is None or j.jobs == 0:
+        return ["  no new jobs to plan"]
+    return [
+        f"  {j.jobs} jobs: start-up {fd(j.startup_seconds)} + restores {fd(j.restore_seconds)} + saves "
+        f"{fd(j.save_seconds)} + evaluations {fd(j.eval_seconds)} = {fd(j.total_seconds - j.train_seconds)}",
+        f"  of {fd(j.total_seconds)} in all (training steps {fd(j.train_seconds)}): overhead {j.percent:.3g} %",
+        f"  start-up and restore per job: {fd(plan.costs.startup_seconds + plan.costs.load_seconds)} = "
+        f"{100 * (plan.costs.startup_seconds + plan.costs.load_seconds) / plan.time_limit:.3g} % of time_limit "
+        f"(allowed: max_startup_share {plan.max_startup_percent:g} %)",
+    ]
 
 
 def plan_table(plan: Plan, run: str = "") -> str:
@@ -330,7 +410,10 @@ def plan_table(plan: Plan, run: str = "") -> str:
         f"  TT    = {plan.total_steps} steps * {fd(c.step_seconds)} = {fd(o.train_seconds)}",
         f"  NCP   = TT / z = {fd(o.train_seconds)} / {fd(o.interval_seconds)} = {o.checkpoints:.4g} checkpoints",
         f"  TTSC  = NCP * y = {o.checkpoints:.4g} * {fd(c.save_seconds)} = {fd(o.checkpoint_seconds)}",
-        f"  overhead = TTSC / TT * 100 = {o.percent:.3g} %",
+        f"  overhead = TTSC / TT * 100 = {o.percent:.3g} %   (saves only)",
+        "",
+        "Overhead of the jobs (start-up, restores, saves and evaluations over the jobs' whole time)",
+        *_jobs_lines(plan),
         "",
         "Segments",
         f"  job time limit      {fd(plan.time_limit)} (safety margin {fd(plan.margin_seconds)})",

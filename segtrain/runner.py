@@ -16,14 +16,15 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import store as store_mod
+from .attempts import Ledger
 from .config import find_task
 from .data import DataOrder, validation_split
+from .lifecycle import STOP, process_age
 from .planning import Segment
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,6 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early on purpose, run again to continu
 
 class Stopped(Exception):
     """Training stopped early (deadline or signal) after saving; rerun to continue."""
-
-
-def process_age() -> float:
-    """Seconds since this process started (the job's clock starts with the process)."""
-    try:
-        with open("/proc/self/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])
-        with open("/proc/uptime") as fh:
-            uptime = float(fh.read().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 CHECKPOINT_ROOT_ENV = "SEGTRAIN_CHECKPOINT_ROOT"
@@ -118,30 +106,6 @@ def prepare_training(run: dict, backend_factory=None) -> Training:
         has_val = True
     order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train_idx)
     return Training(backend, order, has_val, val_idx)
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; checked at step boundaries (saving inside a handler can hang)."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self.installed = False
-
-    def install(self):
-        """Catch the stop signals from now on; call it before slow imports, since a signal that
-        arrives while the framework loads would otherwise end the process by default."""
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handler)
-        self.installed = True
-
-    def _handler(self, signum, frame):
-        self.signal = signum
-
-    def __bool__(self):
-        return self.signal is not None
-
-
-STOP = StopFlag()  # one per process: signals are process-wide
 
 
 class MetricsLog:
@@ -219,6 +183,13 @@ def run_segment(
 
     store = store_mod.CheckpointStore(paths.store, keep=run["keep"])
     store.lock()
+    ledger = Ledger(paths.attempts)
+    attempt = ledger.next_attempt(segment.index)
+    process_start = started_wall - process_age()
+    started = False  # whether this attempt's start record is written
+    step = attempting = segment.start
+    saved_step = None
+    timing = {"train_seconds": 0.0, "save_seconds": 0.0, "eval_seconds": 0.0}
     try:
         store.clean_partials()
         training = prepare_training(run, backend_factory)
@@ -235,7 +206,6 @@ def run_segment(
             log.info("the best-model criterion changed (%s); best so far starts anew", best)
             best = None
         restore_seconds = time.perf_counter() - t_restore
-        attempt = _next_attempt(paths, segment.index)
         metrics = MetricsLog(paths.working_metrics(segment.index))
         # Rows past the restored step were logged by an attempt that died before saving them:
         # that is the work this failure lost (it is trained again, identically).
@@ -243,12 +213,10 @@ def run_segment(
         lost = {"lost_steps": max(int(r["step"]) for r in beyond) - step,
                 "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
         metrics.truncate_after(step)
-        with open(paths.attempts, "a") as fh:
-            fh.write(json.dumps({
-                "segment": segment.index, "attempt": attempt, "start_time": started_wall,
-                "train_start_time": time.time(), "resumed_from": step, "source": source,
-                "restore_seconds": restore_seconds, "skipped": skipped, **lost,
-            }) + "\n")
+        ledger.start(segment.index, attempt, start_time=started_wall, process_start_time=process_start,
+                     train_start_time=time.time(), resumed_from=step, source=source,
+                     restore_seconds=restore_seconds, skipped=skipped, **lost)
+        started = True
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, attempt, step, source, segment.end, segment.interval)
 
@@ -263,20 +231,26 @@ def run_segment(
             # what the next checkpoint step may still cost: the slowest save and evaluation so far
             upcoming = max(segment.save_seconds, max(saves, default=0.0)) + max(evals, default=0.0)
             if stop or time_left < upcoming * 1.5 + 0.5:
-                why = f"signal {signal.Signals(stop.signal).name}" if stop else (
+                why = stop.reason if stop else (
                     f"deadline: {time_left:.1f} s left, a save takes up to {max(saves, default=segment.save_seconds):.2f} s")
                 if step > segment.start and not store.path(step).exists():
                     seconds = _save(run, segment, store, backend, order, step, metrics, saves, best)
+                    timing["save_seconds"] += seconds
                     metrics.append({**_row(segment, attempt, step, row), "save_seconds": f"{seconds:.6f}"})
-                _append_attempt_end(paths, segment.index, attempt, step, "stopped", why)
+                    saved_step = step
+                ledger.end(segment.index, attempt, step, "stopped", why, saved_step=saved_step or step, **timing)
                 raise Stopped(f"segment {segment.index} stopped at step {step} ({why}); run again to continue")
+            attempting = step + 1
+            t_step = time.perf_counter()
             row = backend.train_step(order.batch(step))
+            timing["train_seconds"] += time.perf_counter() - t_step
             step += 1
             evaluate = step % segment.eval_every == 0 or step == segment.end
             if evaluate and has_val:
                 t_eval = time.perf_counter()
                 row = {**row, **backend.evaluate(val_idx, run["batch_size"])}
                 evals.append(time.perf_counter() - t_eval)
+                timing["eval_seconds"] += evals[-1]
             new_best = False
             if evaluate and segment.monitor in row:
                 value = row[segment.monitor]
@@ -285,6 +259,9 @@ def run_segment(
                     new_best = True
             save_now = step % segment.interval == 0 or step == segment.end
             seconds = _save(run, segment, store, backend, order, step, metrics, saves, best) if save_now else None
+            if seconds is not None:
+                timing["save_seconds"] += seconds
+                saved_step = step
             if new_best:
                 _save_best(run, segment, store, best_store, backend, order, step, best)
             if save_now or evaluate or step % run["log_every"] == 0:
@@ -300,11 +277,24 @@ def run_segment(
 
         final = store.path(segment.end)
         store_mod.verify(final)
-        _append_attempt_end(paths, segment.index, attempt, step, "completed", "")
-        history = _segment_attempts(paths, segment.index)
+        ledger.end(segment.index, attempt, step, "completed", "", saved_step=segment.end, **timing)
+        history = ledger.records(segment.index)
         best_ckpt = best_store.newest_valid(max_step=segment.end)
         return _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,
                              best_ckpt)
+    except (Stopped, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        # A real error: recorded with the step it happened at, so the workflow can tell a
+        # repeating failure (not worth another attempt) from one that moved on
+        if not started:
+            ledger.start(segment.index, attempt, start_time=started_wall, process_start_time=process_start,
+                         train_start_time=time.time(), resumed_from=step, source="(failed before training)",
+                         restore_seconds=0.0, skipped=[])
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        ledger.end(segment.index, attempt, attempting, "error", reason[:2000],
+                   saved_step=saved_step if saved_step is not None else step, **timing)
+        raise
     finally:
         store.unlock()
 
@@ -383,32 +373,6 @@ def _save(run, segment, store, backend, order, step, metrics, saves, best=None) 
     seconds = time.perf_counter() - t
     saves.append(seconds)
     return seconds
-
-
-def _next_attempt(paths: RunPaths, segment: int) -> int:
-    if not paths.attempts.exists():
-        paths.attempts.parent.mkdir(parents=True, exist_ok=True)
-        return 1
-    return 1 + sum("resumed_from" in rec for rec in _segment_attempts(paths, segment))
-
-
-def _append_attempt_end(paths, segment, attempt, step, status, why):
-    with open(paths.attempts, "a") as fh:
-        fh.write(json.dumps({"segment": segment, "attempt": attempt, "end_time": time.time(),
-                             "end_step": step, "status": status, "reason": why}) + "\n")
-
-
-def _segment_attempts(paths: RunPaths, segment: int) -> list[dict]:
-    """Every start and end record of ``segment``'s attempts, in order (a kill leaves no end)."""
-    records = []
-    for line in paths.attempts.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
-        if rec.get("segment") == segment:
-            records.append(rec)
-    return records
 
 
 def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,

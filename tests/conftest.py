@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -54,9 +55,10 @@ class Project:
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
-    def snakemake(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
+    def snakemake(self, *args, check=True, timeout=600, env=None) -> subprocess.CompletedProcess:
         cmd = [SNAKEMAKE, *args] if any(a.startswith("--profile") for a in args) else [SNAKEMAKE, "--cores", "2", *args]
-        r = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, **(env or {})})
         if check and r.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}")
         return r

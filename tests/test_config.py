@@ -92,10 +92,24 @@ def test_snakemake_stops_before_any_job_on_bad_input(project, change, expected):
 
 
 @pytest.mark.e2e
-def test_time_limit_shorter_than_one_step_plus_save_stops_at_the_plan(project):
+def test_a_time_limit_that_start_up_dominates_is_refused_and_replanned_without_deleting_files(project):
+    # start-up of a PyTorch job is seconds: a 4 s limit would be jobs that mostly start up
     project.write_config({"r": {**MLP, "total_steps": 10}}, time_limit="4s", safety_margin="1s")
     r = project.snakemake(check=False)
     assert r.returncode != 0
     log = (project.root / "logs" / "plan_segments" / "r.log").read_text()
-    assert "shorter than one step plus one save" in log and "raise time_limit" in log
+    assert "max_startup_share 25 %" in log and "Raise time_limit to at least" in log
+    assert "snakemake --forcerun measure_checkpoint_cost" in log  # the way to re-measure, named
     assert not (project.run_dir("r") / "segments").exists()
+    # allowing any share still cannot fit one step and one save in it: refused, with the fix
+    project.write_config({"r": {**MLP, "total_steps": 10, "max_startup_share": "99%"}},
+                         time_limit="30s", safety_margin="29.9s")
+    r = project.snakemake(check=False)
+    log = (project.root / "logs" / "plan_segments" / "r.log").read_text()
+    assert r.returncode != 0 and "shorter than one step plus one save" in log and "raise time_limit" in log
+    # the fix applies with the same command: no file to delete by hand, the costs are measured once
+    costs = (project.run_dir("r") / "costs.json").stat().st_mtime_ns
+    project.write_config({"r": {**MLP, "total_steps": 10}}, time_limit="2m", safety_margin="1s")
+    project.snakemake()
+    assert (project.run_dir("r") / "model.pt").exists()
+    assert (project.run_dir("r") / "costs.json").stat().st_mtime_ns == costs

@@ -172,3 +172,35 @@ def test_evaluation_time_is_planned_with_each_checkpoint():
     b = planning.make_plan(total_steps=10_000, time_limit=100, costs=with_eval, policy=policy)
     assert a.steps_per_segment == 800 and b.steps_per_segment == 500  # 6 s vs 10 s per 50-step block
     assert planning.segment_seconds(b.steps_per_segment, 50, with_eval) <= 100
+
+
+def test_plan_refuses_a_time_limit_that_start_up_dominates():
+    c = costs(step=0.001, save=0.003, load=0.1, startup=9.0)
+    with pytest.raises(planning.PlanError) as err:
+        planning.make_plan(total_steps=7000, time_limit=12, costs=c, policy=planning.Policy(max_overhead_percent=5),
+                           max_startup_percent=25)
+    msg = str(err.value)
+    assert "max_startup_share" in msg and "76 %" in msg  # (9 + 0.1) / 12
+    assert "at least 36.4 s" in msg and "--forcerun measure_checkpoint_cost" in msg
+    # the same costs plan fine once start-up is a small share of the job
+    plan = planning.make_plan(total_steps=7000, time_limit=60, costs=c, policy=planning.Policy(max_overhead_percent=5),
+                              max_startup_percent=25)
+    assert len(plan.segments) == 1
+
+
+def test_job_overhead_counts_start_up_restores_saves_and_evaluations():
+    c = planning.Costs(step_seconds=0.01, save_seconds=0.5, load_seconds=0.25, startup_seconds=4.0, eval_seconds=0.1)
+    plan = planning.make_plan(total_steps=1000, time_limit=100, costs=c, policy=planning.Policy(every_steps=100),
+                              steps_per_segment=250)
+    j = plan.jobs
+    assert j.jobs == 4
+    assert j.startup_seconds == pytest.approx(16.0)
+    assert j.restore_seconds == pytest.approx(0.75)  # segment 0 starts from a fresh model
+    assert j.save_seconds == pytest.approx(12 * 0.5)  # 3 saves per segment of 250 steps (100, 200, 250)
+    assert j.eval_seconds == pytest.approx(12 * 0.1)
+    assert j.train_seconds == pytest.approx(10.0)
+    assert j.percent == pytest.approx(100 * 23.95 / 33.95)
+    # the DSRI formula, beside it, counts the saves only
+    assert plan.overhead.percent == pytest.approx(100 * 0.5 / 1.0)
+    table = planning.plan_table(plan)
+    assert "overhead 70.5 %" in table and "(saves only)" in table

@@ -69,7 +69,7 @@ def test_sigterm_saves_at_the_current_step_and_exits_for_a_retry(tmp_path, run_s
             return super().train_step(indices)
 
     old = signal.getsignal(signal.SIGTERM)
-    runner.STOP.signal = None
+    runner.STOP.clear()
     try:
         paths = runner.RunPaths(tmp_path / "run")
         with pytest.raises(runner.Stopped, match="SIGTERM"):
@@ -77,7 +77,7 @@ def test_sigterm_saves_at_the_current_step_and_exits_for_a_retry(tmp_path, run_s
                                backend_factory=SignalledBackend)
     finally:
         signal.signal(signal.SIGTERM, old)
-        runner.STOP.signal = None
+        runner.STOP.clear()
         runner.STOP.installed = False
     assert max(runner.store_mod.CheckpointStore(paths.store).steps()) == 33  # not 20: no work lost
     assert not paths.segment_dir(0).exists()  # the output appears only when the segment is complete

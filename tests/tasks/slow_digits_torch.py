@@ -1,9 +1,11 @@
 """Test task: a digits MLP (PyTorch) with dropout and a pause of params['pause'] s in every step.
 
 The pause makes a segment outlast a walltime; it touches no numbers, so a run with pause 0 is the
-exact reference for a run with a pause.
+exact reference for a run with a pause. SLOW_TASK_PAUSE in the environment overrides it, so a test
+can measure fast and train slowly (a machine that got slower after planning).
 """
 
+import os
 import time
 
 import torch
@@ -18,7 +20,8 @@ def build_dataset(params):
 
 def build_model(params):
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
-    model.pause = params.get("pause", 0.0)  # a plain attribute: not part of the state
+    # a plain attribute: not part of the state
+    model.pause = float(os.environ.get("SLOW_TASK_PAUSE", params.get("pause", 0.0)))
     return model
 
 

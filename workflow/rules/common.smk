@@ -6,11 +6,12 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 
 sys.path.insert(0, workflow.basedir)
 from segtrain.config import ConfigError, resolve
-from segtrain.store import recorded_model_hash
+from segtrain.attempts import Ledger, retry_refusal
+from segtrain.store import CheckpointStore, recorded_model_hash
 
 # Rules run `$SEGTRAIN_PYTHON $SEGTRAIN_SCRIPTS/<rule>.py`: this interpreter and this workflow's
 # scripts, wherever the working directory is. They travel as environment variables, not params:
@@ -22,7 +23,10 @@ os.environ.update(
     SEGTRAIN_CHECKPOINT_ROOT=config.get("checkpoint_root", "results"),
     # an absolute end (a booking's); an environment variable so changing it retrains nothing
     SEGTRAIN_DEADLINE=str(config.get("deadline") or ""),
+    # the process whose jobs these are: a training job stops when it is gone (segtrain.lifecycle)
+    SEGTRAIN_SNAKEMAKE_PID=str(os.getpid()),
 )
+SEGMENT_RETRY_CAP = 100
 EXPORT_EXT = {"torch": "pt", "keras": "keras"}
 
 try:
@@ -85,13 +89,31 @@ def plan_settings(wildcards):
         "margin_seconds",
         "policy",
         "grace_period_seconds",
+        "max_startup_percent",
     )
     extra = ("steps_per_segment", "keep", "log_every", "eval_every", "monitor", "mode")
     return _subset(wildcards.run, keys + extra)
 
 
-def runtime_minutes(wildcards):
-    """The job's runtime resource, from the same time_limit the plan uses."""
+def runtime_minutes(wildcards, attempt):
+    """The job's runtime resource, from the same time_limit the plan uses.
+
+    Snakemake evaluates it again before every retry, so this is also where a retry is refused:
+    a segment that stopped at its deadline after making progress always gets another attempt
+    (train_segment's retries are a high cap), but the same error at the same step twice, or two
+    attempts in a row without progress, stop the run here with the reason."""
+    if attempt > 1:
+        run, index = wildcards.run, int(wildcards.segment)
+        ckpt = Path(config.get("checkpoint_root", "results")) / run / "ckpt"
+        end = load_plan(run)["segments"][index]["end"]
+        saved = [s for s in CheckpointStore(ckpt, keep=2).steps() if s <= end]
+        why = retry_refusal(
+            Ledger(ckpt / "attempts.jsonl").records(index),
+            attempt - 1,
+            max(saved, default=None),
+        )
+        if why:
+            raise WorkflowError(f"run {run}: {why}")
     return max(1, math.ceil(RUNS[wildcards.run]["time_limit_seconds"] / 60))
 
 
@@ -136,12 +158,25 @@ def segment_settings(wildcards):
 
 
 def all_segments(wildcards):
-    plan = load_plan(wildcards.run)
-    return [segment_dir(wildcards.run, s["index"]) for s in plan["segments"]]
+    """Every segment's output folder, in chain order.
+
+    Every rule that needs the chain lists all of it in ascending order, so Snakemake reaches
+    segment i's job after segment i-1's and finds its dependency already in the DAG: building
+    the DAG never recurses down the chain, whatever its length (10,000 segments and more).
+    """
+    return segment_chain(wildcards.run)
 
 
-def last_segment(wildcards):
-    return all_segments(wildcards)[-1]
+def segment_chain(run):
+    return [segment_dir(run, s["index"]) for s in load_plan(run)["segments"]]
+
+
+def segments_arg(wildcards, input):
+    """The segment folders for a script's command line: the folder that holds them and their
+    count (10,000 paths would exceed the kernel's 128 KiB limit on one argument)."""
+    return (
+        f"--segments-dir results/{wildcards.run}/segments --count {len(input.segments)}"
+    )
 
 
 def runs_of(framework):
@@ -151,13 +186,23 @@ def runs_of(framework):
 
 
 def get_final_targets(wildcards):
+    """Per run: its plan; once planned, every segment in chain order, then what depends on them.
+
+    Until a run's plan exists only the plan is asked for; Snakemake evaluates this function again
+    when the plan_segments checkpoint finishes, and the segments join the DAG in ascending order.
+    """
     targets = []
     for name, run in RUNS.items():
-        targets += [
-            f"results/{name}/model.{EXPORT_EXT[run['framework']]}",
-            f"results/{name}/model.best.{EXPORT_EXT[run['framework']]}",
+        targets += [f"results/{name}/plan.json", f"results/{name}/plan.txt"]
+        try:
+            segments = segment_chain(name)
+        except IncompleteCheckpointException:
+            continue
+        ext = EXPORT_EXT[run["framework"]]
+        targets += segments + [
+            f"results/{name}/model.{ext}",
+            f"results/{name}/model.best.{ext}",
             f"results/{name}/metrics.csv",
-            f"results/{name}/plan.txt",
             f"results/{name}/report/training.svg",
         ]
     return targets + ["results/compare/loss.svg"]

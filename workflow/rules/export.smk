@@ -1,7 +1,7 @@
 rule export_torch:
     """The last and the best weights of a PyTorch run, as state_dict files and as safetensors."""
     input:
-        last_segment,
+        segments=all_segments,
     output:
         last="results/{run}/model.pt",
         last_safetensors="results/{run}/model.safetensors",
@@ -13,9 +13,10 @@ rule export_torch:
         run=runs_of("torch"),
     params:
         run=model_settings,
+        segments=segments_arg,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
-        "--run {params.run:q} --segment {input:q} "
+        "--run {params.run:q} {params.segments} "
         "--output last.pt={output.last:q} last.safetensors={output.last_safetensors:q} "
         "best.pt={output.best:q} best.safetensors={output.best_safetensors:q} 2>> {log:q}"
 
@@ -23,7 +24,7 @@ rule export_torch:
 rule export_keras:
     """The last and the best model of a Keras run, as .keras files and as weights-only .weights.h5."""
     input:
-        last_segment,
+        segments=all_segments,
     output:
         last="results/{run}/model.keras",
         last_weights="results/{run}/model.weights.h5",
@@ -35,9 +36,10 @@ rule export_keras:
         run=runs_of("keras"),
     params:
         run=model_settings,
+        segments=segments_arg,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
-        "--run {params.run:q} --segment {input:q} "
+        "--run {params.run:q} {params.segments} "
         "--output last.keras={output.last:q} last.weights.h5={output.last_weights:q} "
         "best.keras={output.best:q} best.weights.h5={output.best_weights:q} 2>> {log:q}"
 
@@ -45,11 +47,13 @@ rule export_keras:
 rule merge_metrics:
     """One metrics table for the whole run, across all segments and attempts."""
     input:
-        all_segments,
+        segments=all_segments,
     output:
         "results/{run}/metrics.csv",
     log:
         "logs/merge_metrics/{run}.log",
+    params:
+        segments=segments_arg,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/merge_metrics.py '
-        "--output {output:q} {input:q} 2>> {log:q}"
+        "--output {output:q} {params.segments} 2>> {log:q}"

@@ -31,11 +31,13 @@ rule plot_run:
         ),
     log:
         "logs/plot_run/{run}.log",
+    params:
+        segments=segments_arg,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/plot_run.py '
         "--run {wildcards.run:q} --plan {input.plan:q} "
         "--metrics {input.metrics:q} --training {output.training:q} --checkpoints {output.checkpoints:q} "
-        "--timeline {output.timeline:q} --table {output.table:q} {input.segments:q} 2>> {log:q}"
+        "--timeline {output.timeline:q} --table {output.table:q} {params.segments} 2>> {log:q}"
 
 
 rule compare_runs:

@@ -12,6 +12,9 @@ rule train_segment:
         "logs/train_segment/{run}/{segment}.log",
     benchmark:
         "benchmarks/train_segment/{run}/{segment}.tsv"
+    # A high cap: whether a failed segment is tried again is decided by runtime_minutes (common.smk),
+    # from its attempts: progress always continues, repeating failures stop the run.
+    retries: SEGMENT_RETRY_CAP
     threads: lambda wildcards: RUNS[wildcards.run]["threads"]
     resources:
         runtime=runtime_minutes,

@@ -1,0 +1,99 @@
+"""The attempts ledger: one JSON line when a segment attempt starts and one when it ends.
+
+``<checkpoint_root>/<run>/ckpt/attempts.jsonl`` tells the report where the time went and tells
+the workflow whether another attempt is worth its GPU time: a segment that stopped at its
+deadline after making progress is always continued, while one that fails again and again
+without progress (the same error at the same step, a time limit too short to save anything)
+stops the run with the reason instead of spending every retry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+# An attempt that ended like this twice in a row, with no progress in between, is not retried.
+NO_PROGRESS_LIMIT = 2
+
+
+class Ledger:
+    """Append-only JSON lines; a line cut by a kill is skipped when reading."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def records(self, segment: int | None = None) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if isinstance(rec, dict) and (segment is None or rec.get("segment") == segment):
+                out.append(rec)
+        return out
+
+    def next_attempt(self, segment: int) -> int:
+        return 1 + sum("resumed_from" in rec for rec in self.records(segment))
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def start(self, segment: int, attempt: int, **fields) -> None:
+        self.append({"segment": segment, "attempt": attempt, **fields})
+
+    def end(self, segment: int, attempt: int, step: int, status: str, reason: str, **fields) -> None:
+        self.append({"segment": segment, "attempt": attempt, "end_time": time.time(), "end_step": step,
+                     "status": status, "reason": reason, **fields})
+
+
+def attempts_of(records: list[dict]) -> list[dict]:
+    """The attempts of one segment, in order: each start record merged with its end record
+    (``status`` is ``killed`` when there is none: the process had no chance to write it)."""
+    starts = [r for r in records if "resumed_from" in r]
+    ends = {r.get("attempt"): r for r in records if "status" in r}
+    merged = []
+    for start in starts:
+        end = ends.get(start.get("attempt"), {"status": "killed", "reason": "killed (no chance to save)"})
+        merged.append({**start, **end})
+    return merged
+
+
+def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | None) -> str | None:
+    """Why segment attempts should not go on, or None to go on.
+
+    ``records`` are one segment's ledger records, ``this_invocation`` how many of its newest
+    attempts belong to the running workflow (earlier invocations do not count: a user who fixed
+    the cause and runs again gets fresh attempts), ``saved_step`` the newest checkpoint step in
+    the store (how far the newest attempt got before it was killed, if it was).
+    """
+    attempts = attempts_of(records)[-this_invocation:] if this_invocation > 0 else []
+    if len(attempts) < NO_PROGRESS_LIMIT:
+        return None
+    last = attempts[-NO_PROGRESS_LIMIT:]
+    errors = [a for a in last if a["status"] == "error"]
+    if len(errors) == NO_PROGRESS_LIMIT and len({a.get("end_step") for a in errors}) == 1:
+        a = errors[-1]
+        return (f"segment {a['segment']} failed {NO_PROGRESS_LIMIT} times at step {a['end_step']} with the same "
+                f"error, so it is not tried again: {a.get('reason', '')}. Fix the cause, then run the same "
+                "command again: it resumes from the newest checkpoint")
+
+    def progress(i: int) -> bool:
+        a = last[i]
+        reached = last[i + 1]["resumed_from"] if i + 1 < len(last) else max(
+            a.get("saved_step", a["resumed_from"]), saved_step if saved_step is not None else -1)
+        return reached > a["resumed_from"]
+
+    if not any(progress(i) for i in range(len(last))):
+        how = "; ".join(f"attempt {a['attempt']} {a['status']} at step {a.get('end_step', a['resumed_from'])}"
+                        + (f" ({a['reason']})" if a.get("reason") else "") for a in last)
+        return (f"segment {last[-1]['segment']} made no progress in its last {NO_PROGRESS_LIMIT} attempts "
+                f"({how}), so it is not tried again. If each attempt stopped at its deadline, time_limit is "
+                "too short for the measured start-up and save times: raise time_limit, or measure again with "
+                "snakemake --forcerun measure_checkpoint_cost. Then run the same command again")
+    return None

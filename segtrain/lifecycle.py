@@ -1,0 +1,100 @@
+"""The training process's life: its clock, the stop signals, and its parent.
+
+A segment stops cleanly (saves at the next step boundary, exits with EXIT_STOPPED) when a stop is
+requested: SIGTERM (pod stopped, booking over, walltime), SIGUSR1 (SLURM's --signal), or the
+Snakemake process that started the job disappearing (it was killed: nobody would collect this
+job's result, and a rerun would find the run locked by it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+# Set by the workflow (common.smk) in every Snakemake process: the one whose jobs we are.
+PARENT_ENV = "SEGTRAIN_SNAKEMAKE_PID"
+
+
+def process_age() -> float:
+    """Seconds since this process started (the job's clock starts with the process)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _start_ticks(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (with the PID, it names the process)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 or a vanished parent; checked at step boundaries (saving inside a
+    signal handler can deadlock)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.reason: str = ""
+        self.installed = False
+
+    def install(self):
+        """Catch the stop signals from now on; call it before slow imports, since a signal that
+        arrives while the framework loads would otherwise end the process by default."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+        self.installed = True
+
+    def _handler(self, signum, frame):
+        self.request(f"signal {signal.Signals(signum).name}", signum)
+
+    def request(self, reason: str, signum: int | None = None) -> None:
+        if not self.reason:
+            self.signal, self.reason = signum, reason
+
+    def clear(self) -> None:
+        self.signal, self.reason = None, ""
+
+    def __bool__(self):
+        return bool(self.reason)
+
+
+STOP = StopFlag()  # one per process: signals are process-wide
+
+
+def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 0.5) -> threading.Thread | None:
+    """Request a stop when the Snakemake process that started this job is gone.
+
+    ``kill -9`` of Snakemake leaves its jobs running with no one to collect them; the local
+    executor does not pass its death on. The PID comes from the environment the workflow set;
+    its start time guards against the PID being reused. Returns the watching thread, or None
+    when there is nothing to watch."""
+    if pid is None:
+        text = os.environ.get(PARENT_ENV, "")
+        pid = int(text) if text.isdigit() else None
+    if pid is None or pid == os.getpid():
+        return None
+    born = _start_ticks(pid)
+    if born is None:
+        return None
+
+    def watch():
+        while not stop:
+            if _start_ticks(pid) != born:
+                stop.request(f"the Snakemake process {pid} that started this job is gone")
+                return
+            time.sleep(period)
+
+    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
+    thread.start()
+    return thread

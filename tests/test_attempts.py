@@ -1,0 +1,77 @@
+"""The attempts ledger and the rule that decides whether a failed segment is tried again."""
+
+import os
+import subprocess
+import sys
+import time
+
+from segtrain.attempts import Ledger, attempts_of, retry_refusal
+from segtrain.lifecycle import StopFlag, watch_parent
+
+
+def ledger_of(*attempts):
+    """Records for attempts given as (resumed_from, status, end_step, reason, saved_step)."""
+    records = []
+    for i, (start, status, end, reason, saved) in enumerate(attempts, 1):
+        records.append({"segment": 3, "attempt": i, "resumed_from": start})
+        if status != "killed":
+            records.append({"segment": 3, "attempt": i, "status": status, "end_step": end, "reason": reason,
+                            "saved_step": saved})
+    return records
+
+
+def test_stops_at_the_deadline_with_progress_are_always_tried_again():
+    records = ledger_of(*[(100 * i, "stopped", 100 * i + 100, "deadline", 100 * i + 100) for i in range(6)])
+    assert retry_refusal(records, 6, saved_step=600) is None
+
+
+def test_the_same_error_at_the_same_step_twice_is_not_tried_again():
+    records = ledger_of((0, "error", 130, "ValueError: boom", 100), (100, "error", 130, "ValueError: boom", 100))
+    why = retry_refusal(records, 2, saved_step=100)
+    assert "failed 2 times at step 130" in why and "ValueError: boom" in why
+    # one error only, or errors at different steps with progress between them: go on
+    assert retry_refusal(records[:2], 1, saved_step=100) is None
+    moving = ledger_of((0, "error", 130, "E", 100), (100, "error", 260, "E", 250))
+    assert retry_refusal(moving, 2, saved_step=250) is None
+
+
+def test_two_attempts_without_progress_are_not_tried_again_whatever_their_ending():
+    records = ledger_of((100, "stopped", 100, "deadline: 0.4 s left", 100), (100, "killed", None, None, None))
+    why = retry_refusal(records, 2, saved_step=100)
+    assert "made no progress in its last 2 attempts" in why and "raise time_limit" in why
+    # the kill came after a save: that attempt made progress
+    assert retry_refusal(records, 2, saved_step=150) is None
+
+
+def test_attempts_of_earlier_invocations_do_not_count():
+    records = ledger_of((0, "error", 130, "E", 100), (100, "error", 130, "E", 100))
+    assert retry_refusal(records, 1, saved_step=100) is None  # the user fixed it and ran again
+
+
+def test_ledger_skips_a_line_cut_by_a_kill(tmp_path):
+    ledger = Ledger(tmp_path / "attempts.jsonl")
+    ledger.start(0, 1, resumed_from=0)
+    with open(ledger.path, "a") as fh:
+        fh.write('{"segment": 0, "attem')  # a kill in the middle of a write
+    assert ledger.next_attempt(0) == 2
+    ledger.path.write_text(ledger.path.read_text() + "\n")
+    ledger.end(0, 2, 50, "stopped", "deadline")
+    assert [a["status"] for a in attempts_of(ledger.records(0))] == ["killed"]
+
+
+def test_watch_parent_requests_a_stop_when_the_parent_dies():
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stop = StopFlag()
+        assert watch_parent(stop, pid=parent.pid, period=0.05) is not None
+        time.sleep(0.2)
+        assert not stop
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 5
+        while not stop and time.time() < deadline:
+            time.sleep(0.05)
+        assert stop and f"process {parent.pid}" in stop.reason
+    finally:
+        parent.kill()
+    assert watch_parent(StopFlag(), pid=os.getpid()) is None  # a process is never its own parent
