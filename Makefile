@@ -22,7 +22,6 @@ install: $(VENV)/.installed
 ## run: train the default config (config/config.yaml) on the local executor
 run: install
 	$(SNAKEMAKE) --profile profiles/local
-	@for f in results/*/plan.txt; do echo; echo "== $$f"; sed -n '/^Measured costs/,/^Work lost/p' $$f; done
 	@echo
 	@$(PY) -m segtrain.summary results
 
@@ -46,9 +45,10 @@ lint: install
 	$(SNAKEMAKE) --lint || true
 	$(VENV)/bin/snakefmt --check Snakefile workflow
 
-## bench-dag: time `snakemake -n` on a 200-segment plan
+## bench-dag: time and peak memory of `snakemake -n` on long chains (make bench-dag SEGMENTS="2000 10000")
+SEGMENTS ?= 200 2000 10000
 bench-dag: install
-	$(PY) tests/bench_dag.py
+	$(PY) tests/bench_dag.py $(SEGMENTS)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -7,40 +7,81 @@ import json
 import sys
 from pathlib import Path
 
+from .attempts import attempts_of
+from .durations import format_duration as fd
+from .planning import Costs, segment_seconds
+
+
+def measured_attempts(segment_json: dict) -> list[dict]:
+    """Per attempt of a segment: start-up, job wall time and time in training steps (seconds),
+    from the timings each attempt recorded in the attempts ledger."""
+    out = []
+    for a in attempts_of(segment_json.get("history", [])):
+        if "process_start_time" not in a or "end_time" not in a:
+            continue  # killed (no end record), or recorded by an older version
+        wall = a["end_time"] - a["process_start_time"]
+        startup = a["train_start_time"] - a["process_start_time"] - a.get("restore_seconds", 0.0)
+        out.append({"status": a["status"], "wall": wall, "startup": startup, "train": a.get("train_seconds", 0.0),
+                    "restore": a.get("restore_seconds", 0.0)})
+    return out
+
 
 def summarize(run_dir: Path) -> str:
     plan = json.loads((run_dir / "plan.json").read_text())
-    lines = [f"run {run_dir.name}: {len(plan['segments'])} segments of up to {plan['steps_per_segment']} steps, "
-             f"checkpoint every {plan['interval_steps']} steps, planned overhead {plan['overhead']['percent']:.2f} %"]
-    saves, steps = [], 0
+    costs = Costs.from_dict(plan["costs"])
+    jobs = plan.get("jobs") or {}
+    lines = [
+        f"run {run_dir.name}: {len(plan['segments'])} segments of up to {plan['steps_per_segment']} steps, "
+        f"checkpoint every {plan['interval_steps']} steps ({plan['reason']})",
+        f"  planned : start-up {fd(costs.startup_seconds)} per job, step {fd(costs.step_seconds)}, save "
+        f"{fd(costs.save_seconds)}, evaluation {fd(costs.eval_seconds)}; a full job {fd(plan['segment_seconds'])} "
+        f"of a {fd(plan['time_limit'])} limit",
+        f"            overhead {jobs.get('percent', float('nan')):.1f} % of the jobs' time (start-up, restores, "
+        f"saves, evaluations); DSRI formula (saves only) {plan['overhead']['percent']:.2f} %",
+    ]
+    saves, all_attempts, seg_lines = [], [], []
     for seg in plan["segments"]:
         out = run_dir / "segments" / f"{seg['index']:04d}"
-        bench = Path("benchmarks/train_segment") / run_dir.name / f"{seg['index']:04d}.tsv"
         if not (out / "segment.json").exists():
-            lines.append(f"  segment {seg['index']}: not trained yet")
+            seg_lines.append(f"  segment {seg['index']}: not trained yet")
             continue
         info = json.loads((out / "segment.json").read_text())
         with open(out / "metrics.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         saves += [float(r["save_seconds"]) for r in rows if r.get("save_seconds")]
-        steps += seg["end"] - seg["start"]
-        wall = ""
-        if bench.exists():
-            with open(bench, newline="") as fh:
-                wall = f", job wall {float(next(csv.DictReader(fh, delimiter=chr(9)))['s']):.1f} s"
-        loss = next((r["loss"] for r in reversed(rows) if r.get("loss")), "?")
-        lines.append(f"  segment {seg['index']}: steps {seg['start']}-{seg['end']}, attempts {info['attempts']}, "
-                     f"loss {float(loss):.4f}{wall} (planned {plan['segment_seconds']:.1f} s for a full segment)")
+        attempts = measured_attempts(info)
+        all_attempts += attempts
+        planned = segment_seconds(seg["end"] - seg["start"], seg["interval"], costs, seg.get("eval_every", 0))
+        wall = sum(a["wall"] for a in attempts)
+        startup = sum(a["startup"] for a in attempts)
+        loss = next((r["loss"] for r in reversed(rows) if r.get("loss")), "nan")
+        seg_lines.append(
+            f"  segment {seg['index']}: steps {seg['start']}-{seg['end']}, {info['attempts']} attempt(s), "
+            f"loss {float(loss):.4f}, job {fd(wall)} (planned {fd(planned)}), start-up {fd(startup)}"
+        )
+    if all_attempts:
+        wall = sum(a["wall"] for a in all_attempts)
+        train = sum(a["train"] for a in all_attempts)
+        startup = sum(a["startup"] for a in all_attempts) / len(all_attempts)
+        lines.append(
+            f"  measured: start-up {fd(startup)} per job (mean of {len(all_attempts)} attempts), jobs {fd(wall)} in "
+            f"all, of which training steps {fd(train)}: overhead {100 * (wall - train) / wall:.1f} %"
+        )
     if saves:
-        lines.append(f"  {len(saves)} saves: mean {1000 * sum(saves) / len(saves):.1f} ms, max {1000 * max(saves):.1f} ms "
-                     f"(measured before planning: {1000 * plan['costs']['save_seconds']:.1f} ms)")
-    return "\n".join(lines)
+        lines.append(f"            {len(saves)} saves: mean {fd(sum(saves) / len(saves))}, max {fd(max(saves))} "
+                     f"(measured before planning: {fd(costs.save_seconds)})")
+    return "\n".join(lines + seg_lines)
 
 
 def main(argv=None) -> int:
     root = Path((argv or sys.argv[1:] or ["results"])[0])
-    for run_dir in sorted(p for p in root.iterdir() if (p / "plan.json").exists()):
+    runs = sorted(p for p in root.iterdir() if (p / "plan.json").exists()) if root.is_dir() else []
+    if not runs:
+        print(f"no planned runs in {root}")
+        return 1
+    for run_dir in runs:
         print(summarize(run_dir))
+        print()
     return 0
 
 

@@ -42,8 +42,10 @@ def check_run(results, categories, run):
             if path.endswith(".svg"):
                 ET.fromstring(body)  # a complete, parseable image
                 assert run in body  # the title names the run
-    plan = decoded(results[f"results/{run}/plan.txt"])
+    plan = decoded(results[f"results/{run}/report/plan.html"])  # HTML: shown in the page, not a download
     assert "NCP   = TT / z" in plan and "overhead = TTSC / TT * 100" in plan
+    assert "Overhead of the jobs (start-up, restores, saves and evaluations" in plan
+    assert "Planned versus measured, per segment" in plan and "measured_startup_s" in plan
     return {os.path.basename(p): decoded(results[p]) for s in SECTIONS for p in categories[run][s]}
 
 
@@ -54,10 +56,15 @@ def test_report_of_pytorch_and_keras_runs_has_every_section(baseline, tmp_path):
     for run in ("mlp-5", "cnn-5", "kmlp-5", "kcnn-5"):
         files = check_run(results, categories, run)
         assert "training across 5 segments" in files["training.svg"]
-        assert "accuracy" in files["training.svg"] or run.startswith("kmlp")
+        # validation drawn as points on the loss axis, the best checkpoint marked, metrics of both kinds
+        assert "validation loss" in files["training.svg"] and "best val_loss" in files["training.svg"]
+        assert "training accuracy" in files["training.svg"] and "validation accuracy" in files["training.svg"]
         assert "global step" in files["checkpoints.svg"] and "cumulative overhead" in files["checkpoints.svg"]
-        assert files["plan_vs_measured.csv"].count("\n") == 6  # header + 5 segments
+        assert "start-up + restore" in files["timeline.svg"]
+        assert files["plan.html"].count("<tr") == 1 + 5 + 0  # header + 5 segments; no failed attempts
     assert "results/compare/loss.svg" in results
+    assert "digits" not in decoded(results["results/compare/loss.svg"])  # the test's run names, not the demo's
+    assert "mlp-5 validation" in decoded(results["results/compare/loss.svg"])
 
 
 def test_report_of_a_run_with_a_failure_shows_the_kill_and_the_work_lost(project, tmp_path):
@@ -77,8 +84,10 @@ def test_report_of_a_run_with_a_failure_shows_the_kill_and_the_work_lost(project
     assert "1 restarts" in files["timeline.svg"] and "killed" in files["timeline.svg"]
     assert re.search(r"lost \d+ steps", files["timeline.svg"])
     assert "resume after a failure" in files["training.svg"]
-    rows = files["plan_vs_measured.csv"].splitlines()
+    assert "resume after a stop" not in files["training.svg"]  # a kill is not a deadline stop
+    rows = (project.run_dir("r") / "report" / "plan_vs_measured.csv").read_text().splitlines()
     assert rows[2].split(",")[2] == "2"  # segment 1 took two attempts
+    assert "killed (no chance to save)" in files["plan.html"]
 
     chromium = shutil.which("chromium")
     if chromium is None:

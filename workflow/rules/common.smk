@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
+from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)
 from segtrain.config import ConfigError, resolve
@@ -118,11 +118,18 @@ def runtime_minutes(wildcards, attempt):
 
 
 _plan_cache = {}
+_plan_output = {}
 
 
 def load_plan(run):
-    """The run's plan; raises Snakemake's IncompleteCheckpointException until it exists."""
-    plan = checkpoints.plan_segments.get(run=run).output.plan
+    """The run's plan; raises Snakemake's IncompleteCheckpointException until it exists.
+
+    Once the checkpoint is complete it stays complete for this process, so its output is looked
+    up once per run (input functions call this for every segment job: 10,000s of times).
+    """
+    plan = _plan_output.get(run)
+    if plan is None:
+        plan = _plan_output[run] = checkpoints.plan_segments.get(run=run).output.plan
     # With a storage provider (Kubernetes) the plan lives in storage: open() fetches a local copy.
     local = Path(plan.storage_object.local_path()) if plan.is_storage else Path(plan)
     key = (str(local), local.stat().st_mtime_ns) if local.exists() else None
@@ -186,23 +193,17 @@ def runs_of(framework):
 
 
 def get_final_targets(wildcards):
-    """Per run: its plan; once planned, every segment in chain order, then what depends on them.
-
-    Until a run's plan exists only the plan is asked for; Snakemake evaluates this function again
-    when the plan_segments checkpoint finishes, and the segments join the DAG in ascending order.
-    """
+    """Per run: the plan, the exported models, the merged metrics and the report's figures.
+    (Each of them lists the whole chain of segments, in order, once the plan exists.)"""
     targets = []
     for name, run in RUNS.items():
-        targets += [f"results/{name}/plan.json", f"results/{name}/plan.txt"]
-        try:
-            segments = segment_chain(name)
-        except IncompleteCheckpointException:
-            continue
         ext = EXPORT_EXT[run["framework"]]
-        targets += segments + [
+        targets += [
+            f"results/{name}/plan.txt",
             f"results/{name}/model.{ext}",
             f"results/{name}/model.best.{ext}",
             f"results/{name}/metrics.csv",
             f"results/{name}/report/training.svg",
+            f"results/{name}/report/plan.html",
         ]
     return targets + ["results/compare/loss.svg"]

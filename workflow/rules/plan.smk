@@ -5,12 +5,7 @@ checkpoint plan_segments:
         costs="results/{run}/costs.json",
     output:
         plan="results/{run}/plan.json",
-        table=report(
-            "results/{run}/plan.txt",
-            caption="../report/plan.rst",
-            category="{run}",
-            subcategory="Plan",
-        ),
+        table="results/{run}/plan.txt",
     log:
         "logs/plan_segments/{run}.log",
     params:

@@ -2,6 +2,7 @@ rule plot_run:
     """Figures and the plan-versus-measured table of one run, for the HTML report."""
     input:
         plan="results/{run}/plan.json",
+        plan_txt="results/{run}/plan.txt",
         metrics="results/{run}/metrics.csv",
         segments=all_segments,
     output:
@@ -23,9 +24,10 @@ rule plot_run:
             category="{run}",
             subcategory="Timeline",
         ),
-        table=report(
-            "results/{run}/report/plan_vs_measured.csv",
-            caption="../report/plan_vs_measured.rst",
+        table="results/{run}/report/plan_vs_measured.csv",
+        page=report(
+            "results/{run}/report/plan.html",
+            caption="../report/plan.rst",
             category="{run}",
             subcategory="Plan",
         ),
@@ -37,7 +39,8 @@ rule plot_run:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/plot_run.py '
         "--run {wildcards.run:q} --plan {input.plan:q} "
         "--metrics {input.metrics:q} --training {output.training:q} --checkpoints {output.checkpoints:q} "
-        "--timeline {output.timeline:q} --table {output.table:q} {params.segments} 2>> {log:q}"
+        "--timeline {output.timeline:q} --table {output.table:q} "
+        "--page {output.page:q} --plan-txt {input.plan_txt:q} {params.segments} 2>> {log:q}"
 
 
 rule compare_runs:
