@@ -13,8 +13,11 @@ import json
 import time
 from pathlib import Path
 
-# An attempt that ended like this twice in a row, with no progress in between, is not retried.
+# Attempts without progress that stop a run: two in a row that stopped at their deadline or
+# failed with an error (the time limit is too short, or the task is broken), or five in a row of
+# any kind (kills and signals: preemption can hit a job before its first save, but not forever).
 NO_PROGRESS_LIMIT = 2
+NO_PROGRESS_KILLS = 5
 
 
 class Ledger:
@@ -84,16 +87,24 @@ def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | N
                 "command again: it resumes from the newest checkpoint")
 
     def progress(i: int) -> bool:
-        a = last[i]
-        reached = last[i + 1]["resumed_from"] if i + 1 < len(last) else max(
+        a = attempts[i]
+        reached = attempts[i + 1]["resumed_from"] if i + 1 < len(attempts) else max(
             a.get("saved_step", a["resumed_from"]), saved_step if saved_step is not None else -1)
         return reached > a["resumed_from"]
 
-    if not any(progress(i) for i in range(len(last))):
+    stuck = []  # the newest attempts that made no progress, newest first
+    for i in reversed(range(len(attempts))):
+        if progress(i):
+            break
+        stuck.append(attempts[i])
+    own_fault = [a for a in stuck if a["status"] == "error" or
+                 (a["status"] == "stopped" and str(a.get("reason", "")).startswith("deadline"))]
+    if len(own_fault) >= NO_PROGRESS_LIMIT or len(stuck) >= NO_PROGRESS_KILLS:
+        shown = stuck[:NO_PROGRESS_KILLS][::-1]
         how = "; ".join(f"attempt {a['attempt']} {a['status']} at step {a.get('end_step', a['resumed_from'])}"
-                        + (f" ({a['reason']})" if a.get("reason") else "") for a in last)
-        return (f"segment {last[-1]['segment']} made no progress in its last {NO_PROGRESS_LIMIT} attempts "
-                f"({how}), so it is not tried again. If each attempt stopped at its deadline, time_limit is "
-                "too short for the measured start-up and save times: raise time_limit, or measure again with "
-                "snakemake --forcerun measure_checkpoint_cost. Then run the same command again")
+                        + (f" ({a['reason']})" if a.get("reason") else "") for a in shown)
+        return (f"segment {shown[-1]['segment']} made no progress in its last {len(stuck)} attempts ({how}), so "
+                "it is not tried again. If the attempts stopped at their deadline, time_limit is too short for "
+                "the measured start-up and save times: raise time_limit, or measure again with snakemake "
+                "--forcerun measure_checkpoint_cost. Then run the same command again")
     return None

@@ -11,6 +11,8 @@ import copy
 import difflib
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import yaml
@@ -55,6 +57,11 @@ def _format_schema_error(err, schema) -> str:
             msgs.append(f"{where}: unknown key '{key}'; {hint}")
         if msgs:
             return "\n".join(msgs)
+    if err.validator == "type" and err.validator_value == "integer" and isinstance(err.instance, float):
+        return f"{where}: {err.instance!r} is not a whole number; write {int(err.instance)!r}" if \
+            err.instance.is_integer() else f"{where}: {err.instance!r} is not a whole number"
+    if err.validator == "oneOf" and isinstance(err.instance, float):
+        return f"{where}: {err.instance!r} is not a whole number (or 'auto')"
     if err.validator == "required":
         return f"{where}: {err.message}; add it (see config/README.md)"
     if err.validator in ("minProperties", "maxProperties") and where.endswith("checkpoint"):
@@ -97,8 +104,124 @@ def task_functions(path: Path) -> set[str]:
     return names
 
 
+MIN_TIME_LIMIT = 5.0  # seconds: below it no job starts an interpreter, trains a step and saves
+
+CONTEXT_FUNCTIONS = ("build_model", "build_optimizer", "build_scheduler")
+DEFINITIONS_ENV = "SEGTRAIN_DEFINITIONS"
+
+
+def uses_run_context(path: Path) -> bool:
+    """Whether one of the task's build functions takes the run context (a parameter ``run``)."""
+    tree = ast.parse(Path(path).read_bytes(), filename=str(path))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in CONTEXT_FUNCTIONS:
+            args = node.args
+            if any(a.arg == "run" for a in args.posonlyargs + args.args + args.kwonlyargs):
+                return True
+    return False
+
+
+def task_sources(path: Path, base: Path = Path(".")) -> dict[str, str]:
+    """sha256 of the task file and of every project module it imports, recursively: a module
+    that resolves to a .py file next to the task or in the working directory. Installed
+    packages are not followed (their version is the environment's business)."""
+    found: dict[str, str] = {}
+    roots = [Path(path).resolve().parent, Path(base).resolve()]
+
+    def resolve_module(name: str, here: Path) -> Path | None:
+        rel = Path(*name.split("."))
+        if not name or name.split(".")[0] == "segtrain":
+            return None  # this tool's own package: upgrading it does not change a model
+        for root in [here, *roots]:
+            for candidate in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    def visit(file: Path):
+        file = file.resolve()
+        try:
+            key = str(file.relative_to(Path(base).resolve()))
+        except ValueError:
+            key = str(file)
+        if key in found:
+            return
+        data = file.read_bytes()
+        found[key] = hashlib.sha256(data).hexdigest()
+        tree = ast.parse(data, filename=str(file))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                wanted = [(a.name, file.parent) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                wanted = [(node.module, file.parent)]
+            elif isinstance(node, ast.ImportFrom):  # relative: from . import x, from .x import y
+                here = file.parent
+                for _ in range(node.level - 1):
+                    here = here.parent
+                wanted = [(node.module, here)] if node.module else [(a.name, here) for a in node.names]
+            else:
+                continue
+            for name, here in wanted:
+                parts = (name or "").split(".")
+                for depth in range(1, len(parts) + 1):  # a.b.c imports packages a and a.b first
+                    target = resolve_module(".".join(parts[:depth]), here)
+                    if target is not None:
+                        visit(target)
+
+    visit(Path(path))
+    return found
+
+
+def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict:
+    """Everything that defines the model and its trajectory: a resume must find the same.
+
+    Beyond the config keys: the content of the task file and of the project modules it imports
+    (a function body edited in place changes the model), ``threads`` (a different thread count
+    changes floating-point sums), and ``total_steps`` when the task reads the run context (its
+    schedule was built for that many steps)."""
+    definition = {k: run[k] for k in ("framework", "task", "params", "batch_size", "seed", "threads")}
+    definition["validation_split"] = run.get("validation_split", 0)
+    definition["sources"] = task_sources(task_path, base)
+    if uses_run_context(task_path):
+        definition["total_steps"] = run["total_steps"]
+    return definition
+
+
+def definitions_for_jobs(runs: dict[str, dict]) -> str:
+    """What jobs need beyond their params, as JSON for the environment (DEFINITIONS_ENV): params
+    must not change for runs started by earlier versions, or Snakemake would retrain them."""
+    return json.dumps({name: {k: run[k] for k in ("model_definition", "definition_hash", "total_steps") if k in run}
+                       for name, run in runs.items()}, sort_keys=True)
+
+
+def with_definition(run: dict) -> dict:
+    """``run`` (a job's params) with its model definition and total_steps from the environment."""
+    entry = json.loads(os.environ.get(DEFINITIONS_ENV) or "{}").get(run.get("name"), {})
+    return {**entry, **run}
+
+
+def definition_hash(definition: dict) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def definition_changes(recorded: dict, now: dict) -> list[str]:
+    """What differs between two model definitions, for people."""
+    changes = []
+    for key in sorted(set(recorded) | set(now)):
+        if key == "sources":
+            old, new = recorded.get(key, {}), now.get(key, {})
+            for f in sorted(set(old) | set(new)):
+                if old.get(f) != new.get(f):
+                    what = "added" if f not in old else "no longer imported" if f not in new else "content changed"
+                    changes.append(f"{f} ({what})")
+        elif recorded.get(key) != now.get(key):
+            changes.append(f"{key} ({recorded.get(key)!r} -> {now.get(key)!r})")
+    return changes
+
+
 def model_hash(run: dict) -> str:
-    """Hash of what defines the model and its training trajectory; a resume must match it."""
+    """The config-level hash of a run's definition (kept as it was for runs started by earlier
+    versions; ``definition_hash`` also covers the task's sources and threads)."""
     key = {k: run[k] for k in ("framework", "task", "params", "batch_size", "seed")}
     if run.get("validation_split"):  # it changes which samples train (absent: hashes as before)
         key["validation_split"] = run["validation_split"]
@@ -113,7 +236,10 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
     import jsonschema
 
     schema = schema or load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    # JSON Schema's integer takes 3.0; a job would then crash on it (range(3.0), np.random.seed)
+    strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, x: isinstance(x, int) and not isinstance(x, bool))
+    validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_format_schema_error(e, schema) for e in errors))
@@ -122,12 +248,17 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
         from datetime import datetime
 
         try:
-            datetime.fromisoformat(str(config["deadline"]))
+            when = datetime.fromisoformat(str(config["deadline"]))
         except ValueError:
             raise ConfigError(
                 f"invalid config:\n  deadline: cannot read {config['deadline']!r} as a date and time; "
                 "write it like '2026-12-04T09:00:00+01:00'"
             ) from None
+        if when.timestamp() <= time.time():
+            raise ConfigError(
+                f"invalid config:\n  deadline: {config['deadline']} has passed; no segment could train. Set the "
+                "end of your next booking (e.g. '2026-12-04T09:00:00+01:00') or remove the key"
+            )
     settings_props = schema["$defs"]["settings"]["properties"]
     run_props = schema["$defs"]["run"]["properties"]
     defaults = _fill_defaults(settings_props, config.get("defaults") or {})
@@ -165,7 +296,10 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
             run["policy"] = policy
         except DurationError as exc:
             problems.append(str(exc))
-        if run.get("margin_seconds", 0) >= run.get("time_limit_seconds", float("inf")):
+        if run.get("time_limit_seconds", MIN_TIME_LIMIT) < MIN_TIME_LIMIT:
+            problems.append(f"{where}.time_limit: {run['time_limit']!r} is shorter than any job can start, train "
+                            f"and save in; give at least {MIN_TIME_LIMIT:g} s (a real limit: the walltime or booking)")
+        elif run.get("margin_seconds", 0) >= run.get("time_limit_seconds", float("inf")):
             problems.append(f"{where}.safety_margin: leaves no time in a {run['time_limit']} job; lower it")
 
         hint = backends.missing_package(run["framework"])
@@ -184,6 +318,9 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
                 defined = task_functions(task)
             except SyntaxError as exc:
                 problems.append(f"{where}.task: '{run['task']}' is not valid Python: {exc}")
+            except (UnicodeDecodeError, ValueError):
+                problems.append(f"{where}.task: '{run['task']}' is not a Python source file (not UTF-8 text); "
+                                "give the path of the .py file that defines the task")
             else:
                 info = backends.BACKENDS[run["framework"]]
                 missing = [f for f in info.required if f not in defined]
@@ -194,6 +331,12 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
                     )
         run["name"] = name
         run["model_hash"] = model_hash(run)
+        if task is not None and not any(p.startswith(f"{where}.task") for p in problems):
+            try:
+                run["model_definition"] = model_definition(run, task, base)
+                run["definition_hash"] = definition_hash(run["model_definition"])
+            except (SyntaxError, ValueError, OSError) as exc:
+                problems.append(f"{where}.task: a module it imports cannot be read: {exc}")
         runs[name] = run
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -40,7 +40,7 @@ def _start_ticks(pid: int) -> str | None:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1 or a vanished parent; checked at step boundaries (saving inside a
+    """Set by SIGTERM/SIGUSR1/SIGINT/SIGHUP or a vanished parent; checked at step boundaries (saving inside a
     signal handler can deadlock)."""
 
     def __init__(self):
@@ -51,7 +51,8 @@ class StopFlag:
     def install(self):
         """Catch the stop signals from now on; call it before slow imports, since a signal that
         arrives while the framework loads would otherwise end the process by default."""
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        # SIGINT: Ctrl-C; SIGHUP: the terminal (or the workspace's browser tab) closed
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._handler)
         self.installed = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import statistics
 import time
@@ -31,21 +32,24 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     step_times = []
     for step in range(WARMUP_STEPS, WARMUP_STEPS + run["measure_steps"]):
         t = time.perf_counter()
-        backend.train_step(order.batch(step))
+        row = backend.train_step(order.batch(step))
         step_times.append(time.perf_counter() - t)
+    names = set(row)
 
     eval_times, eval_warmup = [], 0.0
     if training.has_validation:
         for _repeat in range(3):
             t = time.perf_counter()
-            backend.evaluate(training.validation_indices, run["batch_size"])
+            with backend.isolated_rng(run["seed"]):
+                names |= set(backend.evaluate(training.validation_indices, run["batch_size"]))
             eval_times.append(time.perf_counter() - t)
         # the first evaluation of a job also builds its evaluation function (Keras traces a graph):
         # a once-per-job cost, so it goes with the start-up
         eval_warmup = max(0.0, eval_times[0] - statistics.median(eval_times[1:]))
         eval_times = eval_times[1:]
 
-    scratch = Path(store_root) / ".measure"
+    # its own folder: two runs sharing a checkpoint_root and name must not race on it
+    scratch = Path(store_root) / f".measure-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     store = store_mod.CheckpointStore(scratch, keep=max(2, run["measure_saves"]))
     save_times, load_times, sizes = [], [], []
@@ -75,6 +79,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         "checkpoint_bytes": max(sizes),
         "steps_per_epoch": order.steps_per_epoch,
         "eval_seconds": statistics.median(eval_times) if eval_times else 0.0,
+        "metric_names": sorted(names),  # what a job logs: the names monitor may pick from
         "measured_steps": len(step_times),
         "measured_saves": len(save_times),
         "storage": str(Path(store_root).resolve()),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import planning
 from . import store as store_mod
+from .config import with_definition
 from .runner import RunPaths, Stopped, run_segment
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def segment_dirs(args) -> list[Path]:
 def measure(run: dict, output: Path) -> dict:
     from .measure import measure_costs
 
-    costs = measure_costs(run, RunPaths(Path(output).parent).store)
+    costs = measure_costs(with_definition(run), RunPaths(Path(output).parent).store)
     store_mod.write_json_atomic(Path(output), costs)
     return costs
 
@@ -55,8 +56,25 @@ def frozen_segments(run_root: Path) -> list[planning.Segment]:
     return done
 
 
+def check_monitor(run: dict, measured: dict) -> None:
+    """The monitor must be a metric the measured jobs logged (known only once a step and an
+    evaluation ran, so checked here, before any training job)."""
+    import difflib
+
+    names = measured.get("metric_names")
+    if names and run["monitor"] not in names:
+        close = difflib.get_close_matches(run["monitor"], names, n=1)
+        raise planning.PlanError(
+            f"monitor: this run logs no metric '{run['monitor']}'"
+            + (f"; did you mean '{close[0]}'?" if close else "")
+            + f" It logs: {', '.join(n for n in names if n != 'lr')}"
+        )
+
+
 def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planning.Plan:
-    costs = planning.Costs.from_dict(json.loads(Path(costs_file).read_text()))
+    measured = json.loads(Path(costs_file).read_text())
+    check_monitor(run, measured)
+    costs = planning.Costs.from_dict(measured)
     per = run["steps_per_segment"]
     result = planning.make_plan(
         total_steps=run["total_steps"],
@@ -90,7 +108,12 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
 
     run_root = Path(output).parent.parent
     seg = planning.Segment(**segment)
-    run = {**run, "keep": seg.keep, "log_every": seg.log_every, "threads": threads}
+    run = with_definition(run)
+    defined = run.get("model_definition", {}).get("threads", threads)
+    if defined != threads:  # Snakemake gives a job fewer threads when it has fewer cores
+        log.warning("this job was given %d threads; training uses the run's %d, which its results depend on",
+                    threads, defined)
+    run = {**run, "keep": seg.keep, "log_every": seg.log_every, "threads": defined}
     try:
         run_segment(run, seg, RunPaths(run_root), Path(previous) / "state" if previous else None, Path(output))
     except Stopped as exc:
@@ -107,6 +130,7 @@ def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None
     from .backends import load_backend
 
     backend = load_backend(run["framework"])
+    run = with_definition(run)
     for which in ("last", "best"):
         folder = Path(segment_dir) / ("state" if which == "last" else "best")
         if which == "best" and not folder.exists():

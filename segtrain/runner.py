@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ from .config import find_task
 from .data import DataOrder, validation_split
 from .lifecycle import STOP, process_age
 from .planning import Segment
+from .taskfile import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,25 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early on purpose, run again to continu
 
 class Stopped(Exception):
     """Training stopped early (deadline or signal) after saving; rerun to continue."""
+
+
+class NonFinite(RuntimeError):
+    """The loss, a metric or the weights became NaN or infinite: training stops before saving it."""
+
+
+def _check_finite(row: dict, step: int, newest: int | None) -> None:
+    bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFinite(
+            f"{', '.join(f'{k} = {v}' for k, v in bad.items())} at step {step}: training stopped before saving "
+            f"it; the newest checkpoint (step {newest}) holds finite values. Lower the learning rate, clip "
+            "gradients or check the data, then run again"
+        )
+
+
+def evaluation_seed(seed: int, step: int) -> int:
+    """The seed of the evaluation at ``step``: its own stream, whatever training drew before."""
+    return (seed * 1_000_003 + step) % 2**62
 
 
 CHECKPOINT_ROOT_ENV = "SEGTRAIN_CHECKPOINT_ROOT"
@@ -98,13 +119,15 @@ def prepare_training(run: dict, backend_factory=None) -> Training:
 
         backend_factory = load_backend(run["framework"])
     task = str(find_task(run["task"]) or run["task"])
-    backend = backend_factory(task, run.get("params", {}), run["seed"], run["threads"])
+    backend = backend_factory(task, run.get("params", {}), run["seed"], run.get("threads", 1))
     train_idx = val_idx = None
     has_val = backend.has_validation_data
     if not has_val and run.get("validation_split", 0) > 0:
         train_idx, val_idx = validation_split(backend.num_samples, run["validation_split"], run["seed"])
         has_val = True
     order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train_idx)
+    backend.build(RunContext(name=run.get("name", ""), total_steps=int(run.get("total_steps") or 0),
+                             steps_per_epoch=order.steps_per_epoch, batch_size=run["batch_size"], seed=run["seed"]))
     return Training(backend, order, has_val, val_idx)
 
 
@@ -119,7 +142,22 @@ class MetricsLog:
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
                 self.fields = reader.fieldnames
-                self.rows = list(reader)
+                rows = list(reader)
+            # a kill after an append that was not yet synced can leave a torn last row: dropped
+            self.rows = [r for r in rows if self._whole(r)]
+            if len(self.rows) != len(rows):
+                log.warning("%s: dropped %d torn metrics row(s)", path, len(rows) - len(self.rows))
+
+    @staticmethod
+    def _whole(row: dict) -> bool:
+        if None in row or any(v is None for v in row.values()):
+            return False  # too few or too many fields
+        try:
+            int(row["step"])
+            float(row["time"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
 
     def truncate_after(self, step: int) -> None:
         """Drop rows after ``step``: they will be trained again and logged again."""
@@ -200,7 +238,10 @@ def run_segment(
 
         skipped: list[dict] = []
         t_restore = time.perf_counter()
-        source, step, restored = _restore(run, segment, store, previous, backend, skipped)
+        source, step, restored, clean = _restore(run, segment, store, previous, backend, skipped)
+        if not clean and step == 0:  # a damaged checkpoint got half-loaded: start from a fresh build
+            training = prepare_training(run, backend_factory)
+            backend = training.backend
         best = restored.get("best")
         if best and (best.get("monitor"), best.get("mode")) != (segment.monitor, segment.mode):
             log.info("the best-model criterion changed (%s); best so far starts anew", best)
@@ -217,6 +258,8 @@ def run_segment(
                      train_start_time=time.time(), resumed_from=step, source=source,
                      restore_seconds=restore_seconds, skipped=skipped, **lost)
         started = True
+        restored_step = step
+        run_end = int(run.get("total_steps") or segment.end)
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, attempt, step, source, segment.end, segment.interval)
 
@@ -245,11 +288,17 @@ def run_segment(
             row = backend.train_step(order.batch(step))
             timing["train_seconds"] += time.perf_counter() - t_step
             step += 1
-            evaluate = step % segment.eval_every == 0 or step == segment.end
+            _check_finite(row, step, saved_step if saved_step is not None else restored_step)
+            # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
+            # (every eval_every steps and the run's last step, not at segment ends), so neither the
+            # plan's cut points nor the measured costs can change what training draws.
+            evaluate = step % segment.eval_every == 0 or step == run_end
             if evaluate and has_val:
                 t_eval = time.perf_counter()
-                row = {**row, **backend.evaluate(val_idx, run["batch_size"])}
+                with backend.isolated_rng(evaluation_seed(run["seed"], step)):
+                    row = {**row, **backend.evaluate(val_idx, run["batch_size"])}
                 evals.append(time.perf_counter() - t_eval)
+                _check_finite(row, step, saved_step if saved_step is not None else restored_step)
                 timing["eval_seconds"] += evals[-1]
             new_best = False
             if evaluate and segment.monitor in row:
@@ -299,42 +348,80 @@ def run_segment(
         store.unlock()
 
 
+def _candidates(segment, store, previous, note):
+    """Checkpoints to resume from, best first: this segment's newest periodic one, then the
+    previous segment's output, then the store's copy of that step."""
+    for ck in store.valid(max_step=segment.end, min_step=segment.start + 1, on_skip=note):
+        yield ck, f"periodic checkpoint {ck.path.name}"
+    if segment.start == 0:
+        return
+    if previous is not None:
+        try:
+            manifest = store_mod.verify(previous)
+            yield store_mod.Checkpoint(manifest["step"], Path(previous), manifest), f"previous segment ({previous})"
+        except store_mod.CorruptCheckpoint as exc:
+            log.warning("previous segment's checkpoint is damaged (%s); looking in the store", exc)
+            note(segment.start, str(exc))
+    for ck in store.valid(max_step=segment.start, min_step=segment.start, on_skip=note):
+        yield ck, "store copy of the previous segment's end"
+
+
+def definition_mismatch(run: dict, manifest: dict) -> str | None:
+    """Why a checkpoint was written for another model definition than ``run``'s, or None."""
+    from .config import definition_changes
+
+    if "definition_hash" in manifest and "definition_hash" in run:
+        if manifest["definition_hash"] != run["definition_hash"]:
+            return "; ".join(definition_changes(manifest.get("model_definition", {}), run["model_definition"]))
+        return None
+    if manifest.get("model_hash") != run["model_hash"]:  # written by a version without definitions
+        return "framework, task, params, batch_size or seed"
+    return None
+
+
+def _meta(run: dict, segment, **more) -> dict:
+    meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
+            "segment": segment.index, **more}
+    if "definition_hash" in run:
+        meta.update(definition_hash=run["definition_hash"], model_definition=run["model_definition"])
+    return meta
+
+
 def _restore(run, segment, store, previous, backend, skipped):
+    """(source, step, extra, clean): the state restored into ``backend``; ``clean`` is False when
+    a checkpoint failed half-way through loading (the backend must then be built again)."""
     def note(step, why):
         skipped.append({"step": step, "reason": why})
 
-    ckpt = store.newest_valid(max_step=segment.end, min_step=segment.start + 1, on_skip=note)
-    if ckpt is None and segment.start > 0:
-        if previous is not None:
-            try:
-                manifest = store_mod.verify(previous)
-                ckpt = store_mod.Checkpoint(manifest["step"], Path(previous), manifest)
-                source = f"previous segment ({previous})"
-            except store_mod.CorruptCheckpoint as exc:
-                log.warning("previous segment's checkpoint is damaged (%s); looking in the store", exc)
-                note(segment.start, str(exc))
-        if ckpt is None:
-            ckpt = store.newest_valid(max_step=segment.start, min_step=segment.start, on_skip=note)
-            source = "store copy of the previous segment's end"
-        if ckpt is None:
+    clean = True
+    for ck, source in _candidates(segment, store, previous, note):
+        changed = definition_mismatch(run, ck.manifest)
+        if changed:
             raise RuntimeError(
-                f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "
-                "retrain the previous segment (snakemake --forcerun train_segment for it)"
+                f"{ck.path} was written for a different model definition ({changed} changed); refusing to "
+                "resume. Give the run a new name to train the new definition; nothing was changed"
             )
-    elif ckpt is not None:
-        source = f"periodic checkpoint {ckpt.path.name}"
-    if ckpt is None:
-        return "a freshly seeded model", 0, {}
-    if ckpt.manifest.get("model_hash") != run["model_hash"]:
+        try:
+            extra = backend.read_state(ck.path)
+            if not isinstance(extra, dict) or extra.get("step") != ck.step:
+                raise store_mod.CorruptCheckpoint(f"holds step {extra.get('step') if isinstance(extra, dict) else '?'}")
+        except store_mod.IncompatibleCheckpoint:
+            raise
+        except Exception as exc:  # it verified, so the bytes are what was written, but they do not load
+            why = f"{ck.path}: verifies but does not load ({type(exc).__name__}: {exc})"
+            log.warning("skipping checkpoint at step %d: %s", ck.step, why)
+            note(ck.step, why)
+            clean = False
+            if Path(ck.path).parent == store.root:
+                store.quarantine(ck.step, why)
+            continue
+        return source, ck.step, extra, clean
+    if segment.start > 0:
         raise RuntimeError(
-            f"{ckpt.path} was written for a different model definition (hash {ckpt.manifest.get('model_hash')}, "
-            f"now {run['model_hash']}: framework, task, params, batch_size or seed changed); refusing to "
-            "resume. Give the run a new name to train the new definition; nothing was changed"
+            f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "
+            "retrain the previous segment (snakemake --forcerun train_segment for it)"
         )
-    extra = backend.read_state(ckpt.path)
-    if extra["step"] != ckpt.step:
-        raise store_mod.CorruptCheckpoint(f"{ckpt.path}: holds step {extra['step']}, named {ckpt.step}")
-    return source, ckpt.step, extra
+    return "a freshly seeded model", 0, {}, clean
 
 
 def _row(segment, attempt, step, train_row) -> dict:
@@ -349,8 +436,7 @@ def _extra(segment, order, step, best) -> dict:
 def _save_best(run, segment, store, best_store, backend, order, step, best) -> None:
     """Keep the best state so far apart from the rotation: linked from the periodic checkpoint
     of the same step when there is one, else written."""
-    meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
-            "segment": segment.index, "best": best}
+    meta = _meta(run, segment, best=best)
     if store.path(step).exists():
         def write(folder):
             store_mod.link_or_copy(store.path(step), folder, skip={store_mod.MANIFEST})
@@ -364,9 +450,12 @@ def _save_best(run, segment, store, best_store, backend, order, step, best) -> N
 def _save(run, segment, store, backend, order, step, metrics, saves, best=None) -> float:
     """Save the state after ``step`` steps; returns the seconds it took."""
     t = time.perf_counter()
+    if not backend.all_finite():
+        raise NonFinite(f"the weights hold NaN or infinite values after step {step}: training stopped before "
+                        "saving them; the newest checkpoint holds finite values. Lower the learning rate, clip "
+                        "gradients or check the data, then run again")
     extra = _extra(segment, order, step, best)
-    meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
-            "segment": segment.index, "data_position": {"epoch": extra["epoch"], "index": extra["index"]}}
+    meta = _meta(run, segment, data_position={"epoch": extra["epoch"], "index": extra["index"]})
     metrics.sync()
     store.save(step, lambda folder: backend.write_state(folder, extra), meta)
     store.prune(protect={step})

@@ -37,6 +37,11 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (disk full, locked by another process, ...)."""
 
 
+class IncompatibleCheckpoint(RuntimeError):
+    """A sound checkpoint that does not fit what the task builds now (the model changed): not
+    damage, so the store never falls back past it to an older one."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     step: int
@@ -78,8 +83,17 @@ def write_json_atomic(path: Path, data) -> None:
     fsync_path(path.parent)
 
 
+def _is_file_entry(name, meta) -> bool:
+    return (isinstance(name, str) and name and "/" not in name and name not in (".", "..", MANIFEST)
+            and isinstance(meta, dict) and isinstance(meta.get("size"), int) and not isinstance(meta["size"], bool)
+            and isinstance(meta.get("sha256"), str))
+
+
 def verify(path: Path) -> dict:
-    """Return the manifest of the checkpoint folder ``path`` or raise CorruptCheckpoint saying why."""
+    """Return the manifest of the checkpoint folder ``path`` or raise CorruptCheckpoint saying why.
+
+    A manifest of any other shape than the one ``save`` writes (not an object, no files, an entry
+    without its size or digest, a name outside the folder) is damage like a wrong digest."""
     path = Path(path)
     mpath = path / MANIFEST
     try:
@@ -88,10 +102,16 @@ def verify(path: Path) -> dict:
         raise CorruptCheckpoint(f"{path}: no {MANIFEST} (the save did not finish)") from None
     except (OSError, ValueError) as exc:
         raise CorruptCheckpoint(f"{path}: unreadable {MANIFEST}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise CorruptCheckpoint(f"{path}: {MANIFEST} is a {type(manifest).__name__}, not an object")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise CorruptCheckpoint(f"{path}: {MANIFEST} lists no files")
+    if not isinstance(manifest.get("step"), int) or isinstance(manifest["step"], bool):
+        raise CorruptCheckpoint(f"{path}: {MANIFEST} has no step number")
     for name, meta in files.items():
+        if not _is_file_entry(name, meta):
+            raise CorruptCheckpoint(f"{path}: {MANIFEST} has a malformed entry {name!r}: {meta!r}")
         f = path / name
         try:
             size = f.stat().st_size
@@ -103,6 +123,23 @@ def verify(path: Path) -> dict:
         if digest != meta["sha256"]:
             raise CorruptCheckpoint(f"{path}: file {name} does not match its sha256 (changed or damaged)")
     return manifest
+
+
+def _disk_full(root: Path, exc: BaseException) -> bool:
+    """Whether a failed write failed for lack of space. Frameworks do not always say so (PyTorch's
+    writer raises 'enforce fail at inline_container.cc'), so the file system is asked too."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        return False
+    return usage.free < min(1 << 20, 0.05 * usage.total)
 
 
 class CheckpointStore:
@@ -155,15 +192,27 @@ class CheckpointStore:
 
     # -- reading ------------------------------------------------------------------------------
     def steps(self) -> list[int]:
-        """Steps of the checkpoint folders present, in numeric order (not verified)."""
+        """Steps of the checkpoint folders present, in numeric order (not verified). Only names
+        this store writes count (``step-000000050``); anything else (``step-5`` copied in by hand)
+        is left alone and never pruned."""
         if not self.root.exists():
             return []
         found = []
         for entry in self.root.iterdir():
             m = _STEP_DIR.match(entry.name)
-            if m and entry.is_dir():
+            if m and entry.name == step_dir_name(int(m.group(1))) and entry.is_dir():
                 found.append(int(m.group(1)))
         return sorted(found)
+
+    def quarantine(self, step: int, why: str) -> None:
+        """Move a checkpoint that verifies but cannot be loaded out of the way (kept for a look,
+        as ``.damaged-step-N``), so the step can be written again."""
+        target = self.root / f".damaged-{step_dir_name(step)}-{int(time.time())}"
+        try:
+            os.rename(self.path(step), target)
+            (target / "WHY").write_text(why + "\n")
+        except OSError:
+            pass
 
     def path(self, step: int) -> Path:
         return self.root / step_dir_name(step)
@@ -175,18 +224,24 @@ class CheckpointStore:
 
         Damaged ones are skipped with a log line that says which and why.
         """
+        return next(self.valid(max_step, min_step, on_skip), None)
+
+    def valid(self, max_step: int | None = None, min_step: int = 0,
+              on_skip: Callable[[int, str], None] | None = None):
+        """The checkpoints with min_step <= step <= max_step that verify, newest first."""
         for step in reversed(self.steps()):
             if step < min_step or (max_step is not None and step > max_step):
                 continue
             try:
                 manifest = verify(self.path(step))
+                if manifest["step"] != step:
+                    raise CorruptCheckpoint(f"{self.path(step)}: its manifest is for step {manifest['step']}")
             except CorruptCheckpoint as exc:
                 log.warning("skipping checkpoint at step %d: %s", step, exc)
                 if on_skip:
                     on_skip(step, str(exc))
                 continue
-            return Checkpoint(step, self.path(step), manifest)
-        return None
+            yield Checkpoint(step, self.path(step), manifest)
 
     # -- writing ------------------------------------------------------------------------------
     def save(self, step: int, write_files: Callable[[Path], None], meta: dict | None = None) -> Checkpoint:
@@ -223,9 +278,10 @@ class CheckpointStore:
             fsync_path(tmp)
             os.rename(tmp, final)
             fsync_path(self.root)
-        except OSError as exc:
+        except Exception as exc:
+            full = _disk_full(self.root, exc)
             shutil.rmtree(tmp, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if full:
                 raise StoreError(
                     f"no space left to save the checkpoint at step {step} in {self.root}; the earlier "
                     "checkpoints are intact. Free space (or raise the volume's size) and run again"
@@ -249,12 +305,20 @@ class CheckpointStore:
 
 def recorded_model_hash(root: Path | str) -> str | None:
     """The model hash in the newest readable manifest under ``root`` (no hashing: cheap at parse time)."""
+    manifest = recorded_manifest(root)
+    return manifest.get("model_hash") if manifest else None
+
+
+def recorded_manifest(root: Path | str) -> dict | None:
+    """The newest readable manifest under ``root`` that names a model (not verified: cheap at parse time)."""
     store = CheckpointStore(root)
     for step in reversed(store.steps()):
         try:
-            return json.loads((store.path(step) / MANIFEST).read_text()).get("model_hash")
+            manifest = json.loads((store.path(step) / MANIFEST).read_text())
         except (OSError, ValueError):
             continue
+        if isinstance(manifest, dict) and isinstance(manifest.get("model_hash"), str):
+            return manifest
     return None
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -21,3 +23,25 @@ def load_task(path: str | Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a task may know about its run. A task function receives it when it has a parameter
+    named ``run`` (e.g. ``def build_scheduler(optimizer, params, run)``): OneCycleLR and warm-up
+    schedules need ``total_steps`` and ``steps_per_epoch``. A task that reads it has total_steps
+    in its model definition, so raising total_steps later is refused instead of silently changing
+    a schedule half-way."""
+
+    name: str
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int
+    seed: int
+
+
+def call_task(fn, *args, run: RunContext | None = None):
+    """Call a task function, passing ``run=`` when it has a parameter of that name."""
+    if run is not None and "run" in inspect.signature(fn).parameters:
+        return fn(*args, run=run)
+    return fn(*args)

@@ -35,12 +35,21 @@ def test_the_same_error_at_the_same_step_twice_is_not_tried_again():
     assert retry_refusal(moving, 2, saved_step=250) is None
 
 
-def test_two_attempts_without_progress_are_not_tried_again_whatever_their_ending():
-    records = ledger_of((100, "stopped", 100, "deadline: 0.4 s left", 100), (100, "killed", None, None, None))
+def test_two_deadline_stops_without_progress_are_not_tried_again():
+    records = ledger_of((100, "stopped", 100, "deadline: 0.4 s left", 100), (100, "stopped", 100, "deadline: 0.3 s", 100))
     why = retry_refusal(records, 2, saved_step=100)
     assert "made no progress in its last 2 attempts" in why and "raise time_limit" in why
-    # the kill came after a save: that attempt made progress
+    # the second one saved a newer checkpoint: progress, go on
     assert retry_refusal(records, 2, saved_step=150) is None
+
+
+def test_kills_without_progress_stop_the_run_only_after_five():
+    # preemption can hit a job before its first save, a few times: not the job's fault
+    kills = [(100, "killed", None, None, None)] * 4
+    assert retry_refusal(ledger_of((100, "stopped", 100, "deadline: 0.4 s left", 100), *kills[:1]), 2, 100) is None
+    assert retry_refusal(ledger_of(*kills), 4, saved_step=100) is None
+    why = retry_refusal(ledger_of(*kills, (100, "stopped", 100, "signal SIGTERM", 100)), 5, saved_step=100)
+    assert "made no progress in its last 5 attempts" in why
 
 
 def test_attempts_of_earlier_invocations_do_not_count():

@@ -5,7 +5,7 @@ import pytest
 from conftest import MLP, REPO
 
 from segtrain import backends
-from segtrain.config import ConfigError, resolve
+from segtrain.config import ConfigError, definition_changes, resolve
 
 
 def cfg(run=None, **defaults):
@@ -60,7 +60,11 @@ def test_task_may_import_or_assign_its_functions(tmp_path):
     task = tmp_path / "task.py"
     task.write_text("from mylib import build_model, build_optimizer as build_optimizer\n"
                     "import other\nbuild_dataset = other.data\ncompute_loss: object = other.loss\n")
-    resolve(cfg({"task": str(task)}), base=REPO)
+    run = resolve(cfg({"task": str(task)}), base=REPO)["r"]  # accepted: every function is bound
+    assert list(run["model_definition"]["sources"]) == [str(task)]
+    # the same file without one of them is refused, naming it
+    task.write_text("from mylib import build_model, build_optimizer\nimport other\nbuild_dataset = other.data\n")
+    check(cfg({"task": str(task)}), "runs.r.task", "does not define compute_loss")
 
 
 def test_framework_that_is_not_installed_names_the_package(monkeypatch):
@@ -113,3 +117,48 @@ def test_a_time_limit_that_start_up_dominates_is_refused_and_replanned_without_d
     project.snakemake()
     assert (project.run_dir("r") / "model.pt").exists()
     assert (project.run_dir("r") / "costs.json").stat().st_mtime_ns == costs
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"keep": 3.0}, "runs.r.keep: 3.0 is not a whole number; write 3"),
+    ({"batch_size": 32.0}, "runs.r.batch_size: 32.0 is not a whole number; write 32"),
+    ({"steps_per_segment": 50.0}, "runs.r.steps_per_segment: 50.0 is not a whole number"),
+    ({"seed": 2**32}, "runs.r.seed: 4294967296 is greater than the maximum of 4294967295"),
+    ({"time_limit": "1ms"}, "runs.r.time_limit: '1ms' is shorter than any job can start"),
+])
+def test_values_a_job_would_crash_on_are_refused_before_any_job(change, expected):
+    check(cfg(change), expected)
+
+
+def test_a_deadline_that_has_passed_is_refused():
+    config = {**cfg(), "deadline": "2020-01-01T09:00:00+01:00"}
+    check(config, "deadline: 2020-01-01T09:00:00+01:00 has passed")
+
+
+def test_a_binary_task_file_is_refused_with_the_fix(tmp_path):
+    task = tmp_path / "model.pt"
+    task.write_bytes(b"PK\x03\x04\x00\xff\xfe binary")
+    check(cfg({"task": str(task)}), "runs.r.task", "is not a Python source file")
+
+
+def test_the_definition_covers_the_task_and_the_project_modules_it_imports(tmp_path):
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "__init__.py").write_text("")
+    (tmp_path / "helpers" / "layers.py").write_text("WIDTH = 32\n")
+    (tmp_path / "common.py").write_text("from helpers.layers import WIDTH\n")
+    task = tmp_path / "task.py"
+    task.write_text((REPO / MLP["task"]).read_text() + "\nimport common\nimport numpy\nimport segtrain\n")
+    run = resolve(cfg({"task": "task.py"}), base=tmp_path)["r"]
+    assert sorted(run["model_definition"]["sources"]) == ["common.py", "helpers/__init__.py", "helpers/layers.py",
+                                                          "task.py"]
+    before = run["model_definition"]
+    (tmp_path / "helpers" / "layers.py").write_text("WIDTH = 64\n")
+    after = resolve(cfg({"task": "task.py"}), base=tmp_path)["r"]
+    assert after["definition_hash"] != run["definition_hash"]
+    assert definition_changes(before, after["model_definition"]) == ["helpers/layers.py (content changed)"]
+    # threads are part of it; total_steps only for a task that takes the run context
+    assert resolve(cfg({"task": "task.py"}, threads=2), base=tmp_path)["r"]["definition_hash"] != \
+        after["definition_hash"]
+    assert "total_steps" not in after["model_definition"]
+    ctx = resolve(cfg({"task": "tests/tasks/onecycle_torch.py"}), base=REPO)["r"]["model_definition"]
+    assert ctx["total_steps"] == 10

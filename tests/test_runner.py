@@ -13,6 +13,8 @@ from segtrain.backends.torch_backend import Backend
 from segtrain.config import resolve
 from segtrain.planning import Segment
 
+pytestmark = pytest.mark.e2e  # trains for real (in-process): not in the fast lane
+
 
 @pytest.fixture
 def run_settings():
@@ -58,25 +60,29 @@ def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path,
                          export(paths.segment_dir(0) / "state", tmp_path, "b"))
 
 
-def test_sigterm_saves_at_the_current_step_and_exits_for_a_retry(tmp_path, run_settings):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_saves_at_the_current_step_and_exits_for_a_retry(tmp_path, run_settings, sig):
+    """SIGTERM (pod stopped, booking over), SIGINT (Ctrl-C), SIGHUP (the terminal closed)."""
     class SignalledBackend(Backend):
         steps = 0
 
         def train_step(self, indices):
             SignalledBackend.steps += 1
             if SignalledBackend.steps == 33:
-                os.kill(os.getpid(), signal.SIGTERM)  # a real signal to this process
+                os.kill(os.getpid(), sig)  # a real signal to this process
             return super().train_step(indices)
 
-    old = signal.getsignal(signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)}
     runner.STOP.clear()
+    runner.STOP.installed = False
     try:
         paths = runner.RunPaths(tmp_path / "run")
-        with pytest.raises(runner.Stopped, match="SIGTERM"):
+        with pytest.raises(runner.Stopped, match=sig.name):
             runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0),
                                backend_factory=SignalledBackend)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
         runner.STOP.clear()
         runner.STOP.installed = False
     assert max(runner.store_mod.CheckpointStore(paths.store).steps()) == 33  # not 20: no work lost
@@ -117,3 +123,54 @@ def test_best_checkpoint_survives_keep_2_when_older_than_the_two_newest(tmp_path
     assert runner.store_mod.verify(best)["step"] == 50
     rows = __import__("pandas").read_csv(paths.segment_dir(0) / "metrics.csv")
     assert rows.val_loss.notna().sum() == 8  # evaluated at every checkpoint (every 50 steps)
+
+
+class NotATensor:
+    """Pickled into a checkpoint, it makes torch.load(weights_only=True) refuse the file."""
+
+
+def _rewrite_manifest(folder, change):
+    path = folder / runner.store_mod.MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(change(manifest)))
+
+
+def _unloadable(folder):
+    import torch
+
+    torch.save({"model": NotATensor()}, folder / "state.pt")  # then a manifest that matches it
+    _rewrite_manifest(folder, lambda m: {**m, "files": {"state.pt": {
+        "size": (folder / "state.pt").stat().st_size,
+        "sha256": runner.store_mod.sha256_file(folder / "state.pt")}}})
+
+
+DAMAGE = {
+    "manifest is a list": lambda f: _rewrite_manifest(f, lambda m: [m]),
+    "manifest entry without its size": lambda f: _rewrite_manifest(
+        f, lambda m: {**m, "files": {k: {"sha256": v["sha256"]} for k, v in m["files"].items()}}),
+    "state verifies but does not load": _unloadable,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_newest_checkpoint_a_torn_metrics_row_and_a_stray_folder_are_skipped(tmp_path, run_settings, damage):
+    ref = runner.RunPaths(tmp_path / "ref")
+    runner.run_segment(run_settings, segment(), ref, None, ref.segment_dir(0))
+    paths = runner.RunPaths(tmp_path / "cut")
+    with pytest.raises(runner.Stopped, match="deadline"):
+        runner.run_segment(run_settings, segment(time_limit=60), paths, None, paths.segment_dir(0),
+                           clock=FakeClock(0.5), job_start=0.0)
+    store = runner.store_mod.CheckpointStore(paths.store)
+    newest, before = store.steps()[-1], store.steps()[-2]
+    DAMAGE[damage](store.path(newest))
+    with open(paths.working_metrics(0), "a") as fh:
+        fh.write("0,1,7")  # a row cut by a kill before its append reached the disk
+    (paths.store / "step-5").mkdir()  # a folder copied in by hand
+    runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
+    starts = [a for a in (json.loads(x) for x in paths.attempts.read_text().splitlines()) if "resumed_from" in a]
+    assert starts[-1]["resumed_from"] == before
+    assert [s["step"] for s in starts[-1]["skipped"]] == [newest]
+    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
+                         export(paths.segment_dir(0) / "state", tmp_path, "b"))
+    rows = __import__("pandas").read_csv(paths.segment_dir(0) / "metrics.csv")
+    assert rows.step.is_monotonic_increasing and rows.step.is_unique  # the torn row is gone

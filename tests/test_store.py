@@ -169,3 +169,58 @@ def test_full_disk_during_save_gives_a_clear_error_and_keeps_earlier_checkpoints
         st.verify(s.path(step))
     assert [p.name for p in s.root.iterdir() if p.name.startswith(".tmp")] == []
     assert s.newest_valid().step == 2
+
+
+def test_full_disk_with_the_real_torch_writer_gives_the_same_clear_error(small_disk):
+    import torch
+
+    s = st.CheckpointStore(small_disk / "ckpt", keep=2)
+
+    def torch_save(n):
+        def write(folder):
+            torch.save({"w": torch.arange(n, dtype=torch.float32)}, folder / "state.pt")
+        return write
+
+    s.save(1, torch_save(20_000))  # 80 KB
+    s.save(2, torch_save(20_000))
+    # torch's own writer fails with "enforce fail at inline_container.cc", not with ENOSPC
+    with pytest.raises(st.StoreError, match="no space left.*earlier checkpoints are intact") as err:
+        s.save(3, torch_save(200_000))
+    assert s.steps() == [1, 2] and s.newest_valid().step == 2
+    print("torch's own error:", repr(err.value.__cause__)[:200])
+    # torch's failed writer keeps its file open until the exception is gone (so the tmpfs can unmount)
+    del err
+    import gc
+
+    gc.collect()
+
+
+MALFORMED = {
+    "a list": [],
+    "files as a list": {"step": 3, "files": ["payload.bin"]},
+    "an entry without its size": {"step": 3, "files": {"payload.bin": {"sha256": "0" * 64}}},
+    "a size that is text": {"step": 3, "files": {"payload.bin": {"size": "12", "sha256": "0" * 64}}},
+    "a name outside the folder": {"step": 3, "files": {"../payload.bin": {"size": 12, "sha256": "0" * 64}}},
+    "no step": {"files": {"payload.bin": {"size": 12, "sha256": "0" * 64}}},
+}
+
+
+@pytest.mark.parametrize("shape", MALFORMED)
+def test_a_manifest_of_any_wrong_shape_is_damage_and_the_one_before_is_used(tmp_path, shape):
+    s = st.CheckpointStore(tmp_path, keep=3)
+    s.save(2, write_payload(b"two"))
+    s.save(3, write_payload(b"three"))
+    (s.path(3) / st.MANIFEST).write_text(json.dumps(MALFORMED[shape]))
+    skipped = []
+    assert s.newest_valid(on_skip=lambda step, why: skipped.append(step)).step == 2
+    assert skipped == [3]
+
+
+def test_a_folder_named_by_hand_is_neither_read_nor_pruned(tmp_path):
+    s = st.CheckpointStore(tmp_path, keep=2)
+    (tmp_path / "step-5").mkdir()  # not this store's name for step 5 (step-000000005)
+    for step in (10, 20, 30):
+        s.save(step, write_payload(str(step).encode()))
+        s.prune(protect={step})
+    assert s.steps() == [20, 30]
+    assert (tmp_path / "step-5").is_dir()

@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, SNAKEMAKE
+
+pytestmark = pytest.mark.e2e  # runs snakemake and snakefmt: not in the fast lane
 
 # Justified in a comment at the top of the Snakefile.
 ACCEPTED_LINTS = {"Specify a conda environment or container for each rule."}

@@ -12,6 +12,7 @@ nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,8 +25,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras  # noqa: E402
+from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
-from ..taskfile import load_task  # noqa: E402
+from ..store import IncompatibleCheckpoint  # noqa: E402
+from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
 ARRAYS = "state.npz"
 META = "state.json"
@@ -47,17 +50,44 @@ class Backend:
         keras.utils.set_random_seed(seed)  # python, numpy and the backend's global seed
         tf.config.experimental.enable_op_determinism()
         self.task = load_task(task_path)
+        self.task_path = task_path
         self.params = dict(params)
         data = self.task.build_dataset(self.params)
         self.arrays = [np.asarray(a) for a in data]
         self.num_samples = len(self.arrays[0])
-        self.model = self.task.build_model(self.params)
+
+    def build(self, context: RunContext | None = None) -> None:
+        """Build and check the task's compiled model (given the run's context if it asks)."""
+        self.model = call_task(self.task.build_model, self.params, run=context)
         if getattr(self.model, "optimizer", None) is None or not self.model.compiled:
-            raise RuntimeError(f"{task_path}: build_model must return a compiled model (model.compile(optimizer, loss))")
+            raise RuntimeError(f"{self.task_path}: build_model must return a compiled model "
+                               "(model.compile(optimizer, loss))")
         if not self.model.built:
             self.model.build((None, *self.arrays[0].shape[1:]))
         # Create the optimizer's variables now, so a restore can assign them before the first step.
         self.model.optimizer.build(self.model.trainable_variables)
+        # The generator behind keras.random calls without a seed (e.g. in a custom layer): not among
+        # model.variables, so it is saved on its own. Created now, in every job at the same point,
+        # so its initial seed (drawn from Python's RNG) is the same for a fresh and a resumed run.
+        self.global_seed = global_seed_generator()
+
+    def all_finite(self) -> bool:
+        """Whether every trainable weight is finite (checked before each save)."""
+        return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in self.model.trainable_variables)
+
+    @contextlib.contextmanager
+    def isolated_rng(self, seed: int):
+        """Run the body (an evaluation) on RNG streams of its own and put the training streams back."""
+        state = (random.getstate(), np.random.get_state(), self.global_seed.state.numpy())
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        self.global_seed.state.assign(np.array([seed % 2**31, 0], dtype=state[2].dtype))
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            self.global_seed.state.assign(state[2])
 
     def train_step(self, indices: np.ndarray) -> dict:
         idx = np.asarray(indices, dtype=np.int64)
@@ -93,6 +123,7 @@ class Backend:
         arrays.update({f"optimizer_{i:05d}": v.numpy() for i, v in enumerate(opt_vars)})
         key, keys, pos, has_gauss, cached = np.random.get_state()
         arrays["numpy_rng_keys"] = keys
+        arrays["keras_global_seed"] = self.global_seed.state.numpy()
         with open(Path(folder) / ARRAYS, "wb") as fh:
             np.savez(fh, **arrays)
         version, internal, gauss = random.getstate()
@@ -114,13 +145,15 @@ class Backend:
                 if len(variables) != len(recorded) or any(
                     list(v.shape) != shape for v, (_, shape) in zip(variables, recorded)
                 ):
-                    raise RuntimeError(
+                    raise IncompatibleCheckpoint(
                         f"the checkpoint in {folder} does not fit the model the task builds now "
                         f"({prefix} variables differ); the model definition changed: give the run a new name"
                     )
                 for i, v in enumerate(variables):
                     v.assign(data[f"{prefix}_{i:05d}"])
             keys = data["numpy_rng_keys"]
+            if "keras_global_seed" in data.files:  # absent in checkpoints of versions before it was saved
+                self.global_seed.state.assign(data["keras_global_seed"])
         version, internal, gauss = meta["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         key, pos, has_gauss, cached = meta["numpy_rng"]
@@ -133,10 +166,9 @@ class Backend:
     def export(run: dict, folder: Path, out: dict) -> None:
         """Rebuild the task's model, load the checkpoint, save it as a ``.keras`` file
         (``out['keras']``) and its weights alone (``out['weights.h5']``)."""
-        from ..config import find_task
+        from ..runner import prepare_training
 
-        task = str(find_task(run["task"]) or run["task"])
-        backend = Backend(task, run.get("params", {}), run["seed"], run.get("threads", 1))
+        backend = prepare_training(run).backend  # the task's model, built as the jobs built it
         backend.read_state(folder)
         backend.model.save(out["keras"])
         backend.model.save_weights(out["weights.h5"])

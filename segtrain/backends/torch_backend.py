@@ -6,6 +6,7 @@ Everything saved is tensors or plain Python values, so a checkpoint loads with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -16,7 +17,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for determ
 
 import torch  # noqa: E402
 
-from ..taskfile import load_task  # noqa: E402
+from ..store import IncompatibleCheckpoint  # noqa: E402
+from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
 STATE_FILE = "state.pt"
 
@@ -52,6 +54,7 @@ class Backend:
     framework = "torch"
 
     def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1):
+        """Seed everything and build the task's data; ``build`` then builds the model."""
         self.task = load_task(task_path)
         self.params = dict(params)
         self.seed = seed
@@ -61,10 +64,6 @@ class Backend:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # seeds CUDA too
-        self.model = self.task.build_model(self.params).to(self.device)
-        self.optimizer = self.task.build_optimizer(self.model, self.params)
-        build_scheduler = getattr(self.task, "build_scheduler", None)
-        self.scheduler = build_scheduler(self.optimizer, self.params) if build_scheduler else None
         self.dataset = self.task.build_dataset(self.params)
         if isinstance(self.dataset, (tuple, list)):
             self._tensors = [torch.as_tensor(t) for t in self.dataset]
@@ -72,6 +71,36 @@ class Backend:
         else:
             self._tensors = None
             self.num_samples = len(self.dataset)
+
+    def build(self, context: RunContext | None = None) -> None:
+        """Build the model, optimizer and scheduler (given the run's context if they ask for it)."""
+        self.model = call_task(self.task.build_model, self.params, run=context).to(self.device)
+        self.optimizer = call_task(self.task.build_optimizer, self.model, self.params, run=context)
+        build_scheduler = getattr(self.task, "build_scheduler", None)
+        self.scheduler = call_task(build_scheduler, self.optimizer, self.params, run=context) if build_scheduler else None
+
+    def all_finite(self) -> bool:
+        """Whether every parameter is finite (checked before each save; one host sync)."""
+        params = [p.detach() for p in self.model.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+
+    @contextlib.contextmanager
+    def isolated_rng(self, seed: int):
+        """Run the body (an evaluation) on RNG streams of its own, seeded by ``seed``, and put the
+        training streams back afterwards: what evaluation draws never shifts training."""
+        state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            torch.set_rng_state(state[2])
+            if state[3] is not None:
+                torch.cuda.set_rng_state_all(state[3])
 
     def _batch(self, indices: np.ndarray):
         if self._tensors is not None:
@@ -158,7 +187,7 @@ class Backend:
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise RuntimeError(
+            raise IncompatibleCheckpoint(
                 f"the checkpoint in {folder} does not fit the model the task builds now ({exc}); "
                 "the model definition changed: give the run a new name to start over"
             ) from None

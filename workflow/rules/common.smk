@@ -9,9 +9,15 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)
-from segtrain.config import ConfigError, resolve
+from segtrain.config import (
+    DEFINITIONS_ENV,
+    ConfigError,
+    definition_changes,
+    definitions_for_jobs,
+    resolve,
+)
 from segtrain.attempts import Ledger, retry_refusal
-from segtrain.store import CheckpointStore, recorded_model_hash
+from segtrain.store import CheckpointStore, recorded_manifest
 
 # Rules run `$SEGTRAIN_PYTHON $SEGTRAIN_SCRIPTS/<rule>.py`: this interpreter and this workflow's
 # scripts, wherever the working directory is. They travel as environment variables, not params:
@@ -34,15 +40,29 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
+# Jobs read each run's full model definition from the environment, not from params: a params
+# change would make Snakemake retrain the finished segments of runs started by earlier versions.
+os.environ[DEFINITIONS_ENV] = definitions_for_jobs(RUNS)
+
 for _name, _run in RUNS.items():
-    _recorded = recorded_model_hash(
+    _recorded = recorded_manifest(
         Path(config.get("checkpoint_root", "results")) / _name / "ckpt"
     )
-    if _recorded is not None and _recorded != _run["model_hash"]:
+    if _recorded is None:
+        continue
+    if "definition_hash" in _recorded:
+        _changed = _recorded["definition_hash"] != _run["definition_hash"]
+        _what = definition_changes(
+            _recorded.get("model_definition", {}), _run["model_definition"]
+        )
+    else:  # written by a version that hashed the config keys only
+        _changed = _recorded.get("model_hash") != _run["model_hash"]
+        _what = ["framework, task, params, batch_size or seed"]
+    if _changed:
         raise WorkflowError(
-            f"run '{_name}' has checkpoints of a different model definition (hash {_recorded}, "
-            f"config now gives {_run['model_hash']}): framework, task, params, batch_size or seed "
-            "changed. Nothing was touched. Give the changed run a new name, or move "
+            f"run '{_name}' has checkpoints of a different model definition: "
+            f"{'; '.join(_what) or 'its definition'} changed since they were written. "
+            "Nothing was touched. Give the changed run a new name, or move "
             f"results/{_name} away to start it over."
         )
 
