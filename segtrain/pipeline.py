@@ -24,13 +24,15 @@ def setup_logging(log_file: str | None = None) -> None:
 
 
 def add_segments_args(parser) -> None:
-    """The run's segment folders, given as their parent folder and their count (see the rules)."""
-    parser.add_argument("--segments-dir", required=True, help="the folder holding the segments' outputs")
+    """The run's segment folders, given as the first one and their count (see segment_count in
+    the rules: 10,000 paths do not fit in one command-line argument)."""
+    parser.add_argument("--first-segment", required=True, help="the first segment's output folder")
     parser.add_argument("--count", type=int, required=True, help="how many segments the run has")
 
 
 def segment_dirs(args) -> list[Path]:
-    return [Path(args.segments_dir) / f"{i:04d}" for i in range(args.count)]
+    first = Path(args.first_segment)
+    return [first.parent / f"{int(first.name) + i:04d}" for i in range(args.count)]
 
 
 def measure(run: dict, output: Path) -> dict:

@@ -120,10 +120,17 @@ def runtime_minutes(wildcards, attempt):
 
     Snakemake evaluates it again before every retry, so this is also where a retry is refused:
     a segment that stopped at its deadline after making progress always gets another attempt
-    (train_segment's retries are a high cap), but the same error at the same step twice, or two
-    attempts in a row without progress, stop the run here with the reason."""
+    (train_segment's retries are a high cap), but the same error at the same step twice, or
+    attempts in a row without progress, stop the run here with the reason. --retries 0 (the
+    user's "never retry") is honoured: Snakemake's retries only say whether to retry at all.
+    """
     if attempt > 1:
         run, index = wildcards.run, int(wildcards.segment)
+        if not workflow.execution_settings.retries:
+            raise WorkflowError(
+                f"run {run}: segment {index} failed and retries are 0 (--retries 0), so it is "
+                "not tried again; run the same command to resume it"
+            )
         ckpt = Path(config.get("checkpoint_root", "results")) / run / "ckpt"
         end = load_plan(run)["segments"][index]["end"]
         saved = [s for s in CheckpointStore(ckpt, keep=2).steps() if s <= end]
@@ -198,12 +205,11 @@ def segment_chain(run):
     return [segment_dir(run, s["index"]) for s in load_plan(run)["segments"]]
 
 
-def segments_arg(wildcards, input):
-    """The segment folders for a script's command line: the folder that holds them and their
-    count (10,000 paths would exceed the kernel's 128 KiB limit on one argument)."""
-    return (
-        f"--segments-dir results/{wildcards.run}/segments --count {len(input.segments)}"
-    )
+def segment_count(wildcards, input):
+    """How many segments a rule's input lists. Scripts get the first folder and this count, not
+    10,000 paths: one argument may not exceed 128 KiB. (With a storage provider the folders are
+    local copies side by side, so the first one's parent holds them all.)"""
+    return len(input.segments)
 
 
 def runs_of(framework):

@@ -13,10 +13,10 @@ rule export_torch:
         run=runs_of("torch"),
     params:
         run=model_settings,
-        segments=segments_arg,
+        segments=segment_count,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
-        "--run {params.run:q} {params.segments} "
+        "--run {params.run:q} --first-segment {input.segments[0]:q} --count {params.segments} "
         "--output last.pt={output.last:q} last.safetensors={output.last_safetensors:q} "
         "best.pt={output.best:q} best.safetensors={output.best_safetensors:q} 2>> {log:q}"
 
@@ -36,10 +36,10 @@ rule export_keras:
         run=runs_of("keras"),
     params:
         run=model_settings,
-        segments=segments_arg,
+        segments=segment_count,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
-        "--run {params.run:q} {params.segments} "
+        "--run {params.run:q} --first-segment {input.segments[0]:q} --count {params.segments} "
         "--output last.keras={output.last:q} last.weights.h5={output.last_weights:q} "
         "best.keras={output.best:q} best.weights.h5={output.best_weights:q} 2>> {log:q}"
 
@@ -53,7 +53,7 @@ rule merge_metrics:
     log:
         "logs/merge_metrics/{run}.log",
     params:
-        segments=segments_arg,
+        segments=segment_count,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/merge_metrics.py '
-        "--output {output:q} {params.segments} 2>> {log:q}"
+        "--output {output:q} --first-segment {input.segments[0]:q} --count {params.segments} 2>> {log:q}"

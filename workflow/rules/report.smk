@@ -34,13 +34,13 @@ rule plot_run:
     log:
         "logs/plot_run/{run}.log",
     params:
-        segments=segments_arg,
+        segments=segment_count,
     shell:
         '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/plot_run.py '
         "--run {wildcards.run:q} --plan {input.plan:q} "
         "--metrics {input.metrics:q} --training {output.training:q} --checkpoints {output.checkpoints:q} "
         "--timeline {output.timeline:q} --table {output.table:q} "
-        "--page {output.page:q} --plan-txt {input.plan_txt:q} {params.segments} 2>> {log:q}"
+        "--page {output.page:q} --plan-txt {input.plan_txt:q} --first-segment {input.segments[0]:q} --count {params.segments} 2>> {log:q}"
 
 
 rule compare_runs:
