@@ -67,15 +67,33 @@ def attempts_of(records: list[dict]) -> list[dict]:
     return merged
 
 
-def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | None) -> str | None:
+def _progressed(attempts: list[dict], saved_step: int | None) -> bool:
+    """Whether the newest attempt saved a newer checkpoint than it started from."""
+    a = attempts[-1]
+    return max(a.get("saved_step", a["resumed_from"]), saved_step if saved_step is not None else -1) > a["resumed_from"]
+
+
+def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | None,
+                  since: float | None = None) -> str | None:
     """Why segment attempts should not go on, or None to go on.
 
     ``records`` are one segment's ledger records, ``this_invocation`` how many of its newest
     attempts belong to the running workflow (earlier invocations do not count: a user who fixed
-    the cause and runs again gets fresh attempts), ``saved_step`` the newest checkpoint step in
-    the store (how far the newest attempt got before it was killed, if it was).
+    the cause and runs again gets fresh attempts), ``since`` when the workflow started (attempts
+    that started before it are not its own), ``saved_step`` the newest checkpoint step in the
+    store (how far the newest attempt got before it was killed, if it was).
     """
-    attempts = attempts_of(records)[-this_invocation:] if this_invocation > 0 else []
+    attempts = attempts_of(records)
+    if since is not None:  # the attempts this workflow started (5 s of slack for another node's clock)
+        attempts = [a for a in attempts if a.get("start_time", 0) >= since - 5]
+    attempts = attempts[-this_invocation:] if this_invocation > 0 else []
+    # attempts Snakemake ran that left no record: the job failed before training started (a
+    # pod that could not start, an import error); they made no progress and are the job's fault
+    unrecorded = this_invocation - len(attempts)
+    if unrecorded >= NO_PROGRESS_LIMIT or (unrecorded and attempts and not _progressed(attempts, saved_step)):
+        return (f"the job failed {unrecorded} time(s) before its training process recorded an attempt (it did "
+                "not start: see the job's log, e.g. logs/train_segment/<run>/<segment>.log), so it is not "
+                "tried again. Fix the cause, then run the same command again")
     if len(attempts) < NO_PROGRESS_LIMIT:
         return None
     last = attempts[-NO_PROGRESS_LIMIT:]
@@ -88,9 +106,9 @@ def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | N
 
     def progress(i: int) -> bool:
         a = attempts[i]
-        reached = attempts[i + 1]["resumed_from"] if i + 1 < len(attempts) else max(
-            a.get("saved_step", a["resumed_from"]), saved_step if saved_step is not None else -1)
-        return reached > a["resumed_from"]
+        if i + 1 == len(attempts):
+            return _progressed(attempts, saved_step)
+        return attempts[i + 1]["resumed_from"] > a["resumed_from"]
 
     stuck = []  # the newest attempts that made no progress, newest first
     for i in reversed(range(len(attempts))):

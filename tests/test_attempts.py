@@ -52,6 +52,15 @@ def test_kills_without_progress_stop_the_run_only_after_five():
     assert "made no progress in its last 5 attempts" in why
 
 
+def test_jobs_that_fail_before_training_starts_are_not_retried_forever():
+    # a pod that cannot start, an import error: Snakemake counted the attempts, the ledger did not
+    assert retry_refusal([], 1, saved_step=None) is None
+    why = retry_refusal([], 2, saved_step=None)
+    assert "failed 2 time(s) before its training process recorded an attempt" in why
+    one = ledger_of((100, "stopped", 200, "deadline: 1 s left", 200))
+    assert retry_refusal(one, 2, saved_step=200) is None  # the recorded attempt made progress
+
+
 def test_attempts_of_earlier_invocations_do_not_count():
     records = ledger_of((0, "error", 130, "E", 100), (100, "error", 130, "E", 100))
     assert retry_refusal(records, 1, saved_step=100) is None  # the user fixed it and ran again
@@ -84,3 +93,12 @@ def test_watch_parent_requests_a_stop_when_the_parent_dies():
     finally:
         parent.kill()
     assert watch_parent(StopFlag(), pid=os.getpid()) is None  # a process is never its own parent
+
+
+def test_only_attempts_since_the_workflow_started_count():
+    old = [{**r, "start_time": 100.0} for r in ledger_of((0, "error", 130, "E", 100), (100, "error", 130, "E", 100))]
+    new = [{"segment": 3, "attempt": 3, "resumed_from": 100, "start_time": 1000.0},
+           {"segment": 3, "attempt": 3, "status": "error", "end_step": 130, "reason": "E", "saved_step": 100}]
+    # this workflow's first attempt failed once: one retry is due, the two old errors do not count
+    assert retry_refusal(old + new, 1, saved_step=100, since=900.0) is None
+    assert "failed 2 times at step 130" in retry_refusal(old + new, 2, saved_step=100)

@@ -19,7 +19,7 @@ SLOW = {"task": "tasks/slow_digits_torch.py", "params": {"pause": 0.0}}
 
 def test_the_same_error_at_the_same_step_twice_stops_the_run_with_that_error(project):
     project.write_config({"r": {**FAILING, "total_steps": 400, "steps_per_segment": 400}})
-    r = project.snakemake(check=False)
+    r = project.snakemake("--retries", "5", check=False)
     out = r.stdout + r.stderr
     assert r.returncode != 0
     attempts = [a for a in project.attempts("r") if "status" in a]
@@ -38,7 +38,7 @@ def test_a_segment_stopped_at_its_deadline_again_and_again_with_progress_still_f
                          time_limit="12s", safety_margin="1s", max_startup_share="60%",
                          checkpoint={"every_steps": 25})
     project.snakemake("--until", "plan_segments")
-    project.snakemake(env={"SLOW_TASK_PAUSE": "0.02"})
+    project.snakemake("--retries", "2", env={"SLOW_TASK_PAUSE": "0.02"})  # the local profile's 2
     ends = [a for a in project.attempts("r") if "status" in a]
     stops = [a for a in ends if a["status"] == "stopped"]
     assert len(stops) >= 3, ends  # more stops than the local profile's 2 retries

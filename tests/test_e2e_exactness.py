@@ -78,7 +78,7 @@ def test_a_nan_loss_stops_the_run_and_the_newest_checkpoint_is_finite(project):
 
     project.write_config({"r": {"task": "tasks/failing_digits_torch.py", "params": {"fail_at": 130, "nan": True},
                                 "total_steps": 400, "steps_per_segment": 400, "validation_split": 0}})
-    r = project.snakemake(check=False)
+    r = project.snakemake("--retries", "5", check=False)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "loss = nan at step 130" in out
     ends = [a for a in project.attempts("r") if "status" in a]
@@ -131,7 +131,7 @@ def test_random_cut_points_intervals_and_kills_all_end_bitwise_identical(project
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    project.snakemake()
+    project.snakemake("--retries", "5")
     done.set()
     thread.join(timeout=5)
     print("cuts:", {r: (v["steps_per_segment"], v.get("checkpoint"), v.get("eval_every")) for r, v in runs.items()},

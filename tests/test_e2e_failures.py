@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project):
     project.write_config({"r": {**CNN, "total_steps": 3000, "steps_per_segment": 3000}},
                          checkpoint={"every_steps": 500}, log_every=1)
-    proc = project.popen()
+    proc = project.popen("--retries", "2")
     store_root = project.run_dir("r") / "ckpt"
     wait_for_checkpoint(store_root, 500, proc)
     rows = store_root / "metrics" / "segment-0000.csv"

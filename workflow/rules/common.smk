@@ -4,6 +4,7 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -33,6 +34,7 @@ os.environ.update(
     SEGTRAIN_SNAKEMAKE_PID=str(os.getpid()),
 )
 SEGMENT_RETRY_CAP = 100
+STARTED = time.time()  # this invocation's start: attempts before it are not its retries
 EXPORT_EXT = {"torch": "pt", "keras": "keras"}
 
 try:
@@ -138,6 +140,7 @@ def runtime_minutes(wildcards, attempt):
             Ledger(ckpt / "attempts.jsonl").records(index),
             attempt - 1,
             max(saved, default=None),
+            since=STARTED,
         )
         if why:
             raise WorkflowError(f"run {run}: {why}")
