@@ -40,7 +40,13 @@ class Ledger:
         return out
 
     def next_attempt(self, segment: int) -> int:
-        return 1 + sum("resumed_from" in rec for rec in self.records(segment))
+        records = self.records(segment)
+        return 1 + max(sum("launched" in r for r in records), sum("resumed_from" in r for r in records))
+
+    def launch(self, segment: int, attempt: int) -> None:
+        """The first record of an attempt, written as soon as it holds the run's lock: an attempt
+        killed while it starts up (before its start record) still counts as one."""
+        self.append({"segment": segment, "attempt": attempt, "launched": time.time()})
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +76,8 @@ def attempts_of(records: list[dict]) -> list[dict]:
 def _progressed(attempts: list[dict], saved_step: int | None) -> bool:
     """Whether the newest attempt saved a newer checkpoint than it started from."""
     a = attempts[-1]
+    if a["resumed_from"] is None:
+        return False
     return max(a.get("saved_step", a["resumed_from"]), saved_step if saved_step is not None else -1) > a["resumed_from"]
 
 
@@ -84,11 +92,18 @@ def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | N
     store (how far the newest attempt got before it was killed, if it was).
     """
     attempts = attempts_of(records)
+    started = {a["attempt"] for a in attempts}
+    for r in records:  # launched, then killed before the start record: no progress, not its fault
+        if "launched" in r and r.get("attempt") not in started:
+            attempts.append({"segment": r.get("segment"), "attempt": r.get("attempt"), "start_time": r["launched"],
+                             "resumed_from": None, "status": "killed", "reason": "killed while starting up"})
+            started.add(r.get("attempt"))
+    attempts.sort(key=lambda a: a.get("start_time", 0))
     if since is not None:  # the attempts this workflow started (5 s of slack for another node's clock)
         attempts = [a for a in attempts if a.get("start_time", 0) >= since - 5]
     attempts = attempts[-this_invocation:] if this_invocation > 0 else []
-    # attempts Snakemake ran that left no record: the job failed before training started (a
-    # pod that could not start, an import error); they made no progress and are the job's fault
+    # attempts Snakemake ran that left no record at all: the job failed before its training process
+    # ran (a pod that could not start, a broken environment); no progress, and the job's fault
     unrecorded = this_invocation - len(attempts)
     if unrecorded >= NO_PROGRESS_LIMIT or (unrecorded and attempts and not _progressed(attempts, saved_step)):
         return (f"the job failed {unrecorded} time(s) before its training process recorded an attempt (it did "
@@ -107,8 +122,9 @@ def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | N
     def progress(i: int) -> bool:
         a = attempts[i]
         if i + 1 == len(attempts):
-            return _progressed(attempts, saved_step)
-        return attempts[i + 1]["resumed_from"] > a["resumed_from"]
+            return _progressed(attempts[: i + 1], saved_step)
+        nxt = attempts[i + 1]["resumed_from"]
+        return a["resumed_from"] is not None and nxt is not None and nxt > a["resumed_from"]
 
     stuck = []  # the newest attempts that made no progress, newest first
     for i in reversed(range(len(attempts))):

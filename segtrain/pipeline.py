@@ -64,6 +64,10 @@ def check_monitor(run: dict, measured: dict) -> None:
     import difflib
 
     names = measured.get("metric_names")
+    if names and run["monitor"].startswith("val_") and not any(n.startswith("val_") for n in names):
+        log.warning("monitor %s: the run has no validation data (validation_split 0, no build_validation); "
+                    "the last checkpoint is exported as the best", run["monitor"])
+        return
     if names and run["monitor"] not in names:
         close = difflib.get_close_matches(run["monitor"], names, n=1)
         raise planning.PlanError(

@@ -223,6 +223,7 @@ def run_segment(
     store.lock()
     ledger = Ledger(paths.attempts)
     attempt = ledger.next_attempt(segment.index)
+    ledger.launch(segment.index, attempt)
     process_start = started_wall - process_age()
     started = False  # whether this attempt's start record is written
     step = attempting = segment.start

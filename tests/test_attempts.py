@@ -102,3 +102,14 @@ def test_only_attempts_since_the_workflow_started_count():
     # this workflow's first attempt failed once: one retry is due, the two old errors do not count
     assert retry_refusal(old + new, 1, saved_step=100, since=900.0) is None
     assert "failed 2 times at step 130" in retry_refusal(old + new, 2, saved_step=100)
+
+
+def test_attempts_killed_while_starting_up_count_as_kills_not_as_failures_to_start(tmp_path):
+    ledger = Ledger(tmp_path / "attempts.jsonl")
+    for attempt in (1, 2):  # preempted twice before restoring anything
+        ledger.launch(3, attempt)
+    assert ledger.next_attempt(3) == 3
+    assert retry_refusal(ledger.records(3), 2, saved_step=None, since=0) is None
+    for attempt in (3, 4, 5):
+        ledger.launch(3, attempt)
+    assert "made no progress in its last 5 attempts" in retry_refusal(ledger.records(3), 5, None, since=0)

@@ -204,3 +204,13 @@ def test_job_overhead_counts_start_up_restores_saves_and_evaluations():
     assert plan.overhead.percent == pytest.approx(100 * 0.5 / 1.0)
     table = planning.plan_table(plan)
     assert "overhead 70.5 %" in table and "(saves only)" in table
+
+
+def test_a_monitor_the_run_does_not_log_is_refused_with_a_suggestion():
+    from segtrain.pipeline import check_monitor
+
+    logged = {"metric_names": ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]}
+    with pytest.raises(planning.PlanError, match="no metric 'val_acc'; did you mean 'val_accuracy'"):
+        check_monitor({"monitor": "val_acc"}, logged)
+    check_monitor({"monitor": "val_accuracy"}, logged)
+    check_monitor({"monitor": "val_loss"}, {"metric_names": ["loss", "lr"]})  # no validation: best = last
