@@ -54,7 +54,7 @@ def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path,
     stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
     assert 0 < stopped_at < 120
     runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
-    attempts = [json.loads(x) for x in paths.attempts.read_text().splitlines()]
+    attempts = [a for a in map(json.loads, paths.attempts.read_text().splitlines()) if "launched" not in a]
     assert attempts[1]["status"] == "stopped" and attempts[2]["resumed_from"] == stopped_at
     assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
                          export(paths.segment_dir(0) / "state", tmp_path, "b"))
