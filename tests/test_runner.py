@@ -43,14 +43,19 @@ def export(folder, tmp_path, name):
     return load_weights(out["pt"])
 
 
-def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path, run_settings):
+def reference_and_stopped(tmp_path, run_settings):
+    """An uninterrupted segment, and the same segment stopped by its deadline part-way."""
     ref = runner.RunPaths(tmp_path / "ref")
     runner.run_segment(run_settings, segment(), ref, None, ref.segment_dir(0))
-
     paths = runner.RunPaths(tmp_path / "cut")
     with pytest.raises(runner.Stopped, match="deadline"):
         runner.run_segment(run_settings, segment(time_limit=60), paths, None, paths.segment_dir(0),
                            clock=FakeClock(0.5), job_start=0.0)
+    return ref, paths
+
+
+def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path, run_settings):
+    ref, paths = reference_and_stopped(tmp_path, run_settings)
     stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
     assert 0 < stopped_at < 120
     runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
@@ -154,12 +159,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_damaged_newest_checkpoint_a_torn_metrics_row_and_a_stray_folder_are_skipped(tmp_path, run_settings, damage):
-    ref = runner.RunPaths(tmp_path / "ref")
-    runner.run_segment(run_settings, segment(), ref, None, ref.segment_dir(0))
-    paths = runner.RunPaths(tmp_path / "cut")
-    with pytest.raises(runner.Stopped, match="deadline"):
-        runner.run_segment(run_settings, segment(time_limit=60), paths, None, paths.segment_dir(0),
-                           clock=FakeClock(0.5), job_start=0.0)
+    ref, paths = reference_and_stopped(tmp_path, run_settings)
     store = runner.store_mod.CheckpointStore(paths.store)
     newest, before = store.steps()[-1], store.steps()[-2]
     DAMAGE[damage](store.path(newest))
