@@ -97,8 +97,8 @@ def test_snakemake_stops_before_any_job_on_bad_input(project, change, expected):
 
 @pytest.mark.e2e
 def test_a_time_limit_that_start_up_dominates_is_refused_and_replanned_without_deleting_files(project):
-    # start-up of a PyTorch job is seconds: a 4 s limit would be jobs that mostly start up
-    project.write_config({"r": {**MLP, "total_steps": 10}}, time_limit="4s", safety_margin="1s")
+    # start-up of a PyTorch job is seconds: a 6 s limit would be jobs that mostly start up
+    project.write_config({"r": {**MLP, "total_steps": 10}}, time_limit="6s", safety_margin="1s")
     r = project.snakemake(check=False)
     assert r.returncode != 0
     log = (project.root / "logs" / "plan_segments" / "r.log").read_text()
