@@ -76,6 +76,7 @@ def test_keras_exports_load_with_plain_apis_and_predict_like_the_final_state(bas
     run = baseline.run_dir("kcnn-5")
     last = sorted((run / "segments").iterdir())[-1]
     pipeline_state = Backend(str(task_path), params, 0, 1)
+    pipeline_state.build()
     pipeline_state.read_state(last / ("state" if which == "last" else "best"))
     stem = "model" if which == "last" else "model.best"
     x, y = load_task(task_path).build_dataset(params)
