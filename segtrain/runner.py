@@ -259,7 +259,7 @@ def run_segment(
                      train_start_time=time.time(), resumed_from=step, source=source,
                      restore_seconds=restore_seconds, skipped=skipped, **lost)
         started = True
-        restored_step = step
+        saved_step = step  # the newest checkpoint this attempt can fall back to
         run_end = int(run.get("total_steps") or segment.end)
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, attempt, step, source, segment.end, segment.interval)
@@ -282,14 +282,14 @@ def run_segment(
                     timing["save_seconds"] += seconds
                     metrics.append({**_row(segment, attempt, step, row), "save_seconds": f"{seconds:.6f}"})
                     saved_step = step
-                ledger.end(segment.index, attempt, step, "stopped", why, saved_step=saved_step or step, **timing)
+                ledger.end(segment.index, attempt, step, "stopped", why, saved_step=saved_step, **timing)
                 raise Stopped(f"segment {segment.index} stopped at step {step} ({why}); run again to continue")
             attempting = step + 1
             t_step = time.perf_counter()
             row = backend.train_step(order.batch(step))
             timing["train_seconds"] += time.perf_counter() - t_step
             step += 1
-            _check_finite(row, step, saved_step if saved_step is not None else restored_step)
+            _check_finite(row, step, saved_step)
             # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
             # (every eval_every steps and the run's last step, not at segment ends), so neither the
             # plan's cut points nor the measured costs can change what training draws.
@@ -299,7 +299,7 @@ def run_segment(
                 with backend.isolated_rng(evaluation_seed(run["seed"], step)):
                     row = {**row, **backend.evaluate(val_idx, run["batch_size"])}
                 evals.append(time.perf_counter() - t_eval)
-                _check_finite(row, step, saved_step if saved_step is not None else restored_step)
+                _check_finite(row, step, saved_step)
                 timing["eval_seconds"] += evals[-1]
             new_best = False
             if evaluate and segment.monitor in row:
