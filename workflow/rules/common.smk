@@ -46,10 +46,15 @@ except ConfigError as exc:
 # change would make Snakemake retrain the finished segments of runs started by earlier versions.
 os.environ[DEFINITIONS_ENV] = definitions_for_jobs(RUNS)
 
+
+def checkpoint_folder(run):
+    """Where a run's periodic checkpoints and attempts ledger live (segtrain.runner.RunPaths.store,
+    without importing the runner at parse time)."""
+    return Path(config.get("checkpoint_root", "results")) / run / "ckpt"
+
+
 for _name, _run in RUNS.items():
-    _recorded = recorded_manifest(
-        Path(config.get("checkpoint_root", "results")) / _name / "ckpt"
-    )
+    _recorded = recorded_manifest(checkpoint_folder(_name))
     if _recorded is None:
         continue
     if "definition_hash" in _recorded:
@@ -133,7 +138,7 @@ def runtime_minutes(wildcards, attempt):
                 f"run {run}: segment {index} failed and retries are 0 (--retries 0), so it is "
                 "not tried again; run the same command to resume it"
             )
-        ckpt = Path(config.get("checkpoint_root", "results")) / run / "ckpt"
+        ckpt = checkpoint_folder(run)
         end = load_plan(run)["segments"][index]["end"]
         saved = [s for s in CheckpointStore(ckpt, keep=2).steps() if s <= end]
         why = retry_refusal(
