@@ -228,6 +228,77 @@ def model_hash(run: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# DSRI's booking server starts and ends bookings at 09:00 in Maastricht.
+BOOKING_TIMEZONE = "Europe/Amsterdam"
+BOOKING_HOUR = 9
+
+
+def _dates_as_text(config: dict) -> dict:
+    """YAML reads an unquoted 2026-12-04T09:00:00 as a datetime and 2026-12-03 as a date: the same
+    text as a quoted string, so the schema and the checks below see one form."""
+    import datetime as dt
+
+    fixed = {k: v.isoformat() for k, v in config.items()
+             if k in ("deadline", "booking_last_day") and isinstance(v, (dt.date, dt.datetime))}
+    return {**config, **fixed} if fixed else config
+
+
+def deadline_of(config: dict):
+    """The absolute end of all training as an aware datetime, or None.
+
+    From ``deadline`` (ISO 8601 with an offset, or naive with ``timezone`` set) or from
+    ``booking_last_day`` (a DSRI booking ends at 09:00 Europe/Amsterdam the day after its last
+    day). A naive time without ``timezone`` is refused: a pod (TZ=UTC) and a laptop in Maastricht
+    would read 09:00 an hour apart.
+    """
+    import datetime as dt
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    config = _dates_as_text(config)
+    text, last_day, zone_name = config.get("deadline"), config.get("booking_last_day"), config.get("timezone")
+    zone = None
+    if zone_name:
+        try:
+            zone = ZoneInfo(str(zone_name))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"invalid config:\n  timezone: {zone_name!r} is not a time zone name; "
+                              f"use one like '{BOOKING_TIMEZONE}' or 'UTC'") from None
+    if text and last_day:
+        raise ConfigError("invalid config:\n  deadline and booking_last_day are both set; keep one "
+                          "(booking_last_day sets the deadline to 09:00 the day after it)")
+    if last_day:
+        try:
+            day = dt.date.fromisoformat(str(last_day))
+        except ValueError:
+            raise ConfigError(f"invalid config:\n  booking_last_day: cannot read {last_day!r} as a date; "
+                              "write the booking's last day like '2026-12-03'") from None
+        when = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(BOOKING_HOUR),
+                                   tzinfo=zone or ZoneInfo(BOOKING_TIMEZONE))
+        what = f"booking_last_day: {last_day} (the booking ends {when.isoformat()})"
+    elif text:
+        try:
+            when = dt.datetime.fromisoformat(str(text))
+        except ValueError:
+            raise ConfigError(
+                f"invalid config:\n  deadline: cannot read {text!r} as a date and time; "
+                "write it like '2026-12-04T09:00:00+01:00'") from None
+        if when.tzinfo is None:
+            if zone is None:
+                raise ConfigError(
+                    f"invalid config:\n  deadline: {text} has no time zone, so a pod (UTC) and a laptop "
+                    "would read it hours apart. Add the offset ('2026-12-04T09:00:00+01:00') or name the "
+                    f"zone with the key timezone (e.g. timezone: {BOOKING_TIMEZONE})")
+            when = when.replace(tzinfo=zone)
+        what = f"deadline: {text}"
+    else:
+        return None
+    if when.timestamp() <= time.time():
+        raise ConfigError(
+            f"invalid config:\n  {what} has passed; no segment could train. Set the end of your next "
+            "booking (booking_last_day: its last day, or deadline: '2026-12-04T09:00:00+01:00') or remove the key")
+    return when
+
+
 def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) -> dict[str, dict]:
     """Validate ``config`` and return each run's full settings (defaults applied, durations in seconds).
 
@@ -236,6 +307,7 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
     import jsonschema
 
     schema = schema or load_schema()
+    config = _dates_as_text(config)
     # JSON Schema's integer takes 3.0; a job would then crash on it (range(3.0), np.random.seed)
     strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda checker, x: isinstance(x, int) and not isinstance(x, bool))
@@ -244,21 +316,7 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_format_schema_error(e, schema) for e in errors))
 
-    if config.get("deadline"):
-        from datetime import datetime
-
-        try:
-            when = datetime.fromisoformat(str(config["deadline"]))
-        except ValueError:
-            raise ConfigError(
-                f"invalid config:\n  deadline: cannot read {config['deadline']!r} as a date and time; "
-                "write it like '2026-12-04T09:00:00+01:00'"
-            ) from None
-        if when.timestamp() <= time.time():
-            raise ConfigError(
-                f"invalid config:\n  deadline: {config['deadline']} has passed; no segment could train. Set the "
-                "end of your next booking (e.g. '2026-12-04T09:00:00+01:00') or remove the key"
-            )
+    deadline_of(config)  # refuses a naive, unreadable or past end before any job starts
     settings_props = schema["$defs"]["settings"]["properties"]
     run_props = schema["$defs"]["run"]["properties"]
     defaults = _fill_defaults(settings_props, config.get("defaults") or {})

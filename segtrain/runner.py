@@ -69,8 +69,9 @@ def absolute_deadline() -> float | None:
     if not text:
         return None
     when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        when = when.astimezone()  # local time, as a person reads a booking calendar
+    if when.tzinfo is None:  # the workflow always writes an offset (segtrain.config.deadline_of)
+        raise ValueError(f"{DEADLINE_ENV}={text} has no time zone offset; a job cannot tell which 09:00 "
+                         "is meant. Set the config key deadline with an offset, or timezone")
     return when.timestamp()
 
 

@@ -1,5 +1,7 @@
 """Bad input is refused before any job starts, with the key and the fix named."""
 
+import time
+
 import pytest
 
 from conftest import MLP, REPO
@@ -133,6 +135,45 @@ def test_values_a_job_would_crash_on_are_refused_before_any_job(change, expected
 def test_a_deadline_that_has_passed_is_refused():
     config = {**cfg(), "deadline": "2020-01-01T09:00:00+01:00"}
     check(config, "deadline: 2020-01-01T09:00:00+01:00 has passed")
+
+
+def test_a_deadline_without_a_time_zone_is_refused_with_the_fix():
+    check({**cfg(), "deadline": "2099-12-04T09:00:00"}, "deadline: 2099-12-04T09:00:00 has no time zone",
+          "'2026-12-04T09:00:00+01:00'", "timezone: Europe/Amsterdam")
+    check({**cfg(), "deadline": "2099-12-04T09:00:00", "timezone": "Mars/Olympus"}, "timezone: 'Mars/Olympus'")
+
+
+@pytest.mark.parametrize("config,expected", [
+    # 09:00 in Maastricht is 08:00 UTC in winter and 07:00 UTC in summer, in a pod or on a laptop
+    ({"deadline": "2099-12-04T09:00:00", "timezone": "Europe/Amsterdam"}, "2099-12-04T08:00:00+00:00"),
+    ({"deadline": "2099-07-04T09:00:00", "timezone": "Europe/Amsterdam"}, "2099-07-04T07:00:00+00:00"),
+    ({"deadline": "2099-12-04T09:00:00+01:00"}, "2099-12-04T08:00:00+00:00"),
+    # YAML reads unquoted dates as date objects: the same meaning as the quoted text
+    ({"booking_last_day": __import__("datetime").date(2099, 12, 3)}, "2099-12-04T08:00:00+00:00"),
+    ({"booking_last_day": "2099-03-27"}, "2099-03-28T08:00:00+00:00"),  # the booking spans the clock change
+    ({"booking_last_day": "2099-12-03", "timezone": "UTC"}, "2099-12-04T09:00:00+00:00"),
+])
+def test_the_deadline_is_one_instant_wherever_it_is_read(config, expected, monkeypatch):
+    from datetime import timezone
+
+    from segtrain.config import deadline_of
+
+    try:
+        for tz in ("UTC", "Asia/Tokyo"):  # the process's own zone plays no part
+            monkeypatch.setenv("TZ", tz)
+            time.tzset()
+            assert deadline_of({**cfg(), **config}).astimezone(timezone.utc).isoformat() == expected
+            resolve({**cfg(), **config}, base=REPO)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_deadline_and_booking_last_day_together_are_refused():
+    check({**cfg(), "deadline": "2099-12-04T09:00:00+01:00", "booking_last_day": "2099-12-03"},
+          "deadline and booking_last_day are both set")
+    check({**cfg(), "booking_last_day": "2020-12-03"}, "booking_last_day: 2020-12-03", "has passed")
+    check({**cfg(), "booking_last_day": "next week"}, "booking_last_day: cannot read 'next week'")
 
 
 def test_a_binary_task_file_is_refused_with_the_fix(tmp_path):

@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 from segtrain.config import (
     DEFINITIONS_ENV,
     ConfigError,
+    deadline_of,
     definition_changes,
     definitions_for_jobs,
     resolve,
@@ -28,8 +29,6 @@ os.environ.update(
     SEGTRAIN_PYTHON=sys.executable,
     SEGTRAIN_SCRIPTS=str(Path(workflow.basedir) / "scripts"),
     SEGTRAIN_CHECKPOINT_ROOT=config.get("checkpoint_root", "results"),
-    # an absolute end (a booking's); an environment variable so changing it retrains nothing
-    SEGTRAIN_DEADLINE=str(config.get("deadline") or ""),
     # the process whose jobs these are: a training job stops when it is gone (segtrain.lifecycle)
     SEGTRAIN_SNAKEMAKE_PID=str(os.getpid()),
 )
@@ -39,8 +38,12 @@ EXPORT_EXT = {"torch": "pt", "keras": "keras"}
 
 try:
     RUNS = resolve(config, base=Path.cwd())
+    DEADLINE = deadline_of(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+# An absolute end (a booking's), with its offset: an environment variable so changing it retrains
+# nothing, and jobs in any time zone read the same instant.
+os.environ["SEGTRAIN_DEADLINE"] = DEADLINE.isoformat() if DEADLINE else ""
 
 # Jobs read each run's full model definition from the environment, not from params: a params
 # change would make Snakemake retrain the finished segments of runs started by earlier versions.
