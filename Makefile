@@ -10,11 +10,14 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 
 .PHONY: install run test test-fast lint profiles bench-dag clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+DSRI_PLUGIN := plugins/snakemake-executor-plugin-dsri
+$(VENV)/.installed: pyproject.toml Makefile $(wildcard $(DSRI_PLUGIN)/pyproject.toml $(DSRI_PLUGIN)/*/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" "$(TENSORFLOW)"
 	$(PY) -m pip install --quiet -e '.[test,slurm,dsri]'
+	# Snakemake finds executor plugins by top-level module name: a small package of its own
+	$(PY) -m pip install --quiet ./$(DSRI_PLUGIN)
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,12 +36,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e" tests
 
-## profiles: make `snakemake --profile dsri|slurm|local` resolve by name (links in ~/.config/snakemake)
+## profiles: make `snakemake --profile dsri|dsri-jobs|slurm|local` resolve by name (links in ~/.config/snakemake)
 PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 profiles:
 	mkdir -p "$(PROFILE_HOME)"
-	for p in dsri slurm local; do ln -sfn "$(CURDIR)/profiles/$$p" "$(PROFILE_HOME)/$$p"; done
-	@echo "linked dsri, slurm and local into $(PROFILE_HOME)"
+	for p in dsri dsri-jobs slurm local; do ln -sfn "$(CURDIR)/profiles/$$p" "$(PROFILE_HOME)/$$p"; done
+	@echo "linked dsri, dsri-jobs, slurm and local into $(PROFILE_HOME)"
 
 ## lint: Snakemake's linter and snakefmt (both also run as tests)
 lint: install

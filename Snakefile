@@ -32,6 +32,10 @@ localrules:
     compare_runs,
 
 
+onstart:
+    check_sources_shipped()
+
+
 rule all:
     default_target: True
     input:

@@ -290,6 +290,11 @@ def deadline_of(config: dict):
                     f"zone with the key timezone (e.g. timezone: {BOOKING_TIMEZONE})")
             when = when.replace(tzinfo=zone)
         what = f"deadline: {text}"
+    elif config.get("deadline_required"):
+        raise ConfigError(
+            "invalid config:\n  no deadline: this profile runs inside a booked GPU workspace, which DSRI "
+            "stops at 09:00 after the booking's last day. Give that day: --config booking_last_day=2026-12-03 "
+            "(or deadline='2026-12-04T09:00:00+01:00')")
     else:
         return None
     if when.timestamp() <= time.time():

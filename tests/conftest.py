@@ -67,6 +67,18 @@ class Project:
         return subprocess.Popen([SNAKEMAKE, "--cores", "2", *args], cwd=self.root, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, **kw)
 
+    def git_commit_all(self, *, leave_out: tuple[str, ...] = ()) -> None:
+        """Make the copy a git repository with everything committed (but ``leave_out``), as a clone is:
+        jobs without a shared file system receive git-tracked files only."""
+        git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+        if not (self.root / ".git").exists():
+            subprocess.run([*git, "init", "-q"], cwd=self.root, check=True)
+            (self.root / ".gitignore").write_text("results/\nlogs/\nbenchmarks/\n.snakemake/\n__pycache__/\n")
+        subprocess.run([*git, "add", "-A"], cwd=self.root, check=True)
+        if leave_out:
+            subprocess.run([*git, "rm", "-q", "--cached", *leave_out], cwd=self.root, check=True)
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "test"], cwd=self.root, check=True)
+
     def run_dir(self, run: str) -> Path:
         return self.root / "results" / run
 

@@ -1,8 +1,10 @@
 """A stand-in Kubernetes API server on loopback that records what a client submits.
 
 It answers the few calls snakemake-executor-plugin-kubernetes makes (secrets, jobs, job status,
-pods, logs) and reports every Job as failed, so Snakemake stops after its first wave of jobs.
-The Job objects themselves are built by the real plugin; this only records them.
+pods, logs). The Job objects themselves are built by the real plugin; this records them. Without a
+``kubelet`` every Job is reported failed, so Snakemake stops after its first wave of jobs. With
+one (tests/pod.py), each Job's container really runs, and its status is that process's: active,
+then succeeded or failed; deleting a running Job stops its pod as Kubernetes does.
 """
 
 from __future__ import annotations
@@ -15,10 +17,20 @@ from pathlib import Path
 
 
 class StandIn:
-    def __init__(self):
+    def __init__(self, kubelet=None):
         self.jobs: list[dict] = []
         self.requests: list[tuple[str, str]] = []
+        self.secrets: dict[str, dict] = {}
+        self.kubelet = kubelet
+        self.pods: dict[str, object] = {}  # Job name -> the running pod (tests/pod.py)
         standin = self
+
+        def job_status(name: str) -> dict:
+            pod = standin.pods.get(name)
+            if pod is None:
+                return {"failed": 1}
+            code = pod.poll()
+            return {"active": 1} if code is None else {"succeeded": 1} if code == 0 else {"failed": 1}
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -41,6 +53,10 @@ class StandIn:
                 body = self._body()
                 if re.search(r"/apis/batch/v1/namespaces/[^/]+/jobs$", self.path):
                     standin.jobs.append(body)
+                    if standin.kubelet is not None:
+                        standin.pods[body["metadata"]["name"]] = standin.kubelet(body, standin.secrets)
+                elif re.search(r"/api/v1/namespaces/[^/]+/secrets$", self.path):
+                    standin.secrets[body["metadata"]["name"]] = body.get("data") or {}
                 body.setdefault("metadata", {}).setdefault("uid", "0")
                 self._send(201, body)
 
@@ -50,7 +66,7 @@ class StandIn:
                 if m:
                     self._send(200, {"apiVersion": "batch/v1", "kind": "Job",
                                      "metadata": {"name": m.group(2), "namespace": m.group(1)},
-                                     "status": {"failed": 1}})
+                                     "status": job_status(m.group(2))})
                 elif "/log" in self.path:
                     data = b"stand-in: no logs\n"
                     self.send_response(200)
@@ -64,6 +80,9 @@ class StandIn:
 
             def do_DELETE(self):
                 standin.requests.append(("DELETE", self.path))
+                pod = standin.pods.get(self.path.split("?")[0].rstrip("/").split("/")[-1])
+                if pod is not None and pod.poll() is None:
+                    pod.stop()  # a deleted Job's pod gets SIGTERM, then SIGKILL after the grace
                 self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -203,3 +203,8 @@ def test_the_definition_covers_the_task_and_the_project_modules_it_imports(tmp_p
     assert "total_steps" not in after["model_definition"]
     ctx = resolve(cfg({"task": "tests/tasks/onecycle_torch.py"}), base=REPO)["r"]["model_definition"]
     assert ctx["total_steps"] == 10
+
+
+def test_the_dsri_workspace_profile_refuses_to_start_without_the_booking_end():
+    check({**cfg(), "deadline_required": True}, "no deadline", "--config booking_last_day=")
+    resolve({**cfg(), "deadline_required": True, "booking_last_day": "2099-01-01"}, base=REPO)

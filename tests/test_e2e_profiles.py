@@ -30,33 +30,48 @@ def runtimes(output: str) -> set[int]:
 
 
 def dsri_args(project, pvc):
-    return ["--profile", "profiles/dsri", "--default-storage-prefix", str(pvc / "segtrain"),
+    return ["--profile", "profiles/dsri-jobs", "--default-storage-prefix", str(pvc / "segtrain"),
             "--config", f"checkpoint_root={pvc / 'checkpoints'}"]
 
 
-@pytest.mark.parametrize("profile,runtime", [("local", 10), ("slurm", 10), ("dsri", 1440)])
+BOOKING = "booking_last_day=2099-12-03"
+
+
+@pytest.mark.parametrize("profile,runtime", [("local", 10), ("slurm", 10), ("dsri-jobs", 1440), ("dsri", 1440)])
 def test_each_profile_dry_run_shows_the_segment_runtime_the_plan_used(project, tmp_path, profile, runtime):
     project.write_config({"r": {**MLP, "total_steps": 200, "steps_per_segment": 100}},
                          time_limit="10m", measure_steps=3, measure_saves=2)
-    if profile == "dsri":
+    if profile == "dsri-jobs":
         args = dsri_args(project, tmp_path / "pvc")
         project.snakemake(*args, "--executor", "local", "--cores", "2", "--until", "plan_segments")
+    elif profile == "dsri":
+        args = ["--profile", "profiles/dsri", "--config", BOOKING]
+        project.snakemake(*args, "--until", "plan_segments")
     else:
         args = ["--profile", f"profiles/{profile}"]
         project.snakemake("--until", "plan_segments")
     r = project.snakemake(*args, "-n")
     assert runtimes(r.stdout + r.stderr) == {runtime}  # one setting: the plan's time_limit, in minutes
     executor = yaml.safe_load((project.root / "profiles" / profile / "config.yaml").read_text()).get("executor")
-    assert executor == {"local": None, "slurm": "slurm", "dsri": "kubernetes"}[profile]
-    if profile == "dsri":
+    assert executor == {"local": None, "slurm": "slurm", "dsri-jobs": "dsri", "dsri": None}[profile]
+    if profile == "dsri-jobs":
         plan = json.loads((tmp_path / "pvc/segtrain/results/r/plan.json").read_text())
         assert plan["time_limit"] == 86400  # the DSRI profile's 24 h reached the plan too
 
 
+def test_the_dsri_workspace_profile_needs_the_booking_end_and_reads_it_in_maastricht_time(project):
+    project.write_config({"r": {**MLP, "total_steps": 200}})
+    r = project.snakemake("--profile", "profiles/dsri", "-n", check=False)
+    assert r.returncode != 0 and "booking_last_day=" in r.stdout + r.stderr
+    r = project.snakemake("--profile", "profiles/dsri", "-n", "--config", "deadline=2099-12-04T09:00:00")
+    assert r.returncode == 0  # the profile names the zone: 09:00 is Maastricht's
+
+
 def captured_jobs(project, tmp_path, args):
+    project.git_commit_all()  # jobs get the workflow through the source archive: git-tracked files
     with StandIn() as api:
         env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig"))}
-        cmd = [SNAKEMAKE, *args, "--kubernetes-namespace", "my-project", "--container-image",
+        cmd = [SNAKEMAKE, *args, "--dsri-namespace", "my-project", "--container-image",
                "registry.example/segtrain:1", "--retries", "0", "--seconds-between-status-checks", "1"]
         r = subprocess.run(cmd, cwd=project.root, env=env, capture_output=True, text=True, timeout=300)
     assert api.jobs, f"no Job was submitted:\n{r.stderr[-4000:]}"
@@ -79,9 +94,19 @@ def check_dsri_pod_rules(job, gpu: bool):
     assert claims == {"pvc-segtrain": "pvc-segtrain"}
     assert {"name": "pvc-segtrain", "mountPath": "/data"} in container["volumeMounts"]
     assert spec["restartPolicy"] == "Never"
+    # DSRI's job guideline; shared memory for loader workers and NCCL; a walltime Kubernetes enforces
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    (shm,) = [v for v in spec["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert job["spec"]["activeDeadlineSeconds"] >= 30 * 60
+    # PID 1 passes SIGTERM on to training; nothing is installed from a registry at pod start
+    assert container["command"][:4] == ["python", "-m", "segtrain.podinit", "--"]
+    assert "pip" not in " ".join(container["command"] + container["args"])
+    assert {"name": "USER", "value": "segtrain"} in container["env"]  # arbitrary UID without a passwd entry
 
 
-def test_dsri_profile_submits_jobs_that_follow_dsri_pod_rules(project, tmp_path):
+def test_dsri_jobs_profile_submits_jobs_that_follow_dsri_pod_rules(project, tmp_path):
     project.write_config({"r": {**MLP, "total_steps": 100, "steps_per_segment": 50}},
                          time_limit="10m", measure_steps=3, measure_saves=2)
     pvc = tmp_path / "pvc"
@@ -103,11 +128,12 @@ def test_dsri_profile_resolves_by_name_after_make_profiles(project, tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | {"HOME": str(home)}
     subprocess.run(["make", "-s", "-C", str(REPO), "profiles"], env=env, check=True, capture_output=True)
+    assert (home / ".config/snakemake/dsri-jobs").resolve() == REPO / "profiles/dsri-jobs"
     assert (home / ".config/snakemake/dsri").resolve() == REPO / "profiles/dsri"
     project.write_config({"r": {**MLP, "total_steps": 100}})
     pvc = tmp_path / "pvc"
-    r = subprocess.run([SNAKEMAKE, "--profile", "dsri", "-n", "--default-storage-prefix", str(pvc),
+    r = subprocess.run([SNAKEMAKE, "--profile", "dsri-jobs", "-n", "--default-storage-prefix", str(pvc),
                         "--config", f"checkpoint_root={pvc / 'checkpoints'}"],
                        cwd=project.root, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Using profile dsri" in r.stdout + r.stderr
+    assert "Using profile dsri-jobs" in r.stdout + r.stderr

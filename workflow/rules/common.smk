@@ -244,3 +244,31 @@ def get_final_targets(wildcards):
             f"results/{name}/report/plan.html",
         ]
     return targets + ["results/compare/loss.svg"]
+
+
+def deploys_sources():
+    """Whether jobs get the workflow through Snakemake's source archive (no shared file system)."""
+    from snakemake_interface_executor_plugins.settings import SharedFSUsage
+
+    remote = getattr(workflow, "remote_execution_settings", None)
+    return bool(
+        remote is not None
+        and remote.job_deploy_sources
+        and SharedFSUsage.SOURCES not in workflow.storage_settings.shared_fs_usage
+    )
+
+
+def check_sources_shipped():
+    """Refuse before any job is created when the source archive lacks a file the jobs run."""
+    if not deploys_sources():
+        return
+    from segtrain.shipping import missing_from_archive, needed_by_jobs, refusal
+
+    needed = needed_by_jobs(RUNS, Path(workflow.basedir), Path.cwd())
+    missing = missing_from_archive(workflow.dag.get_sources(), needed)
+    if missing:
+        try:
+            workflow.cleanup_source_archive()
+        except Exception:  # the refusal matters more than the leftover archive
+            pass
+        raise WorkflowError(refusal(missing, Path.cwd()))
