@@ -41,6 +41,7 @@ def image_env(home: Path) -> dict[str, str]:
     bindir = str(Path(sys.executable).parent)
     home.mkdir(parents=True, exist_ok=True)
     return {"PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
+            "SEGTRAIN_IMAGE_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1",
             "XDG_CACHE_HOME": str(home / ".cache"), "MPLCONFIGDIR": str(home / ".cache/matplotlib")}
 
 

@@ -137,3 +137,20 @@ def test_dsri_profile_resolves_by_name_after_make_profiles(project, tmp_path):
                        cwd=project.root, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Using profile dsri-jobs" in r.stdout + r.stderr
+
+
+def test_inside_the_job_image_rules_run_the_image_python_and_apptainer_needs_the_image_named(project, tmp_path):
+    """Under apptainer the submitting machine's SEGTRAIN_PYTHON names a path of another environment;
+    the image sets SEGTRAIN_IMAGE_PYTHON and every rule runs that one."""
+    import sys
+
+    project.write_config({"r": {**MLP, "total_steps": 100}}, measure_steps=3, measure_saves=2)
+    used = tmp_path / "used"
+    image_python = tmp_path / "image-python"
+    image_python.write_text(f"#!/bin/sh\necho \"$@\" >> {used}\nexec {sys.executable} \"$@\"\n")
+    image_python.chmod(0o755)
+    project.snakemake("--until", "plan_segments", env={"SEGTRAIN_IMAGE_PYTHON": str(image_python)})
+    scripts = {line.split()[0].rsplit("/", 1)[-1] for line in used.read_text().splitlines()}
+    assert scripts == {"measure_checkpoint_cost.py", "plan_segments.py"}
+    r = project.snakemake("-n", "--software-deployment-method", "apptainer", check=False)
+    assert r.returncode != 0 and "--config container_image=docker://" in r.stdout + r.stderr

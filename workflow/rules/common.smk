@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)
 from segtrain.config import (
@@ -22,7 +23,9 @@ from segtrain.attempts import Ledger, retry_refusal
 from segtrain.store import CheckpointStore, recorded_manifest
 
 # Rules run `$SEGTRAIN_PYTHON $SEGTRAIN_SCRIPTS/<rule>.py`: this interpreter and this workflow's
-# scripts, wherever the working directory is. They travel as environment variables, not params:
+# scripts, wherever the working directory is (inside the job image under apptainer, the image's
+# interpreter: the Containerfile sets SEGTRAIN_IMAGE_PYTHON). They travel as environment
+# variables, not params:
 # the paths differ between a laptop, a cluster node and a container, and a params change would
 # make Snakemake retrain finished segments. Cluster jobs parse this file again and set their own.
 os.environ.update(
@@ -41,6 +44,15 @@ try:
     DEADLINE = deadline_of(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+if (
+    DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+    and not config.get("container_image")
+):
+    raise WorkflowError(
+        "--software-deployment-method apptainer runs every job in the job image, and none is set. "
+        "Build it from the Containerfile, push it, and name it: "
+        "--config container_image=docker://ghcr.io/<you>/segtrain:1.0 (or in your config file)."
+    )
 # An absolute end (a booking's), with its offset: an environment variable so changing it retrains
 # nothing, and jobs in any time zone read the same instant.
 os.environ["SEGTRAIN_DEADLINE"] = DEADLINE.isoformat() if DEADLINE else ""

@@ -15,7 +15,7 @@ rule export_torch:
         run=model_settings,
         segments=segment_count,
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/export_model.py '
         "--run {params.run:q} --first-segment {input.segments[0]:q} --count {params.segments} "
         "--output last.pt={output.last:q} last.safetensors={output.last_safetensors:q} "
         "best.pt={output.best:q} best.safetensors={output.best_safetensors:q} 2>> {log:q}"
@@ -38,7 +38,7 @@ rule export_keras:
         run=model_settings,
         segments=segment_count,
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/export_model.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/export_model.py '
         "--run {params.run:q} --first-segment {input.segments[0]:q} --count {params.segments} "
         "--output last.keras={output.last:q} last.weights.h5={output.last_weights:q} "
         "best.keras={output.best:q} best.weights.h5={output.best_weights:q} 2>> {log:q}"
@@ -55,5 +55,5 @@ rule merge_metrics:
     params:
         segments=segment_count,
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/merge_metrics.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/merge_metrics.py '
         "--output {output:q} --first-segment {input.segments[0]:q} --count {params.segments} 2>> {log:q}"

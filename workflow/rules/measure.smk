@@ -10,5 +10,5 @@ rule measure_checkpoint_cost:
     params:
         run=measure_settings,
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/measure_checkpoint_cost.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/measure_checkpoint_cost.py '
         "--run {params.run:q} --output {output:q} 2>> {log:q}"

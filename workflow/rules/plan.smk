@@ -11,6 +11,6 @@ checkpoint plan_segments:
     params:
         run=plan_settings,
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/plan_segments.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/plan_segments.py '
         "--run {params.run:q} --costs {input.costs:q} "
         "--plan-json {output.plan:q} --plan-txt {output.table:q} 2>> {log:q}"

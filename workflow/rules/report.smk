@@ -36,7 +36,7 @@ rule plot_run:
     params:
         segments=segment_count,
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/plot_run.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/plot_run.py '
         "--run {wildcards.run:q} --plan {input.plan:q} "
         "--metrics {input.metrics:q} --training {output.training:q} --checkpoints {output.checkpoints:q} "
         "--timeline {output.timeline:q} --table {output.table:q} "
@@ -58,6 +58,6 @@ rule compare_runs:
     params:
         names=list(RUNS),
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/compare_runs.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/compare_runs.py '
         "--output {output:q} --names {params.names:q} "
         "--metrics {input:q} 2>> {log:q}"

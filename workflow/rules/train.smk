@@ -22,6 +22,6 @@ rule train_segment:
         model=model_settings,
         segment=segment_settings,
     shell:
-        '"$SEGTRAIN_PYTHON" "$SEGTRAIN_SCRIPTS"/train_segment.py '
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/train_segment.py '
         "--run {params.model:q} --segment {params.segment:q} "
         "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}"
