@@ -154,3 +154,19 @@ def test_inside_the_job_image_rules_run_the_image_python_and_apptainer_needs_the
     assert scripts == {"measure_checkpoint_cost.py", "plan_segments.py"}
     r = project.snakemake("-n", "--software-deployment-method", "apptainer", check=False)
     assert r.returncode != 0 and "--config container_image=docker://" in r.stdout + r.stderr
+
+
+def test_the_workflow_runs_as_a_module_of_another_workflow(tmp_path):
+    """What snakedeploy and the workflow catalog expect: workflow/Snakefile, used as a module."""
+    user = tmp_path / "my-analysis"
+    (user / "config").mkdir(parents=True)
+    (user / "config" / "config.yaml").write_text(yaml.safe_dump({
+        "defaults": {"time_limit": "10m", "measure_steps": 3, "measure_saves": 2, "checkpoint": {"every_steps": 50}},
+        "runs": {"r": {**MLP, "task": str(REPO / MLP["task"]), "total_steps": 100, "steps_per_segment": 50}}}))
+    (user / "Snakefile").write_text(
+        'configfile: "config/config.yaml"\n\n\n'
+        f'module segtrain:\n    snakefile:\n        "{REPO}/workflow/Snakefile"\n    config:\n        config\n\n\n'
+        "use rule * from segtrain\n")
+    r = subprocess.run([SNAKEMAKE, "--cores", "2", "all"], cwd=user, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (user / "results/r/model.pt").exists() and len(list((user / "results/r/segments").iterdir())) == 2

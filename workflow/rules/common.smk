@@ -10,7 +10,10 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-sys.path.insert(0, workflow.basedir)
+# The project's root (scripts/, segtrain/): two folders above this file, whether the workflow runs
+# from the top-level Snakefile, from workflow/Snakefile, or as a module of another workflow.
+PROJECT_ROOT = str(Path(workflow.current_basedir).parent.parent)
+sys.path.insert(0, PROJECT_ROOT)
 from segtrain.config import (
     DEFINITIONS_ENV,
     ConfigError,
@@ -30,7 +33,7 @@ from segtrain.store import CheckpointStore, recorded_manifest
 # make Snakemake retrain finished segments. Cluster jobs parse this file again and set their own.
 os.environ.update(
     SEGTRAIN_PYTHON=sys.executable,
-    SEGTRAIN_SCRIPTS=str(Path(workflow.basedir) / "scripts"),
+    SEGTRAIN_SCRIPTS=str(Path(PROJECT_ROOT) / "scripts"),
     SEGTRAIN_CHECKPOINT_ROOT=config.get("checkpoint_root", "results"),
     # the process whose jobs these are: a training job stops when it is gone (segtrain.lifecycle)
     SEGTRAIN_SNAKEMAKE_PID=str(os.getpid()),
@@ -276,7 +279,7 @@ def check_sources_shipped():
         return
     from segtrain.shipping import missing_from_archive, needed_by_jobs, refusal
 
-    needed = needed_by_jobs(RUNS, Path(workflow.basedir), Path.cwd())
+    needed = needed_by_jobs(RUNS, Path(PROJECT_ROOT), Path.cwd())
     missing = missing_from_archive(workflow.dag.get_sources(), needed)
     if missing:
         try:
