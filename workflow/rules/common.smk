@@ -58,7 +58,7 @@ if (
     )
 # An absolute end (a booking's), with its offset: an environment variable so changing it retrains
 # nothing, and jobs in any time zone read the same instant.
-os.environ["SEGTRAIN_DEADLINE"] = DEADLINE.isoformat() if DEADLINE else ""
+os.environ.update(SEGTRAIN_DEADLINE=DEADLINE.isoformat() if DEADLINE else "")
 
 # Jobs read each run's full model definition from the environment, not from params: a params
 # change would make Snakemake retrain the finished segments of runs started by earlier versions.
