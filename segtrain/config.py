@@ -172,6 +172,15 @@ def task_sources(path: Path, base: Path = Path(".")) -> dict[str, str]:
     return found
 
 
+# Settings of the pipeline's PyTorch loop; Keras tasks set their equivalents on the optimizer.
+TRAINING_DEFAULTS = {"precision": "fp32", "accumulate": 1, "clip_grad_norm": None, "deterministic": True}
+KERAS_EQUIVALENT = {
+    "precision": "keras.mixed_precision.set_global_policy('mixed_bfloat16') in build_model",
+    "accumulate": "the optimizer's gradient_accumulation_steps",
+    "clip_grad_norm": "the optimizer's global_clipnorm",
+}
+
+
 def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict:
     """Everything that defines the model and its trajectory: a resume must find the same.
 
@@ -181,6 +190,11 @@ def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict
     schedule was built for that many steps)."""
     definition = {k: run[k] for k in ("framework", "task", "params", "batch_size", "seed", "threads")}
     definition["validation_split"] = run.get("validation_split", 0)
+    # How a step is computed; recorded only when not the default, so runs started by versions
+    # without these settings keep their definition (and their checkpoints)
+    for key, default in TRAINING_DEFAULTS.items():
+        if run.get(key, default) != default:
+            definition[key] = run[key]
     definition["sources"] = task_sources(task_path, base)
     if uses_run_context(task_path):
         definition["total_steps"] = run["total_steps"]
@@ -365,6 +379,10 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
         elif run.get("margin_seconds", 0) >= run.get("time_limit_seconds", float("inf")):
             problems.append(f"{where}.safety_margin: leaves no time in a {run['time_limit']} job; lower it")
 
+        if run["framework"] == "keras":
+            for key, instead in KERAS_EQUIVALENT.items():
+                if run.get(key, TRAINING_DEFAULTS[key]) != TRAINING_DEFAULTS[key]:
+                    problems.append(f"{where}.{key}: applies to PyTorch runs; in a Keras task use {instead}")
         hint = backends.missing_package(run["framework"])
         if hint:
             problems.append(

@@ -32,7 +32,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     step_times = []
     for step in range(WARMUP_STEPS, WARMUP_STEPS + run["measure_steps"]):
         t = time.perf_counter()
-        row = backend.train_step(order.batch(step))
+        row = backend.as_numbers(backend.train_step(order.batch(step)))  # waits for the device
         step_times.append(time.perf_counter() - t)
     names = set(row)
 

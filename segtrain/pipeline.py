@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import planning
 from . import store as store_mod
-from .config import with_definition
+from .config import TRAINING_DEFAULTS, with_definition
 from .runner import RunPaths, Stopped, run_segment
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,31 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
     data = result.to_dict()
     data["run"] = run["name"]
     data["model_hash"] = run["model_hash"]
+    exact, training = training_lines(run)
+    data["bitwise_resume"] = exact
     store_mod.write_json_atomic(Path(plan_json), data)
-    table = planning.plan_table(result, run["name"])
+    table = planning.plan_table(result, run["name"]).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
     Path(plan_txt).write_text(table)
     log.info("\n%s", table)
     return result
+
+
+def training_lines(run: dict) -> tuple[bool, list[str]]:
+    """How each step is computed, and whether a resume is bitwise identical: for the plan. Read
+    from the model definition (the environment), like every job: not a param of the plan rule."""
+    definition = {**TRAINING_DEFAULTS, **with_definition(run).get("model_definition", {})}
+    accumulate, clip = definition["accumulate"], definition["clip_grad_norm"]
+    deterministic, batch = definition["deterministic"], definition.get("batch_size", run.get("batch_size", 0))
+    lines = ["Training",
+             f"  precision {definition['precision']}, {accumulate} micro-batch(es) of {batch} per step"
+             f" ({accumulate * batch} samples), "
+             + (f"gradients clipped to norm {clip:g}" if clip else "no gradient clipping")]
+    if deterministic is True:
+        lines.append("  resume: bitwise identical to an uninterrupted run (deterministic kernels only)")
+    else:
+        lines.append(f"  resume: NOT bitwise identical (deterministic: {str(deterministic).lower()}): a resume "
+                     "continues from the exact saved state, but the kernels may round differently afterwards")
+    return deterministic is True, lines
 
 
 def train(run: dict, segment: dict, previous: str | None, output: Path, threads: int) -> int:

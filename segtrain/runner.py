@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import store as store_mod
 from .attempts import Ledger
-from .config import find_task
+from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
 from .lifecycle import STOP, process_age
 from .planning import Segment
@@ -120,13 +120,18 @@ def prepare_training(run: dict, backend_factory=None) -> Training:
 
         backend_factory = load_backend(run["framework"])
     task = str(find_task(run["task"]) or run["task"])
-    backend = backend_factory(task, run.get("params", {}), run["seed"], run.get("threads", 1))
+    # How a step is computed: from the model definition (jobs get it from the environment, not
+    # from params), else from the run's own keys (a run resolved in this process)
+    defined = run.get("model_definition", {})
+    training = {k: defined.get(k, run.get(k, default)) for k, default in TRAINING_DEFAULTS.items()}
+    backend = backend_factory(task, run.get("params", {}), run["seed"], run.get("threads", 1), training=training)
     train_idx = val_idx = None
     has_val = backend.has_validation_data
     if not has_val and run.get("validation_split", 0) > 0:
         train_idx, val_idx = validation_split(backend.num_samples, run["validation_split"], run["seed"])
         has_val = True
-    order = DataOrder(backend.num_samples, run["batch_size"], run["seed"], indices=train_idx)
+    # one step takes `accumulate` micro-batches: the data order hands out all of them at once
+    order = DataOrder(backend.num_samples, run["batch_size"] * training["accumulate"], run["seed"], indices=train_idx)
     backend.build(RunContext(name=run.get("name", ""), total_steps=int(run.get("total_steps") or 0),
                              steps_per_epoch=order.steps_per_epoch, batch_size=run["batch_size"], seed=run["seed"]))
     return Training(backend, order, has_val, val_idx)
@@ -278,6 +283,7 @@ def run_segment(
             if stop or time_left < upcoming * 1.5 + 0.5:
                 why = stop.reason if stop else (
                     f"deadline: {time_left:.1f} s left, a save takes up to {max(saves, default=segment.save_seconds):.2f} s")
+                row = backend.as_numbers(row) if row else row
                 if step > segment.start and not store.path(step).exists():
                     seconds = _save(run, segment, store, backend, order, step, metrics, saves, best)
                     timing["save_seconds"] += seconds
@@ -287,14 +293,23 @@ def run_segment(
                 raise Stopped(f"segment {segment.index} stopped at step {step} ({why}); run again to continue")
             attempting = step + 1
             t_step = time.perf_counter()
-            row = backend.train_step(order.batch(step))
+            raw = backend.train_step(order.batch(step))
             timing["train_seconds"] += time.perf_counter() - t_step
             step += 1
-            _check_finite(row, step, saved_step)
             # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
             # (every eval_every steps and the run's last step, not at segment ends), so neither the
             # plan's cut points nor the measured costs can change what training draws.
             evaluate = step % segment.eval_every == 0 or step == run_end
+            save_now = step % segment.interval == 0 or step == segment.end
+            now = clock()
+            report = now - last_progress >= 10 or step == segment.end
+            # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
+            # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
+            if save_now or evaluate or report or step % run["log_every"] == 0:
+                row = backend.as_numbers(raw)
+                _check_finite(row, step, saved_step)
+            else:
+                row = raw
             if evaluate and has_val:
                 t_eval = time.perf_counter()
                 with backend.isolated_rng(evaluation_seed(run["seed"], step)):
@@ -302,13 +317,19 @@ def run_segment(
                 evals.append(time.perf_counter() - t_eval)
                 _check_finite(row, step, saved_step)
                 timing["eval_seconds"] += evals[-1]
+            if evaluate and backend.steps_on_metric:
+                if segment.monitor not in row:
+                    raise ValueError(
+                        f"the task's scheduler steps on a metric (ReduceLROnPlateau) and the run monitors "
+                        f"'{segment.monitor}', which step {step} did not compute: set validation_split (or give "
+                        "the task build_validation), or monitor: loss")
+                backend.after_evaluation(row, segment.monitor)
             new_best = False
             if evaluate and segment.monitor in row:
                 value = row[segment.monitor]
                 if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
                     best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
                     new_best = True
-            save_now = step % segment.interval == 0 or step == segment.end
             seconds = _save(run, segment, store, backend, order, step, metrics, saves, best) if save_now else None
             if seconds is not None:
                 timing["save_seconds"] += seconds
@@ -318,8 +339,7 @@ def run_segment(
             if save_now or evaluate or step % run["log_every"] == 0:
                 metrics.append({**_row(segment, attempt, step, row),
                                 "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
-            now = clock()
-            if now - last_progress >= 10 or step == segment.end:
+            if report:
                 rate = (step - first_step) / max(now - t0, 1e-9)
                 eta = (segment.end - step) / rate if rate > 0 else float("inf")
                 log.info("step %d/%d loss %.4f %.1f steps/s, segment ends in %.0f s, deadline in %.0f s",

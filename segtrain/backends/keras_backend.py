@@ -39,7 +39,7 @@ class Backend:
 
     framework = "keras"
 
-    def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1):
+    def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1, training: dict | None = None):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()!r}; this backend needs 'tensorflow'")
         try:
@@ -48,7 +48,8 @@ class Backend:
         except RuntimeError:
             pass  # already initialised in this process (tests build several backends)
         keras.utils.set_random_seed(seed)  # python, numpy and the backend's global seed
-        tf.config.experimental.enable_op_determinism()
+        if (training or {}).get("deterministic", True) is not False:  # TensorFlow has no warn-only mode
+            tf.config.experimental.enable_op_determinism()
         self.task = load_task(task_path)
         self.task_path = task_path
         self.params = dict(params)
@@ -97,6 +98,15 @@ class Backend:
         row = {"loss": float(logs.pop("loss")), "lr": lr}
         row.update({k: float(v) for k, v in logs.items()})
         return row
+
+    @staticmethod
+    def as_numbers(row: dict) -> dict:
+        return row  # train_on_batch returned numbers already
+
+    def after_evaluation(self, metrics: dict, monitor: str) -> None:
+        """Keras schedules live in the optimizer; a plateau rule is the task's callback business."""
+
+    steps_on_metric = False
 
     @property
     def has_validation_data(self) -> bool:

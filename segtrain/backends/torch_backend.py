@@ -53,14 +53,28 @@ class Backend:
 
     framework = "torch"
 
-    def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1):
-        """Seed everything and build the task's data; ``build`` then builds the model."""
+    def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1, training: dict | None = None):
+        """Seed everything and build the task's data; ``build`` then builds the model.
+
+        ``training``: precision (fp32, bf16, fp16), accumulate (micro-batches per step),
+        clip_grad_norm and deterministic (True, False or 'warn'), as in the run's config."""
         self.task = load_task(task_path)
         self.params = dict(params)
         self.seed = seed
+        training = dict(training or {})
+        self.precision = training.get("precision", "fp32")
+        self.accumulate = int(training.get("accumulate", 1))
+        self.clip_grad_norm = training.get("clip_grad_norm")
+        deterministic = training.get("deterministic", True)
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(True)
+        # True: deterministic kernels or an error (bitwise resumes); 'warn': a warning where an op
+        # has none; False: the fastest kernels
+        torch.use_deterministic_algorithms(deterministic is not False, warn_only=deterministic == "warn")
+        torch.backends.cudnn.benchmark = deterministic is False
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        # fp16 gradients underflow without loss scaling; its scale and growth tracker are state
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # seeds CUDA too
@@ -110,20 +124,58 @@ class Backend:
             batch = torch.utils.data.default_collate([self.dataset[int(i)] for i in indices])
         return self._to_device(batch)
 
+    @property
+    def steps_on_metric(self) -> bool:
+        """Whether the scheduler steps on a metric (ReduceLROnPlateau) after each evaluation
+        instead of after each step."""
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def train_step(self, indices: np.ndarray) -> dict:
-        """One optimizer step on the samples ``indices``; returns loss, lr and the task's metrics."""
+        """One optimizer step on the samples ``indices`` (``accumulate`` micro-batches of equal size);
+        returns loss, lr and the task's metrics as tensors: reading them as numbers waits for the
+        device, so the caller does that only on the steps it logs (``as_numbers``)."""
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.task.compute_loss(self.model, self._batch(indices))
-        loss, metrics = (out if isinstance(out, tuple) else (out, {}))
-        loss.backward()
-        self.optimizer.step()
-        if self.scheduler is not None:
+        parts = np.array_split(np.asarray(indices), self.accumulate)
+        total, sums = None, {}
+        for part in parts:
+            with self._autocast():
+                out = self.task.compute_loss(self.model, self._batch(part))
+            loss, metrics = (out if isinstance(out, tuple) else (out, {}))
+            scaled = loss / self.accumulate
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total = scaled.detach() if total is None else total + scaled.detach()
+            for k, v in metrics.items():
+                v = torch.as_tensor(v).detach() / self.accumulate
+                sums[k] = v if k not in sums else sums[k] + v
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when a gradient is inf/nan; the scale drops
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None and not self.steps_on_metric:
             self.scheduler.step()
-        row = {"loss": float(loss.detach()), "lr": float(lr)}
-        row.update({k: float(v) for k, v in metrics.items()})
-        return row
+        return {"loss": total, "lr": lr, **sums}
+
+    @staticmethod
+    def as_numbers(row: dict) -> dict:
+        """``train_step``'s row as Python floats (one device synchronisation)."""
+        return {k: float(v) for k, v in row.items()}
+
+    def after_evaluation(self, metrics: dict, monitor: str) -> None:
+        """Step a metric-driven scheduler (ReduceLROnPlateau) on the monitored value."""
+        if self.steps_on_metric and monitor in metrics:
+            self.scheduler.step(metrics[monitor])
 
     @property
     def has_validation_data(self) -> bool:
@@ -155,7 +207,8 @@ class Backend:
         with torch.no_grad():
             for lo in range(0, n, batch_size):
                 hi = min(lo + batch_size, n)
-                out = self.task.compute_loss(self.model, batch(lo, hi))
+                with self._autocast():
+                    out = self.task.compute_loss(self.model, batch(lo, hi))
                 loss, metrics = (out if isinstance(out, tuple) else (out, {}))
                 for k, v in {"loss": float(loss), **{k: float(v) for k, v in metrics.items()}}.items():
                     totals[k] = totals.get(k, 0.0) + v * (hi - lo)
@@ -176,6 +229,7 @@ class Backend:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng,
             "extra": extra,
         }
@@ -194,6 +248,8 @@ class Backend:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         _set_python_rng_state(rng["python"])
         _set_numpy_rng_state(rng["numpy"])
