@@ -173,8 +173,10 @@ def task_sources(path: Path, base: Path = Path(".")) -> dict[str, str]:
 
 
 # Settings of the pipeline's PyTorch loop; Keras tasks set their equivalents on the optimizer.
-TRAINING_DEFAULTS = {"precision": "fp32", "accumulate": 1, "clip_grad_norm": None, "deterministic": True}
+TRAINING_DEFAULTS = {"precision": "fp32", "accumulate": 1, "clip_grad_norm": None, "deterministic": True,
+                     "num_workers": 0}
 KERAS_EQUIVALENT = {
+    "num_workers": "arrays (Keras tasks give arrays; loader workers are for PyTorch Datasets)",
     "precision": "keras.mixed_precision.set_global_policy('mixed_bfloat16') in build_model",
     "accumulate": "the optimizer's gradient_accumulation_steps",
     "clip_grad_norm": "the optimizer's global_clipnorm",
@@ -193,8 +195,12 @@ def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict
     # How a step is computed; recorded only when not the default, so runs started by versions
     # without these settings keep their definition (and their checkpoints)
     for key, default in TRAINING_DEFAULTS.items():
-        if run.get(key, default) != default:
+        if key != "num_workers" and run.get(key, default) != default:
             definition[key] = run[key]
+    # Loader workers seed each item's random streams from (seed, step, position): the same for any
+    # number of workers, but not the streams items draw from without workers
+    if run.get("num_workers", 0) > 0:
+        definition["item_seeding"] = "per-item"
     definition["sources"] = task_sources(task_path, base)
     if uses_run_context(task_path):
         definition["total_steps"] = run["total_steps"]

@@ -23,16 +23,17 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     next to the run's real checkpoints. Returns the costs as a plain dict (seconds, bytes)."""
     training = prepare_training(run, backend_factory)
     backend, order = training.backend, training.order
-    backend.train_step(order.batch(0))
+    batches = backend.batches(order, 0, WARMUP_STEPS + run["measure_steps"])
+    backend.train_step(next(batches))
     # What a job pays before its steady state: interpreter, framework import, building the task
     # and the first step (graph tracing, allocator warm-up), which every segment pays again.
     startup = process_age()
     for step in range(1, WARMUP_STEPS):
-        backend.train_step(order.batch(step))
+        backend.train_step(next(batches))
     step_times = []
     for step in range(WARMUP_STEPS, WARMUP_STEPS + run["measure_steps"]):
         t = time.perf_counter()
-        row = backend.as_numbers(backend.train_step(order.batch(step)))  # waits for the device
+        row = backend.as_numbers(backend.train_step(next(batches)))  # waits for the device
         step_times.append(time.perf_counter() - t)
     names = set(row)
 

@@ -276,6 +276,7 @@ def run_segment(
         evals: list[float] = []
         first_step = step
         row: dict = {}
+        batches = backend.batches(order, step, segment.end)  # fetched ahead by loader workers, if any
         while step < segment.end:
             time_left = deadline - clock()
             # what the next checkpoint step may still cost: the slowest save and evaluation so far
@@ -293,7 +294,7 @@ def run_segment(
                 raise Stopped(f"segment {segment.index} stopped at step {step} ({why}); run again to continue")
             attempting = step + 1
             t_step = time.perf_counter()
-            raw = backend.train_step(order.batch(step))
+            raw = backend.train_step(next(batches))
             timing["train_seconds"] += time.perf_counter() - t_step
             step += 1
             # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone

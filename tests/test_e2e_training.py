@@ -16,6 +16,8 @@ VARIANTS = {
     "fp16": {**MLP, "precision": "fp16"},  # with a GradScaler, whose state is checkpointed
     "accum": {**MLP, "accumulate": 4, "clip_grad_norm": 0.5},
     "plateau": {"task": "tasks/plateau_digits_torch.py", "validation_split": 0.2, "eval_every": 25},
+    # an augmenting map-style Dataset fetched by loader workers, with accumulation
+    "workers": {"task": "tasks/augment_digits_torch.py", "num_workers": 2, "accumulate": 2},
 }
 
 
@@ -27,6 +29,7 @@ def trained(tmp_path_factory):
         runs[f"{name}-1"] = {**settings, "total_steps": TOTAL, "steps_per_segment": TOTAL}
         runs[f"{name}-3"] = {**settings, "total_steps": TOTAL, "steps_per_segment": 110}  # cuts off the interval
     runs["fp32-1"] = {**MLP, "total_steps": TOTAL, "steps_per_segment": TOTAL}  # what the settings change
+    runs["workers1-1"] = {**VARIANTS["workers"], "num_workers": 1, "total_steps": TOTAL, "steps_per_segment": TOTAL}
     runs["fast"] = {**MLP, "total_steps": 50, "deterministic": False}
     p.write_config(runs, checkpoint={"every_steps": 40})
     p.snakemake()
@@ -37,7 +40,7 @@ def trained(tmp_path_factory):
 def test_resume_across_segments_is_bitwise_identical(trained, variant):
     assert len(list((trained.run_dir(f"{variant}-3") / "segments").iterdir())) == 3
     assert_bitwise_equal(final_state(trained, f"{variant}-3"), final_state(trained, f"{variant}-1"))
-    if variant != "plateau":  # the setting took effect: the weights differ from plain fp32 training
+    if variant not in ("plateau", "workers"):  # the setting took effect: the weights differ from plain fp32 training
         import numpy as np
 
         plain, mine = final_state(trained, "fp32-1"), final_state(trained, f"{variant}-1")
@@ -67,3 +70,7 @@ def test_a_run_that_gives_up_determinism_is_told_so_in_its_plan(trained):
     plan = (trained.run_dir("fast") / "plan.txt").read_text()
     assert "resume: NOT bitwise identical (deterministic: false)" in plan
     assert json.loads((trained.run_dir("fast") / "plan.json").read_text())["bitwise_resume"] is False
+
+
+def test_the_number_of_loader_workers_does_not_change_the_result(trained):
+    assert_bitwise_equal(final_state(trained, "workers1-1"), final_state(trained, "workers-1"))

@@ -100,6 +100,11 @@ class Backend:
         return row
 
     @staticmethod
+    def batches(order, start: int, end: int):
+        for step in range(start, end):
+            yield order.batch(step)
+
+    @staticmethod
     def as_numbers(row: dict) -> dict:
         return row  # train_on_batch returned numbers already
 

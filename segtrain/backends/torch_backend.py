@@ -48,6 +48,71 @@ def _set_numpy_rng_state(state):
     np.random.set_state((state["key"], keys, state["pos"], state["has_gauss"], state["cached"]))
 
 
+class _Prepared:
+    """A batch already fetched, collated and moved (by ``Backend.batches``), not sample indices."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+
+def _split(batch, parts: int):
+    """``batch`` cut into ``parts`` micro-batches along the first dimension (nested structures too)."""
+    if parts == 1:
+        return [batch]
+    if torch.is_tensor(batch):
+        return list(batch.chunk(parts))
+    if isinstance(batch, dict):
+        cut = {k: _split(v, parts) for k, v in batch.items()}
+        return [{k: cut[k][i] for k in batch} for i in range(parts)]
+    if isinstance(batch, (list, tuple)):
+        cut = [_split(v, parts) for v in batch]
+        return [[c[i] for c in cut] for i in range(parts)]
+    return [batch] * parts
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """The index batches of steps ``start`` to ``end - 1`` from the seeded data order, each item
+    tagged with its step and position, so that a worker can seed what it draws for it."""
+
+    def __init__(self, order, start: int, end: int):
+        self.order, self.start, self.end = order, start, end
+
+    def __iter__(self):
+        for step in range(self.start, self.end):
+            yield [(step, pos, int(i)) for pos, i in enumerate(self.order.batch(step))]
+
+    def __len__(self):
+        return self.end - self.start
+
+
+def _worker_ignores_stops(worker_id: int) -> None:
+    """A stop signal (a pod's SIGTERM reaches the whole process group) is the training process's to
+    handle: it saves, then ends, and its workers with it. A worker killed by it would instead make
+    the DataLoader raise in the middle of a step, before the save."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """``dataset[i]`` fetched with the torch, numpy and Python streams seeded by (seed, step, pos)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        step, pos, i = key
+        item_seed = int(np.random.SeedSequence([self.seed, step, pos]).generate_state(1, np.uint64)[0] >> 1)
+        torch.manual_seed(item_seed)
+        np.random.seed(item_seed % 2**32)
+        random.seed(item_seed)
+        return self.dataset[i]
+
+
 class Backend:
     """Trains a PyTorch task one step at a time; see README 'Writing a task' for the interface."""
 
@@ -65,6 +130,7 @@ class Backend:
         self.precision = training.get("precision", "fp32")
         self.accumulate = int(training.get("accumulate", 1))
         self.clip_grad_norm = training.get("clip_grad_norm")
+        self.num_workers = int(training.get("num_workers", 0))
         deterministic = training.get("deterministic", True)
         torch.set_num_threads(threads)
         # True: deterministic kernels or an error (bitwise resumes); 'warn': a warning where an op
@@ -124,6 +190,31 @@ class Backend:
             batch = torch.utils.data.default_collate([self.dataset[int(i)] for i in indices])
         return self._to_device(batch)
 
+    def batches(self, order, start: int, end: int):
+        """The batches of global steps ``start`` to ``end - 1``, in order.
+
+        Tensor datasets are indexed on the training thread. A map-style Dataset with
+        ``num_workers`` > 0 goes through a DataLoader: workers fetch and collate ahead (pinned
+        memory and non-blocking copies on a GPU), and every item is fetched with the random
+        streams seeded by (seed, step, position in the batch), so augmentation in workers gives the
+        same batch whichever worker fetches it, and a resume at any step is exact. Without
+        workers the items draw from the training process's streams, which every checkpoint holds.
+        """
+        if self._tensors is not None or self.num_workers == 0:
+            for step in range(start, end):
+                yield order.batch(step)
+            return
+        pin = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            _SeededItems(self.dataset, self.seed), batch_sampler=_StepBatches(order, start, end),
+            num_workers=self.num_workers, pin_memory=pin, prefetch_factor=4, worker_init_fn=_worker_ignores_stops,
+            # the loader draws its workers' base seed from this, not from the training stream: a
+            # loader made at each segment's start must not shift what training draws
+            generator=torch.Generator().manual_seed(self.seed),
+            multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None)
+        for batch in loader:
+            yield _Prepared(self._to_device(batch, non_blocking=pin))
+
     @property
     def steps_on_metric(self) -> bool:
         """Whether the scheduler steps on a metric (ReduceLROnPlateau) after each evaluation
@@ -142,11 +233,14 @@ class Backend:
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        parts = np.array_split(np.asarray(indices), self.accumulate)
+        if isinstance(indices, _Prepared):
+            parts = _split(indices.batch, self.accumulate)
+        else:
+            parts = [self._batch(part) for part in np.array_split(np.asarray(indices), self.accumulate)]
         total, sums = None, {}
         for part in parts:
             with self._autocast():
-                out = self.task.compute_loss(self.model, self._batch(part))
+                out = self.task.compute_loss(self.model, part)
             loss, metrics = (out if isinstance(out, tuple) else (out, {}))
             scaled = loss / self.accumulate
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -215,10 +309,17 @@ class Backend:
         self.model.train(was_training)
         return {f"val_{k}": v / n for k, v in totals.items()}
 
-    def _to_device(self, batch):
+    def _to_device(self, batch, non_blocking: bool = False):
+        """Move every tensor of a batch (tensors, lists, tuples, dicts, nested) to the device."""
+        if torch.is_tensor(batch):
+            return batch.to(self.device, non_blocking=non_blocking)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v, non_blocking) for k, v in batch.items()}
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+            return type(batch)(*(self._to_device(v, non_blocking) for v in batch))
         if isinstance(batch, (list, tuple)):
-            return [b.to(self.device) if torch.is_tensor(b) else b for b in batch]
-        return batch.to(self.device) if torch.is_tensor(batch) else batch
+            return [self._to_device(v, non_blocking) for v in batch]
+        return batch
 
     def write_state(self, folder: Path, extra: dict) -> None:
         """Write the full training state into ``folder`` (one ``state.pt``)."""
