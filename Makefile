@@ -8,7 +8,7 @@ TENSORFLOW ?= tensorflow-cpu==2.21.0
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: install run test test-fast lint profiles bench-dag clean
+.PHONY: install run test test-fast lint profiles bench-dag bench-train clean
 
 DSRI_PLUGIN := plugins/snakemake-executor-plugin-dsri
 $(VENV)/.installed: pyproject.toml Makefile $(wildcard $(DSRI_PLUGIN)/pyproject.toml $(DSRI_PLUGIN)/*/*.py)
@@ -52,6 +52,10 @@ lint: install
 SEGMENTS ?= 200 2000 10000
 bench-dag: install
 	$(PY) tests/bench_dag.py $(SEGMENTS)
+
+## bench-train: training steps/s of the pipeline's loop against hand-written loops, and loader workers 0 vs 4
+bench-train: install
+	$(PY) -m segtrain.bench train --repeats 3
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,248 @@
+"""Benchmarks that print ratios measured in one run: ``python -m segtrain.bench train``.
+
+train: training throughput (steps per second) of the pipeline's loop (``runner.run_segment``, the
+code a train_segment job runs, with its bookkeeping) against a minimal hand-written loop on the
+same model, data, batch size and device: a small CNN and a mid-size MLP in PyTorch, the CNN in
+Keras against ``model.fit(steps_per_execution=32)``, and a data-bound case (a Dataset that reads
+PNG files and decodes them) with 0 and 4 loader workers. Variants are interleaved and repeated;
+the table shows medians, so a machine that slows down part-way hurts all variants alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+MLP_TASK = '''
+import torch
+from torch import nn
+
+
+def build_dataset(params):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8192, 512, generator=g)
+    return x, (x[:, :10].sum(1) > 0).long()
+
+
+def build_model(params):
+    return nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 2))
+
+
+def build_optimizer(model, params):
+    return torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def compute_loss(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+'''
+
+PNG_TASK = '''
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+ROOT = {root!r}
+
+
+class PngDigits(torch.utils.data.Dataset):
+    """Reads and decodes a PNG per item, then crops and flips it at random: a data-bound loader."""
+
+    def __init__(self):
+        self.labels = np.load(ROOT + "/labels.npy")
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        with Image.open(f"{{ROOT}}/{{i:05d}}.png") as im:
+            im = im.convert("L").resize((224, 224))
+        a = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+        top, left = torch.randint(0, 33, (2,))
+        a = a[top:top + 192, left:left + 192]
+        if torch.rand(()) < 0.5:
+            a = a.flip(1)
+        return a[::24, ::24].reshape(-1), int(self.labels[i])
+
+
+def build_dataset(params):
+    return PngDigits()
+
+
+def build_model(params):
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def build_optimizer(model, params):
+    return torch.optim.SGD(model.parameters(), lr=0.05)
+
+
+def compute_loss(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+'''
+
+
+def _run_settings(task: str, framework: str = "torch", **extra) -> dict:
+    from .config import resolve
+
+    cfg = {"runs": {"bench": {"task": task, "framework": framework, "total_steps": 10**6, "params": {},
+                              "validation_split": 0, "log_every": 10, **extra}}}
+    return resolve(cfg, base=REPO)["bench"]
+
+
+def pipeline_rate(task: str, steps: int, framework: str = "torch", **extra) -> float:
+    """Steps per second of runner.run_segment over ``steps`` steps (no evaluation, one save at the
+    end, which is left out: the rate is read from the metrics rows' times)."""
+    import csv
+
+    from . import runner
+    from .planning import Segment
+
+    run = _run_settings(task, framework, **extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = runner.RunPaths(Path(tmp))
+        seg = Segment(index=0, start=0, end=steps, interval=steps, time_limit=10**6, save_seconds=0.0,
+                      log_every=10, eval_every=10**9)
+        runner.run_segment(run, seg, paths, None, paths.segment_dir(0))
+        rows = list(csv.DictReader(open(paths.working_metrics(0))))
+    rows = [r for r in rows if r.get("step") and not r.get("save_seconds")]
+    first, last = rows[len(rows) // 5], rows[-1]  # past the warm-up
+    return (int(last["step"]) - int(first["step"])) / (float(last["time"]) - float(first["time"]))
+
+
+def hand_rate_torch(task: str, steps: int, batch_size: int = 32) -> float:
+    """A minimal hand-written PyTorch loop on the same task, data and batch size."""
+    import torch
+
+    from .taskfile import load_task
+
+    torch.manual_seed(0)
+    t = load_task(task)
+    x, y = t.build_dataset({})[:2]
+    model = t.build_model({})
+    opt = t.build_optimizer(model, {})
+    sched = t.build_scheduler(opt, {}) if hasattr(t, "build_scheduler") else None
+    model.train()
+    perm = torch.randperm(len(x))
+    warm = steps // 5
+    for step in range(steps):
+        if step == warm:
+            start = time.perf_counter()
+        lo = (step * batch_size) % (len(x) - batch_size)
+        idx = perm[lo:lo + batch_size]
+        opt.zero_grad(set_to_none=True)
+        out = t.compute_loss(model, (x[idx], y[idx]))
+        (out[0] if isinstance(out, tuple) else out).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return (steps - warm) / (time.perf_counter() - start)
+
+
+def fit_rate_keras(task: str, steps: int, batch_size: int = 32) -> float:
+    """model.fit with steps_per_execution=32 on the same task and batch size."""
+    import keras
+    import numpy as np
+
+    from .taskfile import load_task
+
+    keras.utils.set_random_seed(0)
+    t = load_task(task)
+    arrays = [np.asarray(a) for a in t.build_dataset({})]
+    model = t.build_model({})
+    model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], steps_per_execution=32)
+    n = (len(arrays[0]) // batch_size) * batch_size
+    epochs = max(2, steps * batch_size // n)
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.start = time.perf_counter()
+
+    timer = Timer()
+    model.fit(arrays[0][:n], arrays[1][:n], batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
+              callbacks=[timer])
+    return (epochs - 1) * (n // batch_size) / (time.perf_counter() - timer.start)
+
+
+def write_png_dataset(root: Path, count: int = 1024) -> None:
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = (digits.images[i % len(digits.images)] * 15).astype(np.uint8)
+        Image.fromarray(img).resize((256, 256)).save(root / f"{i:05d}.png")
+    np.save(root / "labels.npy", digits.target[np.arange(count) % len(digits.target)])
+
+
+def bench_train(repeats: int, steps: int, quick: bool) -> str:
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="segtrain-bench-"))
+    mlp = tmp / "mlp_task.py"
+    mlp.write_text(MLP_TASK)
+    png_root = tmp / "png"
+    write_png_dataset(png_root, 512 if quick else 1024)
+    png = tmp / "png_task.py"
+    png.write_text(textwrap.dedent(PNG_TASK.format(root=str(png_root))))
+    cnn = str(REPO / "examples" / "digits_cnn_torch.py")
+    kcnn = str(REPO / "examples" / "digits_cnn_keras.py")
+
+    cases = {  # name -> (variant -> callable giving steps/s)
+        "small CNN, PyTorch": {"pipeline": lambda: pipeline_rate(cnn, steps),
+                               "hand loop": lambda: hand_rate_torch(cnn, steps)},
+        "mid-size MLP, PyTorch": {"pipeline": lambda: pipeline_rate(str(mlp), steps // 2),
+                                  "hand loop": lambda: hand_rate_torch(str(mlp), steps // 2)},
+        "small CNN, Keras": {"pipeline": lambda: pipeline_rate(kcnn, steps, "keras"),
+                             "fit(steps_per_execution=32)": lambda: fit_rate_keras(kcnn, steps)},
+        "PNG files, PyTorch loader": {"workers 4": lambda: pipeline_rate(str(png), steps // 4, num_workers=4),
+                                      "workers 0": lambda: pipeline_rate(str(png), steps // 4, num_workers=0)},
+    }
+    results: dict[str, dict[str, list[float]]] = {c: {v: [] for v in vs} for c, vs in cases.items()}
+    for _ in range(repeats):  # interleaved: every variant once per round
+        for case, variants in cases.items():
+            for variant, measure in variants.items():
+                results[case][variant].append(measure())
+    device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
+    lines = [f"Training throughput, steps/s, median of {repeats} interleaved runs; torch device: {device}",
+             f"{'case':<28} {'variant':<30} {'steps/s':>9} {'ratio':>7}"]
+    for case, variants in results.items():
+        names = list(variants)
+        base = statistics.median(variants[names[1]])
+        for name in names:
+            med = statistics.median(variants[name])
+            lines.append(f"{case:<28} {name:<30} {med:>9.1f} {med / base:>7.2f}")
+    lines.append("ratio: against the second variant of each case (hand loop, fit, or workers 0)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segtrain.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    train = sub.add_parser("train", help="training throughput: the pipeline's loop against hand-written loops")
+    train.add_argument("--repeats", type=int, default=3)
+    train.add_argument("--steps", type=int, default=600)
+    train.add_argument("--quick", action="store_true", help="fewer files and steps (a smoke test)")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.what == "train":
+        print(bench_train(args.repeats, args.steps if not args.quick else 100, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
