@@ -156,8 +156,26 @@ def runtime_minutes(wildcards, attempt):
                 f"run {run}: segment {index} failed and retries are 0 (--retries 0), so it is "
                 "not tried again; run the same command to resume it"
             )
+        plan = load_plan(run)
+        if DEADLINE is not None:
+            # a new attempt must start up, restore and save before the deadline to be worth a job
+            costs = plan.get("costs", {})
+            needed = (
+                costs.get("startup_seconds", 0)
+                + costs.get("load_seconds", 0)
+                + 2 * costs.get("save_seconds_max", costs.get("save_seconds", 0))
+                + 1
+            )
+            left = DEADLINE.timestamp() - time.time()
+            if left < needed:
+                raise WorkflowError(
+                    f"run {run}: segment {index} stopped before the deadline {DEADLINE.isoformat()} "
+                    f"({max(left, 0):.0f} s left, a job needs {needed:.0f} s to start and save). It "
+                    "is continued by the same command with a later deadline (the next booking: "
+                    "--config booking_last_day=...)."
+                )
         ckpt = checkpoint_folder(run)
-        end = load_plan(run)["segments"][index]["end"]
+        end = plan["segments"][index]["end"]
         saved = [s for s in CheckpointStore(ckpt, keep=2).steps() if s <= end]
         why = retry_refusal(
             Ledger(ckpt / "attempts.jsonl").records(index),
