@@ -1,10 +1,10 @@
 # Segmented training: measure checkpoint costs, plan segments, chain train-segment jobs, export.
 #
 # `snakemake --lint` asks for a conda environment or container per rule. No conda environments:
-# every rule runs in the project's own environment (the
-# Makefile's .venv, or the job image built from the Containerfile), because per-rule environments
-# would install PyTorch/TensorFlow at run time, which GPU nodes without internet cannot do, and
-# would split one framework build across rules. The job image is this workflow's container:
+# every rule runs in the project's own environment (the Makefile's .venv, or the job image built
+# from the Containerfile), because per-rule environments would install PyTorch/TensorFlow at run
+# time, which GPU nodes without internet cannot do, and would split one framework build across
+# rules. The job image is this workflow's container:
 # `--software-deployment-method apptainer` (SLURM) runs every job in it, so a cluster runs
 # exactly what was built and tested (config key container_image, refused when missing); without
 # that flag the directive changes nothing.

@@ -113,7 +113,8 @@ def pipeline_rate(task: str, steps: int, framework: str = "torch", **extra) -> f
         seg = Segment(index=0, start=0, end=steps, interval=steps, time_limit=10**6, save_seconds=0.0,
                       log_every=10, eval_every=10**9)
         runner.run_segment(run, seg, paths, None, paths.segment_dir(0))
-        rows = list(csv.DictReader(open(paths.working_metrics(0))))
+        with open(paths.working_metrics(0), newline="") as fh:
+            rows = list(csv.DictReader(fh))
     rows = [r for r in rows if r.get("step") and not r.get("save_seconds")]
     first, last = rows[len(rows) // 5], rows[-1]  # past the warm-up
     return (int(last["step"]) - int(first["step"])) / (float(last["time"]) - float(first["time"]))

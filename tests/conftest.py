@@ -121,9 +121,23 @@ def load_weights(path: Path) -> dict:
 
 def final_state(project: "Project", run: str) -> dict:
     """Every array of the run's final checkpoint (Keras: weights, seed generators, optimizer)."""
+    return final_state_in(project.run_dir(run))
+
+
+def last_logged_step(metrics_csv: Path) -> int:
+    """The step of the newest row of a segment's working metrics (0 before the first, or while a
+    line is being written)."""
+    try:
+        return int(Path(metrics_csv).read_text().splitlines()[-1].split(",")[2])
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0
+
+
+def final_state_in(run_dir: Path) -> dict:
+    """``final_state`` of the run whose results folder is ``run_dir`` (e.g. in remote storage)."""
     import numpy as np
 
-    last = sorted((project.run_dir(run) / "segments").iterdir())[-1] / "state"
+    last = sorted((Path(run_dir) / "segments").iterdir())[-1] / "state"
     if (last / "state.npz").exists():
         with np.load(last / "state.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import SNAKEMAKE, assert_bitwise_equal, load_weights
+from conftest import SNAKEMAKE, assert_bitwise_equal, final_state, final_state_in, last_logged_step, load_weights
 from k8s_standin import StandIn
 from pod import GRACE, Kubelet, unshare_available
 
@@ -46,24 +45,8 @@ def head_output(proc) -> str:
     return proc.log.read()
 
 
-def logged_step(store: Path) -> int:
-    try:
-        return int((store / "metrics" / "segment-0000.csv").read_text().splitlines()[-1].split(",")[2])
-    except (FileNotFoundError, IndexError, ValueError):
-        return 0
-
-
 def attempts(store: Path) -> list[dict]:
     return [json.loads(line) for line in (store / "attempts.jsonl").read_text().splitlines() if line.strip()]
-
-
-def final_arrays(results: Path) -> dict:
-    last = sorted((results / "segments").iterdir())[-1] / "state"
-    state = torch.load(last / "state.pt", weights_only=True)
-    arrays = {f"model.{k}": v.numpy() for k, v in state["model"].items()}
-    for pid, slot in state["optimizer"]["state"].items():
-        arrays.update({f"optimizer.{pid}.{k}": torch.as_tensor(v).numpy() for k, v in slot.items()})
-    return arrays
 
 
 def test_a_pod_stopped_by_kubernetes_saves_within_the_grace_and_the_rerun_ends_bitwise_identical(
@@ -87,7 +70,8 @@ def test_a_pod_stopped_by_kubernetes_saves_within_the_grace_and_the_rerun_ends_b
     with StandIn(kubelet=kubelet) as api:
         proc = start_head(project, api, tmp_path, "--retries", "0")
         deadline = time.time() + 300
-        while logged_step(store) < 150:  # past the periodic save at 100, in the first segment's pod
+        # past the periodic save at 100, in the first segment's pod
+        while last_logged_step(store / "metrics" / "segment-0000.csv") < 150:
             assert proc.poll() is None and time.time() < deadline, head_output(proc)[-4000:] + "".join(
                 p.output()[-3000:] for p in kubelet.pods)
             time.sleep(0.01)
@@ -114,7 +98,7 @@ def test_a_pod_stopped_by_kubernetes_saves_within_the_grace_and_the_rerun_ends_b
     assert all(p.poll() == 0 for p in kubelet.pods) and len(kubelet.pods) >= 2
 
     results = pvc / "segtrain" / "results" / "r"
-    assert_bitwise_equal(final_arrays(results), final_arrays(reference.run_dir("r")))
+    assert_bitwise_equal(final_state_in(results), final_state(reference, "r"))
     mine, theirs = load_weights(results / "model.pt"), load_weights(reference.run_dir("r") / "model.pt")
     assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
 

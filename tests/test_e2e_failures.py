@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import CNN
+from conftest import CNN, last_logged_step
 from test_e2e_resume import wait_for_checkpoint
 
 
@@ -19,15 +19,7 @@ def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project
     proc = project.popen("--retries", "2")
     store_root = project.run_dir("r") / "ckpt"
     wait_for_checkpoint(store_root, 500, proc)
-    rows = store_root / "metrics" / "segment-0000.csv"
-
-    def logged_step():
-        try:
-            return int(rows.read_text().splitlines()[-1].split(",")[2])
-        except (IndexError, ValueError):  # a line being written
-            return 0
-
-    while logged_step() < 560:  # well past the periodic save at 500
+    while last_logged_step(store_root / "metrics" / "segment-0000.csv") < 560:  # well past the periodic save at 500
         time.sleep(0.005)
     pid = int((store_root / ".lock").read_text().split()[1])
     os.kill(pid, signal.SIGTERM)  # what Kubernetes sends when a booking ends

@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake_interface_executor_plugins.settings import DeploymentMethod
+from snakemake_interface_executor_plugins.settings import (
+    DeploymentMethod,
+    SharedFSUsage,
+)
 
 # The project's root (scripts/, segtrain/): two folders above this file, whether the workflow runs
 # from the top-level Snakefile, from workflow/Snakefile, or as a module of another workflow.
@@ -281,8 +284,6 @@ def get_final_targets(wildcards):
 
 def deploys_sources():
     """Whether jobs get the workflow through Snakemake's source archive (no shared file system)."""
-    from snakemake_interface_executor_plugins.settings import SharedFSUsage
-
     remote = getattr(workflow, "remote_execution_settings", None)
     return bool(
         remote is not None
