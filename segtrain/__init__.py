@@ -1,0 +1,5 @@
+"""segtrain: train in segments that fit time-limited GPU jobs, resuming exactly (see README)."""
+
+from .session import session
+
+__all__ = ["session"]

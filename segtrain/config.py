@@ -201,6 +201,9 @@ def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict
     # number of workers, but not the streams items draw from without workers
     if run.get("num_workers", 0) > 0:
         definition["item_seeding"] = "per-item"
+    if "script_args" in run:  # a script run: the script is run with these arguments
+        definition["entry"] = "script"
+        definition["script_args"] = run["script_args"]
     definition["sources"] = task_sources(task_path, base)
     if uses_run_context(task_path):
         definition["total_steps"] = run["total_steps"]
@@ -242,7 +245,7 @@ def definition_changes(recorded: dict, now: dict) -> list[str]:
 def model_hash(run: dict) -> str:
     """The config-level hash of a run's definition (kept as it was for runs started by earlier
     versions; ``definition_hash`` also covers the task's sources and threads)."""
-    key = {k: run[k] for k in ("framework", "task", "params", "batch_size", "seed")}
+    key = {k: run.get(k) for k in ("framework", "task", "params", "batch_size", "seed")}
     if run.get("validation_split"):  # it changes which samples train (absent: hashes as before)
         key["validation_split"] = run["validation_split"]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -324,6 +327,43 @@ def deadline_of(config: dict):
     return when
 
 
+# Settings of the pipeline's own loop that a script does itself
+SCRIPT_DOES_ITSELF = ("precision", "accumulate", "clip_grad_norm", "num_workers", "validation_split")
+
+
+def _entry_problems(run: dict, where: str, base: Path, given: set) -> list[str]:
+    """Check the run's way in (``task`` or ``script``); a script run gets ``task`` = the script's
+    path (its sources are hashed and shipped like a task's) and ``script_args``."""
+    import shlex
+
+    script = run.pop("script", None)
+    if script is None:
+        if not run.get("task"):
+            return [f"{where}: give task: (a task file; the pipeline runs the loop) or script: (your own "
+                    "training script with segtrain.session()); see README, 'Bringing your training'"]
+        return []
+    if run.get("task"):
+        return [f"{where}: task and script are both set; keep one (script runs your own loop, task the pipeline's)"]
+    try:
+        words = shlex.split(script)
+    except ValueError as exc:
+        return [f"{where}.script: cannot split {script!r} into a file and its arguments ({exc})"]
+    if not words:
+        return [f"{where}.script: empty; give the training script's path, e.g. script: train.py --lr 0.1"]
+    run["task"], run["script_args"] = words[0], words[1:]
+    problems = []
+    if find_task(words[0], base) is None:
+        problems.append(f"{where}.script: file '{words[0]}' not found in {Path(base).resolve()} or {REPO}; "
+                        "give a path relative to the working directory")
+    if run["framework"] != "torch":
+        problems.append(f"{where}.script: scripts run with framework torch; for Keras give a task file (task:)")
+    for key in SCRIPT_DOES_ITSELF:
+        if key in given and run[key] != TRAINING_DEFAULTS.get(key, 0):
+            problems.append(f"{where}.{key}: a script run does this in its own loop; remove the key")
+    run["validation_split"] = 0  # the script holds out its own validation data (seg.steps(evaluate=...))
+    return problems
+
+
 def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) -> dict[str, dict]:
     """Validate ``config`` and return each run's full settings (defaults applied, durations in seconds).
 
@@ -394,13 +434,14 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
             problems.append(
                 f"{where}.framework: '{run['framework']}' is not installed in this environment; {hint}"
             )
-        task = find_task(run["task"], base)
-        if task is None:
+        problems += _entry_problems(run, where, base, set(config.get("defaults") or {}) | set(raw))
+        task = find_task(run["task"], base) if run.get("task") else None
+        if task is None and run.get("task") and "script_args" not in run:
             problems.append(
                 f"{where}.task: file '{run['task']}' not found in {Path(base).resolve()} or {REPO}; "
                 "give a path relative to the working directory"
             )
-        else:
+        elif task is not None and "script_args" not in run:
             try:
                 defined = task_functions(task)
             except SyntaxError as exc:
@@ -414,7 +455,8 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
                 if missing:
                     problems.append(
                         f"{where}.task: '{run['task']}' does not define {', '.join(missing)}; a "
-                        f"{run['framework']} task needs {', '.join(info.required)} (see README, 'Writing a task')"
+                        f"{run['framework']} task needs {', '.join(info.required)} (see README, 'Bringing your "
+                        "training'), or give your own training script as script: instead"
                     )
         run["name"] = name
         run["model_hash"] = model_hash(run)

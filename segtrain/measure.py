@@ -49,26 +49,42 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         eval_warmup = max(0.0, eval_times[0] - statistics.median(eval_times[1:]))
         eval_times = eval_times[1:]
 
+    costs = costs_of(step_times, time_checkpoints(backend, run, store_root), startup=startup + eval_warmup,
+                     eval_times=eval_times, steps_per_epoch=order.steps_per_epoch, names=names, run=run,
+                     store_root=store_root)
+    log.info("measured: %s", costs)
+    return costs
+
+
+def time_checkpoints(state, run: dict, store_root: Path) -> dict:
+    """Save and load ``state`` (anything with write_state/read_state) ``measure_saves`` times in a
+    scratch store next to the run's real checkpoints: {save, load: seconds each; sizes: bytes}."""
     # its own folder: two runs sharing a checkpoint_root and name must not race on it
     scratch = Path(store_root) / f".measure-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     store = store_mod.CheckpointStore(scratch, keep=max(2, run["measure_saves"]))
-    save_times, load_times, sizes = [], [], []
+    timed = {"save": [], "load": [], "sizes": []}
     try:
         for i in range(run["measure_saves"]):
             extra = {"step": i + 1, "epoch": 0, "index": 0, "segment": -1}
             t = time.perf_counter()
-            ckpt = store.save(i + 1, lambda folder: backend.write_state(folder, extra), {"model_hash": run["model_hash"]})
-            save_times.append(time.perf_counter() - t)
-            sizes.append(sum(f.stat().st_size for f in ckpt.path.iterdir()))
+            ckpt = store.save(i + 1, lambda folder: state.write_state(folder, extra), {"model_hash": run["model_hash"]})
+            timed["save"].append(time.perf_counter() - t)
+            timed["sizes"].append(sum(f.stat().st_size for f in ckpt.path.iterdir()))
             t = time.perf_counter()
             store_mod.verify(ckpt.path)  # a resume verifies before it loads: part of the cost
-            backend.read_state(ckpt.path)
-            load_times.append(time.perf_counter() - t)
+            state.read_state(ckpt.path)
+            timed["load"].append(time.perf_counter() - t)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return timed
 
-    costs = {
+
+def costs_of(step_times, checkpoints: dict, *, startup: float, eval_times, steps_per_epoch: int | None,
+             names, run: dict, store_root: Path) -> dict:
+    """The measured costs as the planner reads them (seconds, bytes)."""
+    save_times, load_times = checkpoints["save"], checkpoints["load"]
+    return {
         # The median resists one-off hiccups; the plan adds its own margin for the slow tail.
         "step_seconds": statistics.median(step_times),
         "step_seconds_max": max(step_times),
@@ -76,9 +92,9 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         "save_seconds_max": max(save_times),
         "load_seconds": statistics.median(load_times),
         "load_seconds_max": max(load_times),
-        "startup_seconds": startup + eval_warmup,
-        "checkpoint_bytes": max(sizes),
-        "steps_per_epoch": order.steps_per_epoch,
+        "startup_seconds": startup,
+        "checkpoint_bytes": max(checkpoints["sizes"]),
+        "steps_per_epoch": steps_per_epoch,
         "eval_seconds": statistics.median(eval_times) if eval_times else 0.0,
         "metric_names": sorted(names),  # what a job logs: the names monitor may pick from
         "measured_steps": len(step_times),
@@ -86,5 +102,3 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
         "storage": str(Path(store_root).resolve()),
         "framework": run["framework"],
     }
-    log.info("measured: %s", costs)
-    return costs

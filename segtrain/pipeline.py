@@ -38,9 +38,21 @@ def segment_dirs(args) -> list[Path]:
 def measure(run: dict, output: Path) -> dict:
     from .measure import measure_costs
 
-    costs = measure_costs(with_definition(run), RunPaths(Path(output).parent).store)
+    run = with_definition(run)
+    store_root = RunPaths(Path(output).parent).store
+    if is_script(run):  # the user's script, in measure mode: it ends after the timed steps and saves
+        from .session import measure_script
+
+        measure_script(run, store_root, Path(output))
+        return json.loads(Path(output).read_text())
+    costs = measure_costs(run, store_root)
     store_mod.write_json_atomic(Path(output), costs)
     return costs
+
+
+def is_script(run: dict) -> bool:
+    """Whether the run brings its own training script (config key script) instead of a task."""
+    return run.get("model_definition", {}).get("entry") == "script"
 
 
 def frozen_segments(run_root: Path) -> list[planning.Segment]:
@@ -140,8 +152,14 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
         log.warning("this job was given %d threads; training uses the run's %d, which its results depend on",
                     threads, defined)
     run = {**run, "keep": seg.keep, "log_every": seg.log_every, "threads": defined}
+    previous_state = Path(previous) / "state" if previous else None
     try:
-        run_segment(run, seg, RunPaths(run_root), Path(previous) / "state" if previous else None, Path(output))
+        if is_script(run):
+            from .session import train_script
+
+            train_script(run, seg, RunPaths(run_root), previous_state, Path(output))
+        else:
+            run_segment(run, seg, RunPaths(run_root), previous_state, Path(output))
     except Stopped as exc:
         log.warning("%s", exc)
         return EXIT_STOPPED

@@ -198,6 +198,252 @@ class MetricsLog:
             store_mod.fsync_path(self.path)
 
 
+class SegmentJob:
+    """One attempt at one segment: the guarantees of a training job, whoever runs the loop.
+
+    The pipeline's own loop (``run_segment``) and a user's script (``segtrain.session``) are its
+    two clients. It owns the job's clock and deadline, the stop flag, the checkpoint store and its
+    lock, the attempts ledger, the metrics log, the restore, the periodic, final, stop and best
+    saves, and evaluation at the planned steps. The client owns only the step itself::
+
+        job = SegmentJob(run, segment, paths, previous, out_dir)
+        job.open()
+        job.restore(state)                    # anything with write_state/read_state/all_finite/...
+        for step in job.steps(state):         # checks the stop flag and the deadline first
+            job.log(state.train_step(...))    # what this step computed (tensors are read lazily)
+        job.summary                           # the segment's output, written when the loop ended
+
+    A stop saves at the next step boundary and raises Stopped.
+    """
+
+    def __init__(self, run: dict, segment: Segment, paths: RunPaths, previous: Path | None, out_dir: Path,
+                 clock=time.monotonic, job_start: float | None = None):
+        self.run, self.segment, self.paths = run, segment, paths
+        self.previous, self.out_dir, self.clock = previous, Path(out_dir), clock
+        self.started_wall = time.time()
+        # The job's clock starts with its process (interpreter and framework start-up count too).
+        self.deadline = (clock() - process_age() if job_start is None else job_start) + segment.time_limit
+        self.step = self.attempting = segment.start
+        self.saved_step: int | None = None
+        self.started = False  # whether this attempt's start record is written
+        self.timing = {"train_seconds": 0.0, "save_seconds": 0.0, "eval_seconds": 0.0}
+        self.saves: list[float] = []
+        self.evals: list[float] = []
+        self.best: dict | None = None
+        self.source = ""
+        self.summary: dict | None = None
+        self.stopped = ""  # why the job stopped early, once it has
+        self.data_note = ""  # why the data position of a resume is not exact, if it is not
+        self.order = None  # the seeded data order, when the data goes through us
+        self._row: dict = {}
+        self.store = self.ledger = None
+
+    def open(self) -> None:
+        """Check the absolute deadline, catch the stop signals, lock the store, record the launch."""
+        end = absolute_deadline()
+        if end is not None:  # e.g. the end of a GPU booking: whichever comes first
+            self.deadline = min(self.deadline, self.clock() + end - time.time())
+            if end - time.time() < 2 * self.segment.save_seconds + 1:
+                raise Stopped(f"the deadline {os.environ[DEADLINE_ENV]} has passed or is too close to train; "
+                              "set a later deadline (config key deadline) to continue")
+        if not STOP.installed:
+            STOP.install()
+        self.store = store_mod.CheckpointStore(self.paths.store, keep=self.run["keep"])
+        self.store.lock()
+        self.ledger = Ledger(self.paths.attempts)
+        self.attempt = self.ledger.next_attempt(self.segment.index)
+        self.ledger.launch(self.segment.index, self.attempt)
+        self.process_start = self.started_wall - process_age()
+        self.store.clean_partials()
+        self.best_store = store_mod.CheckpointStore(self.paths.store / "best", keep=2)
+        self.best_store.clean_partials()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.unlock()
+
+    def restore(self, state) -> bool:
+        """Load the newest usable checkpoint into ``state`` (or keep its fresh build at step 0).
+
+        Returns False when a damaged checkpoint was half-loaded before it failed: the client must
+        then build its state again and call ``restore`` once more."""
+        segment = self.segment
+        skipped: list[dict] = []
+        t_restore = time.perf_counter()
+        self.source, self.step, restored, clean = _restore(self.run, segment, self.store, self.previous, state,
+                                                           skipped)
+        if not clean and self.step == 0:
+            self._skipped = skipped
+            return False
+        best = restored.get("best")
+        if best and (best.get("monitor"), best.get("mode")) != (segment.monitor, segment.mode):
+            log.info("the best-model criterion changed (%s); best so far starts anew", best)
+            best = None
+        self.best = best
+        restore_seconds = time.perf_counter() - t_restore
+        self.metrics = MetricsLog(self.paths.working_metrics(segment.index))
+        # Rows past the restored step were logged by an attempt that died before saving them:
+        # that is the work this failure lost (it is trained again, identically).
+        beyond = [r for r in self.metrics.rows if int(r["step"]) > self.step]
+        lost = {"lost_steps": max(int(r["step"]) for r in beyond) - self.step,
+                "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
+        self.metrics.truncate_after(self.step)
+        skipped = getattr(self, "_skipped", []) + skipped
+        self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
+                          process_start_time=self.process_start, train_start_time=time.time(),
+                          resumed_from=self.step, source=self.source, restore_seconds=restore_seconds,
+                          skipped=skipped, **lost)
+        self.started = True
+        self.saved_step = self.step  # the newest checkpoint this attempt can fall back to
+        log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
+                 segment.index, self.attempt, self.step, self.source, segment.end, segment.interval)
+        return True
+
+    def log(self, row: dict) -> None:
+        """What the current step computed (loss, metrics; tensors are read only on logging steps)."""
+        self._row.update(row)
+
+    def steps(self, state, evaluate=None, after_evaluation=None):
+        """Yield the number of each step to train (the first is ``restored step + 1``), from the
+        restored step to the segment's end; between them: evaluate, save, log, and stop in time.
+
+        ``evaluate()`` returns validation metrics (run on RNG streams of its own);
+        ``after_evaluation(row, monitor)`` steps a metric-driven scheduler."""
+        run, segment = self.run, self.segment
+        run_end = int(run.get("total_steps") or segment.end)
+        t0 = self.clock()
+        last_progress = t0
+        first_step = self.step
+        row: dict = {}
+        while self.step < segment.end:
+            time_left = self.deadline - self.clock()
+            # what the next checkpoint step may still cost: the slowest save and evaluation so far
+            upcoming = max(segment.save_seconds, max(self.saves, default=0.0)) + max(self.evals, default=0.0)
+            if STOP or time_left < upcoming * 1.5 + 0.5:
+                why = STOP.reason if STOP else (f"deadline: {time_left:.1f} s left, a save takes up to "
+                                                f"{max(self.saves, default=segment.save_seconds):.2f} s")
+                self._stop(state, why, state.as_numbers(row) if row else row)
+            self.attempting = self.step + 1
+            self._row = {}
+            t_step = time.perf_counter()
+            yield self.step + 1
+            self.timing["train_seconds"] += time.perf_counter() - t_step
+            self.step += 1
+            step = self.step
+            raw = self._row
+            # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
+            # (every eval_every steps and the run's last step, not at segment ends), so neither the
+            # plan's cut points nor the measured costs can change what training draws.
+            evaluating = step % segment.eval_every == 0 or step == run_end
+            save_now = step % segment.interval == 0 or step == segment.end
+            now = self.clock()
+            report = now - last_progress >= 10 or step == segment.end
+            # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
+            # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
+            if save_now or evaluating or report or step % run["log_every"] == 0:
+                row = state.as_numbers(raw)
+                _check_finite(row, step, self.saved_step)
+            else:
+                row = raw
+            if evaluating and evaluate is not None:
+                t_eval = time.perf_counter()
+                with state.isolated_rng(evaluation_seed(run["seed"], step)):
+                    row = {**row, **state.as_numbers(evaluate())}
+                self.evals.append(time.perf_counter() - t_eval)
+                _check_finite(row, step, self.saved_step)
+                self.timing["eval_seconds"] += self.evals[-1]
+            if evaluating and after_evaluation is not None:
+                if segment.monitor not in row:
+                    raise ValueError(
+                        f"the task's scheduler steps on a metric (ReduceLROnPlateau) and the run monitors "
+                        f"'{segment.monitor}', which step {step} did not compute: set validation_split (or give "
+                        "the task build_validation), or monitor: loss")
+                after_evaluation(row, segment.monitor)
+            new_best = False
+            if evaluating and segment.monitor in row:
+                value = row[segment.monitor]
+                best = self.best
+                if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
+                    self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
+                    new_best = True
+            seconds = self._save(state) if save_now else None
+            if new_best:
+                _save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
+            if save_now or evaluating or step % run["log_every"] == 0:
+                self.metrics.append({**_row(segment, self.attempt, step, row),
+                                     "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
+            if report:
+                rate = (step - first_step) / max(now - t0, 1e-9)
+                eta = (segment.end - step) / rate if rate > 0 else float("inf")
+                log.info("step %d/%d loss %s %.1f steps/s, segment ends in %.0f s, deadline in %.0f s",
+                         step, segment.end, f"{row['loss']:.4f}" if "loss" in row else "(not logged)", rate, eta,
+                         self.deadline - now)
+                last_progress = now
+        self._finish()
+
+    def _extra(self, step: int) -> dict:
+        extra = {"step": step, "segment": self.segment.index, "best": self.best}
+        if self.order is not None:
+            pos = self.order.position(step)
+            extra.update(epoch=pos.epoch, index=pos.index)
+        return extra
+
+    def _save(self, state) -> float:
+        """Save the state after the current step; returns the seconds it took."""
+        step = self.step
+        t = time.perf_counter()
+        if not state.all_finite():
+            raise NonFinite(f"the weights hold NaN or infinite values after step {step}: training stopped before "
+                            "saving them; the newest checkpoint holds finite values. Lower the learning rate, "
+                            "clip gradients or check the data, then run again")
+        extra = self._extra(step)
+        position = {k: extra[k] for k in ("epoch", "index") if k in extra}
+        meta = _meta(self.run, self.segment, data_position=position or self.data_note or "not ours")
+        self.metrics.sync()
+        self.store.save(step, lambda folder: state.write_state(folder, extra), meta)
+        self.store.prune(protect={step})
+        seconds = time.perf_counter() - t
+        self.saves.append(seconds)
+        self.timing["save_seconds"] += seconds
+        self.saved_step = step
+        return seconds
+
+    def _stop(self, state, why: str, row: dict):
+        step = self.step
+        if step > self.segment.start and not self.store.path(step).exists():
+            seconds = self._save(state)
+            self.metrics.append({**_row(self.segment, self.attempt, step, row), "save_seconds": f"{seconds:.6f}"})
+        self.ledger.end(self.segment.index, self.attempt, step, "stopped", why, saved_step=self.saved_step,
+                        **self.timing)
+        self.stopped = f"segment {self.segment.index} stopped at step {step} ({why}); run again to continue"
+        raise Stopped(self.stopped)
+
+    def _finish(self) -> None:
+        segment = self.segment
+        final = self.store.path(segment.end)
+        store_mod.verify(final)
+        self.ledger.end(segment.index, self.attempt, self.step, "completed", "", saved_step=segment.end,
+                        **self.timing)
+        history = self.ledger.records(segment.index)
+        best_ckpt = self.best_store.newest_valid(max_step=segment.end)
+        self.summary = _write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
+                                     self.saves, self.started_wall, history, best_ckpt)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record a real error with the step it happened at, so the workflow can tell a repeating
+        failure (not worth another attempt) from one that moved on."""
+        if self.ledger is None:
+            return
+        if not self.started:
+            self.ledger.start(self.segment.index, self.attempt, start_time=self.started_wall,
+                              process_start_time=self.process_start, train_start_time=time.time(),
+                              resumed_from=self.step, source="(failed before training)", restore_seconds=0.0,
+                              skipped=[])
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        self.ledger.end(self.segment.index, self.attempt, self.attempting, "error", reason[:2000],
+                        saved_step=self.saved_step if self.saved_step is not None else self.step, **self.timing)
+
+
 def run_segment(
     run: dict,
     segment: Segment,
@@ -208,167 +454,33 @@ def run_segment(
     clock=time.monotonic,
     job_start: float | None = None,
 ) -> dict:
-    """Train ``segment`` of ``run`` and write its output folder; returns the segment summary.
-
-    Raises Stopped after saving when a signal or the deadline stops training early.
-    """
-    started_wall = time.time()
-    # The job's clock starts with its process (interpreter and framework start-up count too).
-    deadline = (clock() - process_age() if job_start is None else job_start) + segment.time_limit
-    end = absolute_deadline()
-    if end is not None:  # e.g. the end of a GPU booking: whichever comes first
-        deadline = min(deadline, clock() + end - time.time())
-        if end - time.time() < 2 * segment.save_seconds + 1:
-            raise Stopped(f"the deadline {os.environ[DEADLINE_ENV]} has passed or is too close to train; "
-                          "set a later deadline (config key deadline) to continue")
-    stop = STOP
-    if not stop.installed:
-        stop.install()
-
-    store = store_mod.CheckpointStore(paths.store, keep=run["keep"])
-    store.lock()
-    ledger = Ledger(paths.attempts)
-    attempt = ledger.next_attempt(segment.index)
-    ledger.launch(segment.index, attempt)
-    process_start = started_wall - process_age()
-    started = False  # whether this attempt's start record is written
-    step = attempting = segment.start
-    saved_step = None
-    timing = {"train_seconds": 0.0, "save_seconds": 0.0, "eval_seconds": 0.0}
+    """Train ``segment`` of ``run`` with the pipeline's own loop and write its output folder;
+    returns the segment summary. Raises Stopped after saving when a signal or the deadline stops
+    training early."""
+    job = SegmentJob(run, segment, paths, previous, out_dir, clock=clock, job_start=job_start)
+    job.open()
     try:
-        store.clean_partials()
         training = prepare_training(run, backend_factory)
-        backend, order = training.backend, training.order
-        has_val, val_idx = training.has_validation, training.validation_indices
-        best_store = store_mod.CheckpointStore(paths.store / "best", keep=2)
-        best_store.clean_partials()
-
-        skipped: list[dict] = []
-        t_restore = time.perf_counter()
-        source, step, restored, clean = _restore(run, segment, store, previous, backend, skipped)
-        if not clean and step == 0:  # a damaged checkpoint got half-loaded: start from a fresh build
+        if not job.restore(training.backend):  # a damaged checkpoint got half-loaded: build afresh
             training = prepare_training(run, backend_factory)
-            backend = training.backend
-        best = restored.get("best")
-        if best and (best.get("monitor"), best.get("mode")) != (segment.monitor, segment.mode):
-            log.info("the best-model criterion changed (%s); best so far starts anew", best)
-            best = None
-        restore_seconds = time.perf_counter() - t_restore
-        metrics = MetricsLog(paths.working_metrics(segment.index))
-        # Rows past the restored step were logged by an attempt that died before saving them:
-        # that is the work this failure lost (it is trained again, identically).
-        beyond = [r for r in metrics.rows if int(r["step"]) > step]
-        lost = {"lost_steps": max(int(r["step"]) for r in beyond) - step,
-                "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
-        metrics.truncate_after(step)
-        ledger.start(segment.index, attempt, start_time=started_wall, process_start_time=process_start,
-                     train_start_time=time.time(), resumed_from=step, source=source,
-                     restore_seconds=restore_seconds, skipped=skipped, **lost)
-        started = True
-        saved_step = step  # the newest checkpoint this attempt can fall back to
-        run_end = int(run.get("total_steps") or segment.end)
-        log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
-                 segment.index, attempt, step, source, segment.end, segment.interval)
-
-        t0 = clock()
-        last_progress = t0
-        saves: list[float] = []
-        evals: list[float] = []
-        first_step = step
-        row: dict = {}
-        batches = backend.batches(order, step, segment.end)  # fetched ahead by loader workers, if any
-        while step < segment.end:
-            time_left = deadline - clock()
-            # what the next checkpoint step may still cost: the slowest save and evaluation so far
-            upcoming = max(segment.save_seconds, max(saves, default=0.0)) + max(evals, default=0.0)
-            if stop or time_left < upcoming * 1.5 + 0.5:
-                why = stop.reason if stop else (
-                    f"deadline: {time_left:.1f} s left, a save takes up to {max(saves, default=segment.save_seconds):.2f} s")
-                row = backend.as_numbers(row) if row else row
-                if step > segment.start and not store.path(step).exists():
-                    seconds = _save(run, segment, store, backend, order, step, metrics, saves, best)
-                    timing["save_seconds"] += seconds
-                    metrics.append({**_row(segment, attempt, step, row), "save_seconds": f"{seconds:.6f}"})
-                    saved_step = step
-                ledger.end(segment.index, attempt, step, "stopped", why, saved_step=saved_step, **timing)
-                raise Stopped(f"segment {segment.index} stopped at step {step} ({why}); run again to continue")
-            attempting = step + 1
-            t_step = time.perf_counter()
-            raw = backend.train_step(next(batches))
-            timing["train_seconds"] += time.perf_counter() - t_step
-            step += 1
-            # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
-            # (every eval_every steps and the run's last step, not at segment ends), so neither the
-            # plan's cut points nor the measured costs can change what training draws.
-            evaluate = step % segment.eval_every == 0 or step == run_end
-            save_now = step % segment.interval == 0 or step == segment.end
-            now = clock()
-            report = now - last_progress >= 10 or step == segment.end
-            # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
-            # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
-            if save_now or evaluate or report or step % run["log_every"] == 0:
-                row = backend.as_numbers(raw)
-                _check_finite(row, step, saved_step)
-            else:
-                row = raw
-            if evaluate and has_val:
-                t_eval = time.perf_counter()
-                with backend.isolated_rng(evaluation_seed(run["seed"], step)):
-                    row = {**row, **backend.evaluate(val_idx, run["batch_size"])}
-                evals.append(time.perf_counter() - t_eval)
-                _check_finite(row, step, saved_step)
-                timing["eval_seconds"] += evals[-1]
-            if evaluate and backend.steps_on_metric:
-                if segment.monitor not in row:
-                    raise ValueError(
-                        f"the task's scheduler steps on a metric (ReduceLROnPlateau) and the run monitors "
-                        f"'{segment.monitor}', which step {step} did not compute: set validation_split (or give "
-                        "the task build_validation), or monitor: loss")
-                backend.after_evaluation(row, segment.monitor)
-            new_best = False
-            if evaluate and segment.monitor in row:
-                value = row[segment.monitor]
-                if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
-                    best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
-                    new_best = True
-            seconds = _save(run, segment, store, backend, order, step, metrics, saves, best) if save_now else None
-            if seconds is not None:
-                timing["save_seconds"] += seconds
-                saved_step = step
-            if new_best:
-                _save_best(run, segment, store, best_store, backend, order, step, best)
-            if save_now or evaluate or step % run["log_every"] == 0:
-                metrics.append({**_row(segment, attempt, step, row),
-                                "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
-            if report:
-                rate = (step - first_step) / max(now - t0, 1e-9)
-                eta = (segment.end - step) / rate if rate > 0 else float("inf")
-                log.info("step %d/%d loss %.4f %.1f steps/s, segment ends in %.0f s, deadline in %.0f s",
-                         step, segment.end, row["loss"], rate, eta, deadline - now)
-                last_progress = now
-
-        final = store.path(segment.end)
-        store_mod.verify(final)
-        ledger.end(segment.index, attempt, step, "completed", "", saved_step=segment.end, **timing)
-        history = ledger.records(segment.index)
-        best_ckpt = best_store.newest_valid(max_step=segment.end)
-        return _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,
-                             best_ckpt)
+            job.restore(training.backend)
+        backend, job.order = training.backend, training.order
+        evaluate = None
+        if training.has_validation:
+            def evaluate():
+                return backend.evaluate(training.validation_indices, run["batch_size"])
+        batches = backend.batches(training.order, job.step, segment.end)  # fetched ahead by workers, if any
+        for _step in job.steps(backend, evaluate=evaluate,
+                               after_evaluation=backend.after_evaluation if backend.steps_on_metric else None):
+            job.log(backend.train_step(next(batches)))
+        return job.summary
     except (Stopped, KeyboardInterrupt):
         raise
     except Exception as exc:
-        # A real error: recorded with the step it happened at, so the workflow can tell a
-        # repeating failure (not worth another attempt) from one that moved on
-        if not started:
-            ledger.start(segment.index, attempt, start_time=started_wall, process_start_time=process_start,
-                         train_start_time=time.time(), resumed_from=step, source="(failed before training)",
-                         restore_seconds=0.0, skipped=[])
-        reason = f"{type(exc).__name__}: {exc}".strip()
-        ledger.end(segment.index, attempt, attempting, "error", reason[:2000],
-                   saved_step=saved_step if saved_step is not None else step, **timing)
+        job.fail(exc)
         raise
     finally:
-        store.unlock()
+        job.close()
 
 
 def _candidates(segment, store, previous, note):
@@ -451,40 +563,19 @@ def _row(segment, attempt, step, train_row) -> dict:
     return {"segment": segment.index, "attempt": attempt, "step": step, **train_row, "time": time.time()}
 
 
-def _extra(segment, order, step, best) -> dict:
-    pos = order.position(step)
-    return {"step": step, "epoch": pos.epoch, "index": pos.index, "segment": segment.index, "best": best}
-
-
-def _save_best(run, segment, store, best_store, backend, order, step, best) -> None:
+def _save_best(run, segment, store, best_store, state, extra, best) -> None:
     """Keep the best state so far apart from the rotation: linked from the periodic checkpoint
     of the same step when there is one, else written."""
+    step = extra["step"]
     meta = _meta(run, segment, best=best)
     if store.path(step).exists():
         def write(folder):
             store_mod.link_or_copy(store.path(step), folder, skip={store_mod.MANIFEST})
     else:
         def write(folder):
-            backend.write_state(folder, _extra(segment, order, step, best))
+            state.write_state(folder, extra)
     best_store.save(step, write, meta)
     best_store.prune(protect={step})
-
-
-def _save(run, segment, store, backend, order, step, metrics, saves, best=None) -> float:
-    """Save the state after ``step`` steps; returns the seconds it took."""
-    t = time.perf_counter()
-    if not backend.all_finite():
-        raise NonFinite(f"the weights hold NaN or infinite values after step {step}: training stopped before "
-                        "saving them; the newest checkpoint holds finite values. Lower the learning rate, clip "
-                        "gradients or check the data, then run again")
-    extra = _extra(segment, order, step, best)
-    meta = _meta(run, segment, data_position={"epoch": extra["epoch"], "index": extra["index"]})
-    metrics.sync()
-    store.save(step, lambda folder: backend.write_state(folder, extra), meta)
-    store.prune(protect={step})
-    seconds = time.perf_counter() - t
-    saves.append(seconds)
-    return seconds
 
 
 def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,

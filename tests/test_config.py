@@ -55,7 +55,8 @@ def test_missing_task_file_is_refused():
 def test_task_without_a_required_function_is_refused(tmp_path):
     task = tmp_path / "task.py"
     task.write_text("def build_model(p):\n    pass\n\ndef build_dataset(p):\n    pass\n")
-    check(cfg({"task": str(task)}), "does not define build_optimizer, compute_loss", "Writing a task")
+    check(cfg({"task": str(task)}), "does not define build_optimizer, compute_loss",
+          "Bringing your training", "give your own training script as script:")
 
 
 def test_task_may_import_or_assign_its_functions(tmp_path):
@@ -208,3 +209,33 @@ def test_the_definition_covers_the_task_and_the_project_modules_it_imports(tmp_p
 def test_the_dsri_workspace_profile_refuses_to_start_without_the_booking_end():
     check({**cfg(), "deadline_required": True}, "no deadline", "--config booking_last_day=")
     resolve({**cfg(), "deadline_required": True, "booking_last_day": "2099-01-01"}, base=REPO)
+
+
+def test_a_script_run_keeps_its_arguments_and_hashes_its_sources(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import helper\n")
+    (tmp_path / "helper.py").write_text("X = 1\n")
+    runs = resolve({"runs": {"s": {"script": f"{script} --lr 0.1 --name 'a b'", "total_steps": 10}}}, base=tmp_path)
+    run = runs["s"]
+    assert run["task"] == str(script) and run["script_args"] == ["--lr", "0.1", "--name", "a b"]
+    definition = run["model_definition"]
+    assert definition["entry"] == "script" and definition["script_args"] == run["script_args"]
+    assert set(definition["sources"]) == {"train.py", "helper.py"}
+
+
+def test_task_and_script_are_one_or_the_other(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("pass\n")
+    check(cfg({"script": str(script)}), "task and script are both set; keep one")
+    check({"runs": {"r": {"total_steps": 10}}}, "runs.r: give task: (a task file", "script:")
+    check({"runs": {"r": {"script": "nowhere.py", "total_steps": 10}}}, "runs.r.script: file 'nowhere.py' not found")
+
+
+def test_a_script_run_refuses_the_pipeline_loop_settings(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("pass\n")
+    run = {"script": str(script), "total_steps": 10}
+    check({"runs": {"r": {**run, "accumulate": 4, "validation_split": 0.1}}},
+          "runs.r.accumulate: a script run does this in its own loop",
+          "runs.r.validation_split: a script run does this in its own loop")
+    check({"runs": {"r": {**run, "framework": "keras"}}}, "scripts run with framework torch")

@@ -48,6 +48,56 @@ def _set_numpy_rng_state(state):
     np.random.set_state((state["key"], keys, state["pos"], state["has_gauss"], state["cached"]))
 
 
+def rng_state() -> dict:
+    """Every random stream a training step may draw from: Python's, numpy's, torch's (and CUDA's)."""
+    rng = {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(rng: dict) -> None:
+    _set_python_rng_state(rng["python"])
+    _set_numpy_rng_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int):
+    """Run the body (an evaluation) on RNG streams of its own, seeded by ``seed``, and put the
+    training streams back afterwards: what evaluation draws never shifts training."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
+
+
+def configure(threads: int, deterministic) -> torch.device:
+    """Threads and kernel choice for a job; returns the device it trains on.
+
+    ``deterministic`` True: deterministic kernels or an error (bitwise resumes); 'warn': a warning
+    where an op has none; False: the fastest kernels."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic is not False, warn_only=deterministic == "warn")
+    torch.backends.cudnn.benchmark = deterministic is False
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class _Prepared:
     """A batch already fetched, collated and moved (by ``Backend.batches``), not sample indices."""
 
@@ -113,6 +163,41 @@ class _SeededItems(torch.utils.data.Dataset):
         return self.dataset[i]
 
 
+class _Items(torch.utils.data.Dataset):
+    """``dataset[i]`` for the (step, pos, i) keys of ``_StepBatches``, drawing from the process's streams."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset[key[2]]
+
+
+def step_loader(dataset, order, start: int, end: int, seed: int, num_workers: int = 0, pin_memory: bool = False,
+                collate_fn=None, prefetch_factor: int | None = None):
+    """A DataLoader over the batches of global steps ``start`` to ``end - 1`` of the seeded ``order``.
+
+    With workers, each item is fetched with the random streams seeded by (seed, step, position
+    in the batch): augmentation gives the same batch whichever worker fetches it, and a resume
+    at any step is exact. Without workers, items draw from the training process's streams, which
+    every checkpoint holds (nothing is fetched ahead, so nothing is drawn out of turn)."""
+    workers = num_workers > 0
+    return torch.utils.data.DataLoader(
+        _SeededItems(dataset, seed) if workers else _Items(dataset),
+        batch_sampler=_StepBatches(order, start, end), collate_fn=collate_fn,
+        num_workers=num_workers, pin_memory=pin_memory,
+        prefetch_factor=(prefetch_factor or 4) if workers else None,
+        worker_init_fn=_worker_ignores_stops if workers else None,
+        # the loader draws its workers' base seed from this, not from the training stream: a
+        # loader made at each segment's start must not shift what training draws
+        generator=torch.Generator().manual_seed(seed),
+        multiprocessing_context=("fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None)
+        if workers else None)
+
+
 class Backend:
     """Trains a PyTorch task one step at a time; see README 'Writing a task' for the interface."""
 
@@ -132,18 +217,11 @@ class Backend:
         self.clip_grad_norm = training.get("clip_grad_norm")
         self.num_workers = int(training.get("num_workers", 0))
         deterministic = training.get("deterministic", True)
-        torch.set_num_threads(threads)
-        # True: deterministic kernels or an error (bitwise resumes); 'warn': a warning where an op
-        # has none; False: the fastest kernels
-        torch.use_deterministic_algorithms(deterministic is not False, warn_only=deterministic == "warn")
-        torch.backends.cudnn.benchmark = deterministic is False
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = configure(threads, deterministic)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         # fp16 gradients underflow without loss scaling; its scale and growth tracker are state
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)  # seeds CUDA too
+        seed_everything(seed)
         self.dataset = self.task.build_dataset(self.params)
         if isinstance(self.dataset, (tuple, list)):
             self._tensors = [torch.as_tensor(t) for t in self.dataset]
@@ -164,23 +242,7 @@ class Backend:
         params = [p.detach() for p in self.model.parameters()]
         return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
 
-    @contextlib.contextmanager
-    def isolated_rng(self, seed: int):
-        """Run the body (an evaluation) on RNG streams of its own, seeded by ``seed``, and put the
-        training streams back afterwards: what evaluation draws never shifts training."""
-        state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(state[0])
-            np.random.set_state(state[1])
-            torch.set_rng_state(state[2])
-            if state[3] is not None:
-                torch.cuda.set_rng_state_all(state[3])
+    isolated_rng = staticmethod(isolated_rng)
 
     def _batch(self, indices: np.ndarray):
         if self._tensors is not None:
@@ -205,14 +267,7 @@ class Backend:
                 yield order.batch(step)
             return
         pin = self.device.type == "cuda"
-        loader = torch.utils.data.DataLoader(
-            _SeededItems(self.dataset, self.seed), batch_sampler=_StepBatches(order, start, end),
-            num_workers=self.num_workers, pin_memory=pin, prefetch_factor=4, worker_init_fn=_worker_ignores_stops,
-            # the loader draws its workers' base seed from this, not from the training stream: a
-            # loader made at each segment's start must not shift what training draws
-            generator=torch.Generator().manual_seed(self.seed),
-            multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None)
-        for batch in loader:
+        for batch in step_loader(self.dataset, order, start, end, self.seed, self.num_workers, pin_memory=pin):
             yield _Prepared(self._to_device(batch, non_blocking=pin))
 
     @property
@@ -323,9 +378,7 @@ class Backend:
 
     def write_state(self, folder: Path, extra: dict) -> None:
         """Write the full training state into ``folder`` (one ``state.pt``)."""
-        rng = {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = rng_state()
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -351,12 +404,7 @@ class Backend:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        _set_python_rng_state(rng["python"])
-        _set_numpy_rng_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(state["rng"])
         return state["extra"]
 
     EXPORTS = ("pt", "safetensors")

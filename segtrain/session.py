@@ -1,0 +1,392 @@
+"""Bring your own PyTorch training loop: the pipeline's guarantees for the script you already have.
+
+A run with ``script: train.py`` (instead of ``task:``) runs that script in every job. The script
+asks for its session and hands its loop to it::
+
+    import segtrain
+
+    seg = segtrain.session()
+    seg.track(model=model, optimizer=optimizer, scheduler=scheduler)  # anything with state_dict()
+    loader = seg.dataloader(dataset, batch_size=64, num_workers=4)
+    for step, batch in seg.steps(loader):  # restores first, then saves at the planned interval
+        loss = train_step(batch)           # and stops at the segment's end, the deadline or a signal
+        seg.log(loss=loss)
+
+Behind the session is the same job as the pipeline's own loop (``runner.SegmentJob``): the
+planned interval, verified atomic checkpoints (keep-k plus best), the deadline stop, the stop
+signals, the attempts ledger and the metrics across segments. The data position is exact with
+``seg.dataloader`` (its order is the pipeline's seeded order); with a loader of your own the run
+resumes at the right step, its data restarts at the loader's beginning, and the job says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import runpy
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_ACTIVE: "Session | None" = None  # the job's session, set by run_script around the user's script
+
+
+class _MeasureDone(BaseException):
+    """Ends the user's script once the measure job has what it came for (not an Exception: a
+    script's ``except Exception`` must not swallow it)."""
+
+
+def session(total_steps: int | None = None) -> "Session":
+    """This job's session. Outside the pipeline (``python train.py``) a session that trains
+    ``total_steps`` steps without checkpoints, to try the script."""
+    if _ACTIVE is not None:
+        if total_steps is not None and total_steps != _ACTIVE.total_steps:
+            log.warning("session(total_steps=%d) is ignored: the run's config sets total_steps %d",
+                        total_steps, _ACTIVE.total_steps)
+        return _ACTIVE
+    if total_steps is None:
+        raise RuntimeError(
+            "segtrain.session(): this script is not running in a pipeline job. Run it through the "
+            "pipeline (config: script: <this file>), or give total_steps to try it alone: "
+            "segtrain.session(total_steps=100)")
+    log.warning("not in a pipeline job: training %d steps without checkpoints", total_steps)
+    return Session({"seed": 0, "total_steps": total_steps, "log_every": 100, "name": "standalone"})
+
+
+class TorchState:
+    """The tracked objects and the random streams, as the job saves and restores them.
+
+    One ``state.pt`` per checkpoint: each tracked object's ``state_dict()``, the RNG streams and
+    the job's extra (step, data position, best); the model's weights also under ``model``, where
+    the export reads them. It loads with ``torch.load(weights_only=True)``."""
+
+    def __init__(self, objects: dict):
+        self.objects = objects
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        import torch
+
+        from .backends.torch_backend import STATE_FILE, rng_state
+
+        tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
+        torch.save({"model": tracked["model"], "tracked": tracked, "rng": rng_state(), "extra": extra},
+                   Path(folder) / STATE_FILE)
+
+    def read_state(self, folder: Path) -> dict:
+        import torch
+
+        from .backends.torch_backend import STATE_FILE, set_rng_state
+        from .store import IncompatibleCheckpoint
+
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        tracked = state.get("tracked", {})
+        if set(tracked) != set(self.objects):
+            raise IncompatibleCheckpoint(
+                f"the checkpoint in {folder} holds {sorted(tracked)} and the script tracks {sorted(self.objects)}; "
+                "track the same objects, or give the run a new name to start over")
+        for name, obj in self.objects.items():
+            try:
+                obj.load_state_dict(tracked[name])
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise IncompatibleCheckpoint(
+                    f"the checkpoint in {folder} does not fit the tracked '{name}' ({exc}); the script changed "
+                    "what it builds: give the run a new name to start over") from None
+        set_rng_state(state["rng"])
+        return state["extra"]
+
+    def all_finite(self) -> bool:
+        import torch
+
+        params = [p.detach() for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
+                  for p in obj.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+
+    @contextlib.contextmanager
+    def isolated_rng(self, seed: int):
+        """An evaluation draws from streams of its own, and the modules' train/eval modes are put back."""
+        import torch
+
+        from .backends.torch_backend import isolated_rng
+
+        modes = [(m, m.training) for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
+                 for m in obj.modules()]
+        try:
+            with isolated_rng(seed), torch.no_grad():
+                yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    @staticmethod
+    def as_numbers(row: dict) -> dict:
+        return {k: float(v) for k, v in row.items()}
+
+
+class SegmentLoader:
+    """Batches in the pipeline's seeded order (a function of the seed and the global step), so a
+    resume at any step reads exactly the batch an uninterrupted run would. Made by
+    ``Session.dataloader``; iterating it alone gives one epoch from its start."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, num_workers: int = 0, collate_fn=None,
+                 pin_memory: bool | None = None, prefetch_factor: int | None = None):
+        from .data import DataOrder
+
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.num_workers, self.collate_fn, self.prefetch_factor = num_workers, collate_fn, prefetch_factor
+        self.pin_memory = pin_memory
+        self.order = DataOrder(len(dataset), batch_size, seed)
+
+    def __len__(self) -> int:
+        return self.order.steps_per_epoch
+
+    def batches(self, start: int, end: int):
+        """The batches of global steps ``start`` to ``end - 1``."""
+        import torch
+
+        from .backends.torch_backend import step_loader
+
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return step_loader(self.dataset, self.order, start, end, self.seed, self.num_workers, pin_memory=pin,
+                           collate_fn=self.collate_fn, prefetch_factor=self.prefetch_factor)
+
+    def __iter__(self):
+        return iter(self.batches(0, len(self)))
+
+
+def _foreign_batches(loader, start: int):
+    """Batches of a loader that is not ours, endlessly (epoch after epoch), from its beginning."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError(f"the data loader gave no batch (training was at step {start}); "
+                               "a loader for seg.steps() must give at least one batch per pass")
+
+
+class Session:
+    """What a training script sees of its job; made by ``segtrain.session()``."""
+
+    def __init__(self, run: dict, job=None, measure=None):
+        self.run = run
+        self._job = job  # runner.SegmentJob of a training job
+        self._measure = measure  # (store root, costs file) of a measure job
+        self._objects: dict = {}
+        self._row: dict = {}
+        self.stopped = False
+
+    # -- what the script may read --
+    @property
+    def total_steps(self) -> int:
+        return int(self.run["total_steps"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.run["seed"])
+
+    @property
+    def measuring(self) -> bool:
+        """True in the job that measures step and checkpoint costs (a few steps, then the script ends)."""
+        return self._measure is not None
+
+    @property
+    def segment(self) -> int:
+        return self._job.segment.index if self._job is not None else 0
+
+    # -- what the script does --
+    def track(self, **objects) -> None:
+        """The objects whose state is the training state: the model (required, under the name
+        ``model``: its weights are what the run exports), optimizers, schedulers, a GradScaler, an
+        EMA, anything with ``state_dict()`` and ``load_state_dict()``."""
+        for name, obj in objects.items():
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise TypeError(f"seg.track({name}=...): a {type(obj).__name__} has no state_dict()/load_state_dict(); "
+                                "track objects whose state can be saved and restored")
+        self._objects.update(objects)
+
+    def dataloader(self, dataset, batch_size: int, num_workers: int = 0, collate_fn=None,
+                   pin_memory: bool | None = None, prefetch_factor: int | None = None) -> SegmentLoader:
+        """A loader whose position is part of every checkpoint: a resume reads exactly the batch
+        an uninterrupted run would. Shuffled each epoch by the run's seed, the last partial batch
+        dropped. With workers, each item's random streams (augmentation) are seeded by (seed,
+        step, position), so any number of workers gives the same batches."""
+        return SegmentLoader(dataset, batch_size, self.seed, num_workers, collate_fn, pin_memory, prefetch_factor)
+
+    def log(self, **values) -> None:
+        """The current step's loss and metrics (tensors are read only on the steps that log)."""
+        if self._job is not None:
+            self._job.log(values)
+        self._row.update(values)
+
+    def steps(self, loader, evaluate=None):
+        """Yield ``(step, batch)`` for each step of this job, ``step`` counting from 1 for the
+        run's first step. Restores the newest checkpoint first; between steps it evaluates
+        (``evaluate()`` returns validation metrics such as ``{"val_loss": ...}``), saves, logs and
+        stops in time. Let it run to its end: do not break out of it."""
+        state = self._state()
+        if self._measure is not None:
+            yield from self._measure_steps(state, loader, evaluate)
+            return
+        if self._job is None:
+            yield from self._standalone_steps(loader)
+            return
+        job = self._job
+        if not job.restore(state):
+            raise RuntimeError("a damaged checkpoint was partly loaded into the tracked objects before it failed; "
+                               "it has been set aside: run again to start from the next usable one")
+        batches = self._batches(loader, job)
+        optimizer = self._optimizer()
+        for step in job.steps(state, evaluate=evaluate):
+            if optimizer is not None:
+                job.log({"lr": optimizer.param_groups[0]["lr"]})
+            yield step, next(batches)
+        self._check_ended(job)
+
+    # -- the rest is the job's --
+    def _state(self) -> TorchState:
+        if "model" not in self._objects:
+            raise ValueError("seg.steps(): track the model first, as seg.track(model=model, optimizer=...): its "
+                             "weights are what a checkpoint restores and what the run exports")
+        return TorchState(self._objects)
+
+    def _optimizer(self):
+        return next((o for o in self._objects.values() if hasattr(o, "param_groups")), None)
+
+    def _batches(self, loader, job):
+        if isinstance(loader, SegmentLoader):
+            job.order = loader.order
+            return iter(loader.batches(job.step, job.segment.end))
+        job.data_note = ("approximate: the script's own loader restarts at its beginning on a resume; "
+                         "use seg.dataloader(...) for an exact data position")
+        if job.step > 0:
+            log.warning("resuming at step %d with the script's own data loader: it starts again at its "
+                        "beginning, so the data order differs from an uninterrupted run (not bitwise "
+                        "identical). seg.dataloader(dataset, batch_size) resumes exactly", job.step)
+        return _foreign_batches(loader, job.step)
+
+    @staticmethod
+    def _check_ended(job):
+        if job.summary is None:
+            raise RuntimeError(f"segment {job.segment.index} ended at step {job.step}, before its end step "
+                               f"{job.segment.end}")
+
+    def _standalone_steps(self, loader):
+        batches = iter(loader.batches(0, self.total_steps)) if isinstance(loader, SegmentLoader) \
+            else _foreign_batches(loader, 0)
+        for step in range(1, self.total_steps + 1):
+            self._row = {}
+            yield step, next(batches)
+            if step % self.run["log_every"] == 0 or step == self.total_steps:
+                log.info("step %d/%d %s", step, self.total_steps,
+                         ", ".join(f"{k} {float(v):.4g}" for k, v in self._row.items()))
+
+    def _measure_steps(self, state, loader, evaluate):
+        """A measure job: time steps, evaluations and checkpoints, write the costs, end the script."""
+        from . import store as store_mod
+        from .lifecycle import process_age
+        from .measure import WARMUP_STEPS, costs_of, time_checkpoints
+
+        store_root, costs_file = self._measure
+        run = self.run
+        count = WARMUP_STEPS + run["measure_steps"]
+        batches = iter(loader.batches(0, count)) if isinstance(loader, SegmentLoader) else _foreign_batches(loader, 0)
+        step_times, names, startup = [], set(), 0.0
+        optimizer = self._optimizer()
+        for step in range(1, count + 1):
+            t = time.perf_counter()
+            self._row = {}
+            yield step, next(batches)
+            row = state.as_numbers(self._row)  # waits for the device
+            if step == 1:
+                # what a job pays before its steady state: interpreter, imports, the script's set-up
+                # and the first step, which every segment pays again
+                startup = process_age()
+            elif step > WARMUP_STEPS:
+                step_times.append(time.perf_counter() - t)
+            names |= set(row) | ({"lr"} if optimizer is not None else set())
+        eval_times = []
+        if evaluate is not None:
+            for _repeat in range(3):
+                t = time.perf_counter()
+                with state.isolated_rng(run["seed"]):
+                    names |= set(evaluate())
+                eval_times.append(time.perf_counter() - t)
+            startup += max(0.0, eval_times[0] - min(eval_times[1:]))  # the first one builds what it needs
+            eval_times = eval_times[1:]
+        steps_per_epoch = len(loader) if hasattr(loader, "__len__") else 0
+        costs = costs_of(step_times, time_checkpoints(state, run, store_root), startup=startup,
+                         eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
+                         store_root=store_root)
+        store_mod.write_json_atomic(Path(costs_file), costs)
+        log.info("measured: %s", costs)
+        raise _MeasureDone
+
+
+def _prepare_process(run: dict) -> None:
+    """What the pipeline's loop does before it builds a task: threads, kernels, seeds."""
+    from .backends.torch_backend import configure, seed_everything
+
+    definition = run.get("model_definition", {})
+    configure(int(run.get("threads", 1)), definition.get("deterministic", True))
+    seed_everything(int(run["seed"]))
+
+
+def run_script(run: dict, sess: Session) -> None:
+    """Run the run's script as ``__main__`` in this process, with ``sess`` as its session."""
+    global _ACTIVE
+    from .config import find_task
+
+    script = Path(find_task(run["task"]) or run["task"]).resolve()
+    args = list(run.get("model_definition", {}).get("script_args", []))
+    _prepare_process(run)
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [str(script), *args]
+    sys.path.insert(0, str(script.parent))
+    _ACTIVE = sess
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except _MeasureDone:
+        return
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise RuntimeError(f"{script.name} exited with status {exc.code}") from None
+    finally:
+        _ACTIVE = None
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    if sess.measuring:
+        raise RuntimeError(f"{script.name} ended without running seg.steps(): the measure job times the steps "
+                           "it gives; call segtrain.session().steps(loader) in the script")
+    job = sess._job
+    if job.summary is None:
+        from .runner import Stopped
+
+        if job.stopped:  # the script caught the Stopped exception: the job still ends as stopped
+            raise Stopped(job.stopped)
+        raise RuntimeError(
+            f"{script.name} ended at step {job.step} before segment {job.segment.index}'s end step "
+            f"{job.segment.end}: seg.steps() must run to its end (no break out of it)")
+
+
+def measure_script(run: dict, store_root: Path, costs_file: Path) -> None:
+    run_script(run, Session(run, measure=(Path(store_root), Path(costs_file))))
+
+
+def train_script(run: dict, segment, paths, previous, out_dir) -> dict:
+    """Train one segment by running the user's script; returns the segment summary."""
+    from .runner import SegmentJob, Stopped
+
+    job = SegmentJob(run, segment, paths, previous, out_dir)
+    job.open()
+    try:
+        run_script(run, Session(run, job=job))
+        return job.summary
+    except (Stopped, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        job.fail(exc)
+        raise
+    finally:
+        job.close()
