@@ -113,7 +113,7 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
     data = result.to_dict()
     data["run"] = run["name"]
     data["model_hash"] = run["model_hash"]
-    exact, training = training_lines(run)
+    exact, training = training_lines(run, measured)
     data["bitwise_resume"] = exact
     store_mod.write_json_atomic(Path(plan_json), data)
     table = planning.plan_table(result, run["name"]).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
@@ -122,12 +122,26 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
     return result
 
 
-def training_lines(run: dict) -> tuple[bool, list[str]]:
+def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[str]]:
     """How each step is computed, and whether a resume is bitwise identical: for the plan. Read
     from the model definition (the environment), like every job: not a param of the plan rule."""
     definition = {**TRAINING_DEFAULTS, **with_definition(run).get("model_definition", {})}
+    deterministic = definition["deterministic"]
+    if definition.get("entry") == "script":
+        own_loader = (measured or {}).get("data_loader") == "the script's own"
+        lines = ["Training", f"  the script's own loop ({' '.join([definition['task'], *definition['script_args']])})"]
+        if own_loader:
+            lines.append("  resume: NOT bitwise identical: the script's own data loader starts again at its "
+                         "beginning on a resume; give its dataset to seg.dataloader(dataset, batch_size) for an "
+                         "exact data position")
+        elif deterministic is not True:
+            lines.append(f"  resume: NOT bitwise identical (deterministic: {str(deterministic).lower()})")
+        else:
+            lines.append("  resume: bitwise identical to an uninterrupted run (seg.dataloader's order, "
+                         "deterministic kernels, every tracked state and random stream checkpointed)")
+        return deterministic is True and not own_loader, lines
     accumulate, clip = definition["accumulate"], definition["clip_grad_norm"]
-    deterministic, batch = definition["deterministic"], definition.get("batch_size", run.get("batch_size", 0))
+    batch = definition.get("batch_size", run.get("batch_size", 0))
     lines = ["Training",
              f"  precision {definition['precision']}, {accumulate} micro-batch(es) of {batch} per step"
              f" ({accumulate * batch} samples), "

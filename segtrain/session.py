@@ -51,6 +51,8 @@ def session(total_steps: int | None = None) -> "Session":
             "segtrain.session(): this script is not running in a pipeline job. Run it through the "
             "pipeline (config: script: <this file>), or give total_steps to try it alone: "
             "segtrain.session(total_steps=100)")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.warning("not in a pipeline job: training %d steps without checkpoints", total_steps)
     return Session({"seed": 0, "total_steps": total_steps, "log_every": 100, "name": "standalone"})
 
@@ -320,6 +322,7 @@ class Session:
         costs = costs_of(step_times, time_checkpoints(state, run, store_root), startup=startup,
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
                          store_root=store_root)
+        costs["data_loader"] = "segtrain" if isinstance(loader, SegmentLoader) else "the script's own"
         store_mod.write_json_atomic(Path(costs_file), costs)
         log.info("measured: %s", costs)
         raise _MeasureDone
@@ -366,7 +369,7 @@ def run_script(run: dict, sess: Session) -> None:
         if job.stopped:  # the script caught the Stopped exception: the job still ends as stopped
             raise Stopped(job.stopped)
         raise RuntimeError(
-            f"{script.name} ended at step {job.step} before segment {job.segment.index}'s end step "
+            f"{script.name} ended at step {job.attempting} before segment {job.segment.index}'s end step "
             f"{job.segment.end}: seg.steps() must run to its end (no break out of it)")
 
 

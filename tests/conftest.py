@@ -145,8 +145,12 @@ def final_state_in(run_dir: Path) -> dict:
 
     state = torch.load(last / "state.pt", weights_only=True)
     arrays = {f"model.{k}": v.numpy() for k, v in state["model"].items()}
-    for pid, slot in state["optimizer"]["state"].items():
-        arrays.update({f"optimizer.{pid}.{k}": torch.as_tensor(v).numpy() for k, v in slot.items()})
+    # a script's checkpoint holds each tracked object's state (segtrain.session): its optimizers'
+    optimizers = {n: o for n, o in state.get("tracked", {"optimizer": state.get("optimizer")}).items()
+                  if isinstance(o, dict) and "param_groups" in o}
+    for name, optimizer in optimizers.items():
+        for pid, slot in optimizer["state"].items():
+            arrays.update({f"{name}.{pid}.{k}": torch.as_tensor(v).numpy() for k, v in slot.items()})
     arrays["rng.torch"] = state["rng"]["torch"].numpy()
     return arrays
 

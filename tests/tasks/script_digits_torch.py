@@ -1,0 +1,58 @@
+"""A plain PyTorch training script for the tests: an MLP with dropout on the digits, its loop
+handed to segtrain.session(). --step-sleep slows each step (kills land where a test wants them,
+the result does not change); --own-loader uses a torch DataLoader instead of seg.dataloader;
+--break-at leaves the loop early (a script bug the job must report)."""
+
+import argparse
+import time
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import segtrain
+
+p = argparse.ArgumentParser()
+p.add_argument("--lr", type=float, default=0.05)
+p.add_argument("--step-sleep", type=float, default=0.0)
+p.add_argument("--own-loader", action="store_true")
+p.add_argument("--workers", type=int, default=0)
+p.add_argument("--break-at", type=int, default=0)
+p.add_argument("--steps", type=int, default=None)
+args = p.parse_args()
+
+digits = load_digits()
+x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+y = torch.tensor(digits.target, dtype=torch.int64)
+train = torch.utils.data.TensorDataset(x[:1500], y[:1500])
+val_x, val_y = x[1500:], y[1500:]
+
+model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=150, gamma=0.7)
+
+seg = segtrain.session(total_steps=args.steps)
+seg.track(model=model, optimizer=optimizer, scheduler=scheduler)
+if args.own_loader:
+    loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True, drop_last=True)
+else:
+    loader = seg.dataloader(train, batch_size=32, num_workers=args.workers)
+
+
+def evaluate():
+    model.eval()
+    return {"val_loss": nn.functional.cross_entropy(model(val_x), val_y).item()}
+
+
+for step, (xb, yb) in seg.steps(loader, evaluate=evaluate):
+    model.train()
+    loss = nn.functional.cross_entropy(model(xb), yb)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    seg.log(loss=loss.detach())
+    if args.step_sleep:
+        time.sleep(args.step_sleep)
+    if step == args.break_at:
+        break

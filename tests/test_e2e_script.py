@@ -1,0 +1,140 @@
+"""A user's own PyTorch training script (config key script), through the real snakemake command:
+1 segment, 4 segments, and 4 segments with a SIGKILL of the training process, a SIGTERM and a
+SIGKILL of Snakemake itself all end bitwise identical."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, Project, assert_bitwise_equal, final_state, last_logged_step
+from test_e2e_resume import newest_after_kill, wait_for_checkpoint
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = "tasks/script_digits_torch.py"
+TOTAL = 800
+
+
+def script_run(args="", **more):
+    return {"script": f"{SCRIPT} {args}".strip(), "total_steps": TOTAL, **more}
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    p = Project(tmp_path_factory.mktemp("script") / "proj")
+    p.write_config({
+        "s-1": script_run(steps_per_segment=TOTAL),
+        "s-4": script_run(steps_per_segment=TOTAL // 4),
+        "w-1": script_run("--workers 2", steps_per_segment=TOTAL),
+        "w-2": script_run("--workers 1", steps_per_segment=TOTAL // 2),  # any worker count: same batches
+        "own-2": script_run("--own-loader", steps_per_segment=TOTAL // 2),
+    })
+    p.snakemake()
+    return p
+
+
+def test_a_script_split_into_segments_ends_bitwise_identical(scripted):
+    assert len(list((scripted.run_dir("s-4") / "segments").iterdir())) == 4
+    assert_bitwise_equal(final_state(scripted, "s-4"), final_state(scripted, "s-1"))
+    state = torch.load(scripted.run_dir("s-4") / "segments" / "0003" / "state" / "state.pt", weights_only=True)
+    assert set(state["tracked"]) == {"model", "optimizer", "scheduler"}
+    assert state["tracked"]["scheduler"]["last_epoch"] == TOTAL  # the schedule crossed every cut
+    # the exported model is the tracked model's weights
+    exported = torch.load(scripted.run_dir("s-4") / "model.pt", weights_only=True)
+    assert all(torch.equal(exported[k], state["model"][k]) for k in exported)
+
+
+def test_loader_workers_in_a_script_resume_exactly(scripted):
+    assert_bitwise_equal(final_state(scripted, "w-2"), final_state(scripted, "w-1"))
+
+
+def test_a_script_is_measured_planned_and_logged_like_a_task(scripted):
+    import pandas as pd
+
+    costs = json.loads((scripted.run_dir("s-4") / "costs.json").read_text())
+    assert costs["measured_steps"] == 5 and costs["save_seconds"] > 0 and costs["checkpoint_bytes"] > 0
+    assert costs["steps_per_epoch"] == 1500 // 32 and {"loss", "lr", "val_loss"} <= set(costs["metric_names"])
+    assert costs["data_loader"] == "segtrain"
+    plan = (scripted.run_dir("s-4") / "plan.txt").read_text()
+    assert "the script's own loop (tasks/script_digits_torch.py)" in plan
+    metrics = pd.read_csv(scripted.run_dir("s-4") / "metrics.csv")
+    assert metrics["step"].is_unique and metrics["step"].max() == TOTAL
+    assert metrics["lr"].iloc[-1] < metrics["lr"].iloc[0] and metrics["val_loss"].notna().any()
+
+
+def test_a_script_with_its_own_loader_resumes_at_the_right_step_and_says_the_data_is_approximate(scripted):
+    starts = [a for a in scripted.attempts("own-2") if "resumed_from" in a]
+    assert [a["resumed_from"] for a in starts] == [0, TOTAL // 2]
+    log = (scripted.root / "logs" / "train_segment" / "own-2" / "0001.log").read_text()
+    assert "not bitwise identical" in log and "seg.dataloader(dataset, batch_size)" in log
+    manifest = json.loads((scripted.run_dir("own-2") / "segments" / "0001" / "state" / "manifest.json").read_text())
+    assert manifest["data_position"].startswith("approximate")
+    assert json.loads((scripted.run_dir("own-2") / "costs.json").read_text())["data_loader"] == "the script's own"
+    plan = (scripted.run_dir("own-2") / "plan.txt").read_text()
+    assert "resume: NOT bitwise identical" in plan and "seg.dataloader" in plan
+
+
+def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):
+    p = Project(scripted.root.parent / "killed")
+    p.write_config({"k": script_run("--step-sleep 0.01", steps_per_segment=TOTAL // 4)}, log_every=1)
+    store_root = p.run_dir("k") / "ckpt"
+    # 1. SIGKILL of the training process in segment 1
+    proc = p.popen()
+    wait_for_checkpoint(store_root, 300, proc)
+    pid = int((store_root / ".lock").read_text().split()[1])
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    killed_at = newest_after_kill(store_root)
+    assert 300 <= killed_at < 400
+
+    # 2. SIGTERM in segment 2, past its periodic save at 450: saves at the next step, the retry resumes there
+    proc = p.popen("--retries", "2")
+    wait_for_checkpoint(store_root, 450, proc)
+    while last_logged_step(store_root / "metrics" / "segment-0002.csv") < 460:
+        time.sleep(0.005)
+    pid = int((store_root / ".lock").read_text().split()[1])
+    os.kill(pid, signal.SIGTERM)
+
+    # 3. SIGKILL of Snakemake and everything it started, in segment 3
+    wait_for_checkpoint(store_root, 650, proc)
+    pid = int((store_root / ".lock").read_text().split()[1])
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.time() + 60  # the job sees its Snakemake gone, saves and ends (segtrain.lifecycle)
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+        time.sleep(0.05)
+    p.snakemake("--unlock")
+    p.snakemake("--rerun-incomplete")
+
+    attempts = p.attempts("k")
+    stopped = [a for a in attempts if a.get("status") == "stopped" and "SIGTERM" in a.get("reason", "")]
+    assert stopped and stopped[0]["end_step"] > 460 and stopped[0]["end_step"] % 50 != 0
+    starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
+    assert (1, killed_at) in starts and (2, stopped[0]["end_step"]) in starts
+    assert_bitwise_equal(final_state(p, "k"), final_state(scripted, "s-1"))
+
+
+def test_a_script_that_leaves_the_loop_early_fails_with_the_reason(project):
+    project.write_config({"b": script_run("--break-at 30", total_steps=100, steps_per_segment=100)})
+    r = project.snakemake(check=False)
+    assert r.returncode != 0
+    log = (project.root / "logs" / "train_segment" / "b" / "0000.log").read_text()
+    assert "seg.steps() must run to its end (no break out of it)" in log
+
+
+def test_the_script_runs_alone_without_the_pipeline(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "tests" / SCRIPT), "--steps", "120"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "without checkpoints" in r.stderr and "step 100/120" in r.stderr and "step 120/120" in r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "tests" / SCRIPT)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "segtrain.session(total_steps=100)" in r.stderr
