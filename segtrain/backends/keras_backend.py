@@ -35,7 +35,7 @@ META = "state.json"
 
 
 class Backend:
-    """Trains a compiled Keras model one batch at a time; see README 'Writing a task'."""
+    """Trains a compiled Keras model one batch at a time; see README 'Bringing your training'."""
 
     framework = "keras"
 

@@ -199,7 +199,7 @@ def step_loader(dataset, order, start: int, end: int, seed: int, num_workers: in
 
 
 class Backend:
-    """Trains a PyTorch task one step at a time; see README 'Writing a task' for the interface."""
+    """Trains a PyTorch task one step at a time; see README 'Bringing your training' for the interface."""
 
     framework = "torch"
 
