@@ -25,6 +25,7 @@ from . import store as store_mod
 from .attempts import Ledger
 from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
+from .events import EventFile
 from .lifecycle import STOP, process_age
 from .planning import Segment
 from .taskfile import RunContext
@@ -96,6 +97,11 @@ class RunPaths:
         return self.store / "metrics" / f"segment-{segment:04d}.csv"
 
     @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's log folder for the run, beside its checkpoints: tensorboard --logdir <it>."""
+        return self.store.parent / "tensorboard"
+
+    @property
     def attempts(self) -> Path:
         return self.store / "attempts.jsonl"
 
@@ -140,8 +146,9 @@ def prepare_training(run: dict, backend_factory=None) -> Training:
 class MetricsLog:
     """The segment's metrics rows, kept in the store so they survive kills; cut back on resume."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, events=None):
         self.path = path
+        self.events = events  # a TensorBoard mirror of the rows (segtrain.events.EventFile), or None
         self.fields: list[str] | None = None
         self.rows: list[dict] = []
         if path.exists():
@@ -172,6 +179,8 @@ class MetricsLog:
 
     def _rewrite(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.events is not None:
+            self.events.rewrite(self.rows)
         if self.fields is None:
             self.path.unlink(missing_ok=True)
             return
@@ -192,6 +201,8 @@ class MetricsLog:
         self.rows.append(row)
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
+        if self.events is not None:
+            self.events.append(row)
 
     def sync(self) -> None:
         if self.path.exists():
@@ -281,7 +292,8 @@ class SegmentJob:
             best = None
         self.best = best
         restore_seconds = time.perf_counter() - t_restore
-        self.metrics = MetricsLog(self.paths.working_metrics(segment.index))
+        self.metrics = MetricsLog(self.paths.working_metrics(segment.index),
+                                  events=EventFile(self.paths.tensorboard, segment.index))
         # Rows past the restored step were logged by an attempt that died before saving them:
         # that is the work this failure lost (it is trained again, identically).
         beyond = [r for r in self.metrics.rows if int(r["step"]) > self.step]

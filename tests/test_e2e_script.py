@@ -14,6 +14,7 @@ import torch
 
 from conftest import REPO, Project, assert_bitwise_equal, final_state, last_logged_step
 from test_e2e_resume import newest_after_kill, wait_for_checkpoint
+from test_events import read_scalars
 
 pytestmark = pytest.mark.e2e
 
@@ -119,6 +120,9 @@ def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):
     starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
     assert (1, killed_at) in starts and (2, stopped[0]["end_step"]) in starts
     assert_bitwise_equal(final_state(p, "k"), final_state(scripted, "s-1"))
+    # TensorBoard's curves hold each step once, though steps were trained twice after each kill
+    scalars = read_scalars(p.run_dir("k") / "tensorboard")
+    assert sorted(s for s, tag in scalars if tag == "loss") == list(range(1, TOTAL + 1))
 
 
 def test_a_script_that_leaves_the_loop_early_fails_with_the_reason(project):
