@@ -355,8 +355,6 @@ def _entry_problems(run: dict, where: str, base: Path, given: set) -> list[str]:
     if find_task(words[0], base) is None:
         problems.append(f"{where}.script: file '{words[0]}' not found in {Path(base).resolve()} or {REPO}; "
                         "give a path relative to the working directory")
-    if run["framework"] != "torch":
-        problems.append(f"{where}.script: scripts run with framework torch; for Keras give a task file (task:)")
     for key in SCRIPT_DOES_ITSELF:
         if key in given and run[key] != TRAINING_DEFAULTS.get(key, 0):
             problems.append(f"{where}.{key}: a script run does this in its own loop; remove the key")

@@ -137,7 +137,7 @@ def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[
         elif deterministic is not True:
             lines.append(f"  resume: NOT bitwise identical (deterministic: {str(deterministic).lower()})")
         else:
-            lines.append("  resume: bitwise identical to an uninterrupted run (seg.dataloader's order, "
+            lines.append("  resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order, "
                          "deterministic kernels, every tracked state and random stream checkpointed)")
         return deterministic is True and not own_loader, lines
     accumulate, clip = definition["accumulate"], definition["clip_grad_norm"]
@@ -195,7 +195,13 @@ def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None
             log.warning("no best checkpoint (nothing was evaluated); exporting the last one as best")
             folder = Path(segment_dir) / "state"
         store_mod.verify(folder)
-        backend.export(run, folder, {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS})
+        out = {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS}
+        if is_script(run) and run["framework"] == "keras":  # only the script knows how to build its model
+            from .session import export_script
+
+            export_script(run, folder, out)
+        else:
+            backend.export(run, folder, out)
         log.info("exported the %s checkpoint (%s)", which, folder)
 
 

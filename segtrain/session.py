@@ -31,6 +31,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _ACTIVE: "Session | None" = None  # the job's session, set by run_script around the user's script
+_STANDALONE: "Session | None" = None  # the session of a script run alone, outside the pipeline
 
 
 class _MeasureDone(BaseException):
@@ -39,6 +40,7 @@ class _MeasureDone(BaseException):
 
 
 def session(total_steps: int | None = None) -> "Session":
+    global _STANDALONE
     """This job's session. Outside the pipeline (``python train.py``) a session that trains
     ``total_steps`` steps without checkpoints, to try the script."""
     if _ACTIVE is not None:
@@ -46,6 +48,8 @@ def session(total_steps: int | None = None) -> "Session":
             log.warning("session(total_steps=%d) is ignored: the run's config sets total_steps %d",
                         total_steps, _ACTIVE.total_steps)
         return _ACTIVE
+    if _STANDALONE is not None and total_steps in (None, _STANDALONE.total_steps):
+        return _STANDALONE
     if total_steps is None:
         raise RuntimeError(
             "segtrain.session(): this script is not running in a pipeline job. Run it through the "
@@ -54,7 +58,8 @@ def session(total_steps: int | None = None) -> "Session":
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.warning("not in a pipeline job: training %d steps without checkpoints", total_steps)
-    return Session({"seed": 0, "total_steps": total_steps, "log_every": 100, "name": "standalone"})
+    _STANDALONE = Session({"seed": 0, "total_steps": total_steps, "log_every": 100, "name": "standalone"})
+    return _STANDALONE
 
 
 class TorchState:
@@ -172,10 +177,11 @@ def _foreign_batches(loader, start: int):
 class Session:
     """What a training script sees of its job; made by ``segtrain.session()``."""
 
-    def __init__(self, run: dict, job=None, measure=None):
+    def __init__(self, run: dict, job=None, measure=None, export=None):
         self.run = run
         self._job = job  # runner.SegmentJob of a training job
         self._measure = measure  # (store root, costs file) of a measure job
+        self._export = export  # (checkpoint folder, {ext: path}) of a Keras export job
         self._objects: dict = {}
         self._row: dict = {}
         self.stopped = False
@@ -228,6 +234,8 @@ class Session:
         run's first step. Restores the newest checkpoint first; between steps it evaluates
         (``evaluate()`` returns validation metrics such as ``{"val_loss": ...}``), saves, logs and
         stops in time. Let it run to its end: do not break out of it."""
+        if self.run.get("framework", "torch") != "torch":
+            raise RuntimeError("seg.steps() drives a PyTorch loop; a Keras script calls segtrain.keras.fit(model, ...)")
         state = self._state()
         if self._measure is not None:
             yield from self._measure_steps(state, loader, evaluate)
@@ -287,11 +295,9 @@ class Session:
 
     def _measure_steps(self, state, loader, evaluate):
         """A measure job: time steps, evaluations and checkpoints, write the costs, end the script."""
-        from . import store as store_mod
         from .lifecycle import process_age
-        from .measure import WARMUP_STEPS, costs_of, time_checkpoints
+        from .measure import WARMUP_STEPS
 
-        store_root, costs_file = self._measure
         run = self.run
         count = WARMUP_STEPS + run["measure_steps"]
         batches = iter(loader.batches(0, count)) if isinstance(loader, SegmentLoader) else _foreign_batches(loader, 0)
@@ -309,6 +315,16 @@ class Session:
             elif step > WARMUP_STEPS:
                 step_times.append(time.perf_counter() - t)
             names |= set(row) | ({"lr"} if optimizer is not None else set())
+        self._finish_measure(state, step_times, names, evaluate, len(loader) if hasattr(loader, "__len__") else 0,
+                             "segtrain" if isinstance(loader, SegmentLoader) else "the script's own", startup)
+
+    def _finish_measure(self, state, step_times, names, evaluate, steps_per_epoch, data_loader, startup):
+        """Time evaluations and saves and loads, write the costs, end the script."""
+        from . import store as store_mod
+        from .measure import costs_of, time_checkpoints
+
+        store_root, costs_file = self._measure
+        run = self.run
         eval_times = []
         if evaluate is not None:
             for _repeat in range(3):
@@ -318,23 +334,51 @@ class Session:
                 eval_times.append(time.perf_counter() - t)
             startup += max(0.0, eval_times[0] - min(eval_times[1:]))  # the first one builds what it needs
             eval_times = eval_times[1:]
-        steps_per_epoch = len(loader) if hasattr(loader, "__len__") else 0
         costs = costs_of(step_times, time_checkpoints(state, run, store_root), startup=startup,
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
                          store_root=store_root)
-        costs["data_loader"] = "segtrain" if isinstance(loader, SegmentLoader) else "the script's own"
+        costs["data_loader"] = data_loader
         store_mod.write_json_atomic(Path(costs_file), costs)
         log.info("measured: %s", costs)
+        raise _MeasureDone
+
+    @property
+    def exporting(self) -> bool:
+        """True in the job that exports a Keras script's checkpoint (it builds the model, then ends)."""
+        return self._export is not None
+
+    def _export_keras(self, state, model):
+        folder, out = self._export
+        state.read_state(folder)
+        model.save(out["keras"])
+        model.save_weights(out["weights.h5"])
         raise _MeasureDone
 
 
 def _prepare_process(run: dict) -> None:
     """What the pipeline's loop does before it builds a task: threads, kernels, seeds."""
+    deterministic = run.get("model_definition", {}).get("deterministic", True)
+    threads, seed = int(run.get("threads", 1)), int(run["seed"])
+    if run.get("framework", "torch") == "keras":
+        import os
+
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # already initialised in this process
+        keras.utils.set_random_seed(seed)
+        if deterministic is not False:
+            tf.config.experimental.enable_op_determinism()
+        return
     from .backends.torch_backend import configure, seed_everything
 
-    definition = run.get("model_definition", {})
-    configure(int(run.get("threads", 1)), definition.get("deterministic", True))
-    seed_everything(int(run["seed"]))
+    configure(threads, deterministic)
+    seed_everything(seed)
 
 
 def run_script(run: dict, sess: Session) -> None:
@@ -359,9 +403,9 @@ def run_script(run: dict, sess: Session) -> None:
     finally:
         _ACTIVE = None
         sys.argv, sys.path[:] = saved_argv, saved_path
-    if sess.measuring:
-        raise RuntimeError(f"{script.name} ended without running seg.steps(): the measure job times the steps "
-                           "it gives; call segtrain.session().steps(loader) in the script")
+    if sess.measuring or sess.exporting:
+        raise RuntimeError(f"{script.name} ended without running seg.steps() or segtrain.keras.fit(): the "
+                           "pipeline's jobs hand the script's loop to one of them")
     job = sess._job
     if job.summary is None:
         from .runner import Stopped
@@ -371,6 +415,12 @@ def run_script(run: dict, sess: Session) -> None:
         raise RuntimeError(
             f"{script.name} ended at step {job.attempting} before segment {job.segment.index}'s end step "
             f"{job.segment.end}: seg.steps() must run to its end (no break out of it)")
+
+
+def export_script(run: dict, folder: Path, out: dict) -> None:
+    """Save a Keras script's checkpoint as a model file: the script builds and compiles its model
+    (custom layers included), ``segtrain.keras.fit`` loads the checkpoint into it and saves it."""
+    run_script(run, Session(run, export=(Path(folder), out)))
 
 
 def measure_script(run: dict, store_root: Path, costs_file: Path) -> None:

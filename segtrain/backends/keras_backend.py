@@ -34,6 +34,90 @@ ARRAYS = "state.npz"
 META = "state.json"
 
 
+class KerasState:
+    """A compiled model's whole training state, as a checkpoint holds it: every ``model.variables``
+    value (weights and seed-generator states), every ``optimizer.variables`` value (iteration count
+    included), the global seed generator, Python's and NumPy's RNG. Used by the pipeline's loop and
+    by ``segtrain.keras.fit``."""
+
+    def __init__(self, model):
+        self.model = model
+        # Create the optimizer's variables now, so a restore can assign them before the first step.
+        model.optimizer.build(model.trainable_variables)
+        # The generator behind keras.random calls without a seed (e.g. in a custom layer): not among
+        # model.variables, so it is saved on its own. Created now, in every job at the same point,
+        # so its initial seed (drawn from Python's RNG) is the same for a fresh and a resumed run.
+        self.global_seed = global_seed_generator()
+
+    def all_finite(self) -> bool:
+        """Whether every trainable weight is finite (checked before each save)."""
+        return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in self.model.trainable_variables)
+
+    @contextlib.contextmanager
+    def isolated_rng(self, seed: int):
+        """Run the body (an evaluation) on RNG streams of its own and put the training streams back."""
+        state = (random.getstate(), np.random.get_state(), self.global_seed.state.numpy())
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        self.global_seed.state.assign(np.array([seed % 2**31, 0], dtype=state[2].dtype))
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            self.global_seed.state.assign(state[2])
+
+    def _variables(self):
+        return list(self.model.variables), list(self.model.optimizer.variables)
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        model_vars, opt_vars = self._variables()
+        arrays = {f"model_{i:05d}": v.numpy() for i, v in enumerate(model_vars)}
+        arrays.update({f"optimizer_{i:05d}": v.numpy() for i, v in enumerate(opt_vars)})
+        key, keys, pos, has_gauss, cached = np.random.get_state()
+        arrays["numpy_rng_keys"] = keys
+        arrays["keras_global_seed"] = self.global_seed.state.numpy()
+        with open(Path(folder) / ARRAYS, "wb") as fh:
+            np.savez(fh, **arrays)
+        version, internal, gauss = random.getstate()
+        meta = {
+            "extra": extra,
+            "model_variables": [[v.path, list(v.shape)] for v in model_vars],
+            "optimizer_variables": [[v.path, list(v.shape)] for v in opt_vars],
+            "python_rng": [version, list(internal), gauss],
+            "numpy_rng": [key, int(pos), int(has_gauss), float(cached)],
+        }
+        (Path(folder) / META).write_text(json.dumps(meta))
+
+    def read_state(self, folder: Path) -> dict:
+        meta = json.loads((Path(folder) / META).read_text())
+        model_vars, opt_vars = self._variables()
+        with np.load(Path(folder) / ARRAYS, allow_pickle=False) as data:
+            for prefix, variables, recorded in (("model", model_vars, meta["model_variables"]),
+                                                ("optimizer", opt_vars, meta["optimizer_variables"])):
+                if len(variables) != len(recorded) or any(
+                    list(v.shape) != shape for v, (_, shape) in zip(variables, recorded)
+                ):
+                    raise IncompatibleCheckpoint(
+                        f"the checkpoint in {folder} does not fit the model built now "
+                        f"({prefix} variables differ); the model definition changed: give the run a new name"
+                    )
+                for i, v in enumerate(variables):
+                    v.assign(data[f"{prefix}_{i:05d}"])
+            keys = data["numpy_rng_keys"]
+            if "keras_global_seed" in data.files:  # absent in checkpoints of versions before it was saved
+                self.global_seed.state.assign(data["keras_global_seed"])
+        version, internal, gauss = meta["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        key, pos, has_gauss, cached = meta["numpy_rng"]
+        np.random.set_state((key, keys, pos, has_gauss, cached))
+        return meta["extra"]
+
+    @staticmethod
+    def as_numbers(row: dict) -> dict:
+        return {k: float(v) for k, v in row.items()}
+
+
 class Backend:
     """Trains a compiled Keras model one batch at a time; see README 'Bringing your training'."""
 
@@ -65,30 +149,13 @@ class Backend:
                                "(model.compile(optimizer, loss))")
         if not self.model.built:
             self.model.build((None, *self.arrays[0].shape[1:]))
-        # Create the optimizer's variables now, so a restore can assign them before the first step.
-        self.model.optimizer.build(self.model.trainable_variables)
-        # The generator behind keras.random calls without a seed (e.g. in a custom layer): not among
-        # model.variables, so it is saved on its own. Created now, in every job at the same point,
-        # so its initial seed (drawn from Python's RNG) is the same for a fresh and a resumed run.
-        self.global_seed = global_seed_generator()
+        self.state = KerasState(self.model)
 
     def all_finite(self) -> bool:
-        """Whether every trainable weight is finite (checked before each save)."""
-        return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in self.model.trainable_variables)
+        return self.state.all_finite()
 
-    @contextlib.contextmanager
     def isolated_rng(self, seed: int):
-        """Run the body (an evaluation) on RNG streams of its own and put the training streams back."""
-        state = (random.getstate(), np.random.get_state(), self.global_seed.state.numpy())
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        self.global_seed.state.assign(np.array([seed % 2**31, 0], dtype=state[2].dtype))
-        try:
-            yield
-        finally:
-            random.setstate(state[0])
-            np.random.set_state(state[1])
-            self.global_seed.state.assign(state[2])
+        return self.state.isolated_rng(seed)
 
     def train_step(self, indices: np.ndarray) -> dict:
         idx = np.asarray(indices, dtype=np.int64)
@@ -129,51 +196,11 @@ class Backend:
         logs = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
         return {f"val_{k}": float(v) for k, v in logs.items()}
 
-    def _variables(self):
-        return list(self.model.variables), list(self.model.optimizer.variables)
-
     def write_state(self, folder: Path, extra: dict) -> None:
-        model_vars, opt_vars = self._variables()
-        arrays = {f"model_{i:05d}": v.numpy() for i, v in enumerate(model_vars)}
-        arrays.update({f"optimizer_{i:05d}": v.numpy() for i, v in enumerate(opt_vars)})
-        key, keys, pos, has_gauss, cached = np.random.get_state()
-        arrays["numpy_rng_keys"] = keys
-        arrays["keras_global_seed"] = self.global_seed.state.numpy()
-        with open(Path(folder) / ARRAYS, "wb") as fh:
-            np.savez(fh, **arrays)
-        version, internal, gauss = random.getstate()
-        meta = {
-            "extra": extra,
-            "model_variables": [[v.path, list(v.shape)] for v in model_vars],
-            "optimizer_variables": [[v.path, list(v.shape)] for v in opt_vars],
-            "python_rng": [version, list(internal), gauss],
-            "numpy_rng": [key, int(pos), int(has_gauss), float(cached)],
-        }
-        (Path(folder) / META).write_text(json.dumps(meta))
+        self.state.write_state(folder, extra)
 
     def read_state(self, folder: Path) -> dict:
-        meta = json.loads((Path(folder) / META).read_text())
-        model_vars, opt_vars = self._variables()
-        with np.load(Path(folder) / ARRAYS, allow_pickle=False) as data:
-            for prefix, variables, recorded in (("model", model_vars, meta["model_variables"]),
-                                                ("optimizer", opt_vars, meta["optimizer_variables"])):
-                if len(variables) != len(recorded) or any(
-                    list(v.shape) != shape for v, (_, shape) in zip(variables, recorded)
-                ):
-                    raise IncompatibleCheckpoint(
-                        f"the checkpoint in {folder} does not fit the model the task builds now "
-                        f"({prefix} variables differ); the model definition changed: give the run a new name"
-                    )
-                for i, v in enumerate(variables):
-                    v.assign(data[f"{prefix}_{i:05d}"])
-            keys = data["numpy_rng_keys"]
-            if "keras_global_seed" in data.files:  # absent in checkpoints of versions before it was saved
-                self.global_seed.state.assign(data["keras_global_seed"])
-        version, internal, gauss = meta["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
-        key, pos, has_gauss, cached = meta["numpy_rng"]
-        np.random.set_state((key, keys, pos, has_gauss, cached))
-        return meta["extra"]
+        return self.state.read_state(folder)
 
     EXPORTS = ("keras", "weights.h5")
 
