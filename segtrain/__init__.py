@@ -1,5 +1,5 @@
 """segtrain: train in segments that fit time-limited GPU jobs, resuming exactly (see README)."""
 
-from .session import session
+from .script import session
 
 __all__ = ["session"]

@@ -89,7 +89,7 @@ def fit(model, x, y=None, *, batch_size: int = 32, sample_weight=None, validatio
     are in its metrics log, its report and TensorBoard files."""
     from .backends.keras_backend import KerasState
     from .data import DataOrder
-    from .session import session
+    from .script import session
 
     seg = session()
     if not model.compiled:

@@ -41,7 +41,7 @@ def measure(run: dict, output: Path) -> dict:
     run = with_definition(run)
     store_root = RunPaths(Path(output).parent).store
     if is_script(run):  # the user's script, in measure mode: it ends after the timed steps and saves
-        from .session import measure_script
+        from .script import measure_script
 
         measure_script(run, store_root, Path(output))
         return json.loads(Path(output).read_text())
@@ -169,7 +169,7 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
     previous_state = Path(previous) / "state" if previous else None
     try:
         if is_script(run):
-            from .session import train_script
+            from .script import train_script
 
             train_script(run, seg, RunPaths(run_root), previous_state, Path(output))
         else:
@@ -197,7 +197,7 @@ def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None
         store_mod.verify(folder)
         out = {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS}
         if is_script(run) and run["framework"] == "keras":  # only the script knows how to build its model
-            from .session import export_script
+            from .script import export_script
 
             export_script(run, folder, out)
         else:

@@ -212,7 +212,7 @@ class MetricsLog:
 class SegmentJob:
     """One attempt at one segment: the guarantees of a training job, whoever runs the loop.
 
-    The pipeline's own loop (``run_segment``) and a user's script (``segtrain.session``) are its
+    The pipeline's own loop (``run_segment``) and a user's script (``segtrain.session()``) are its
     two clients. It owns the job's clock and deadline, the stop flag, the checkpoint store and its
     lock, the attempts ledger, the metrics log, the restore, the periodic, final, stop and best
     saves, and evaluation at the planned steps. The client owns only the step itself::

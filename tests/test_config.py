@@ -238,4 +238,4 @@ def test_a_script_run_refuses_the_pipeline_loop_settings(tmp_path):
     check({"runs": {"r": {**run, "accumulate": 4, "validation_split": 0.1}}},
           "runs.r.accumulate: a script run does this in its own loop",
           "runs.r.validation_split: a script run does this in its own loop")
-    check({"runs": {"r": {**run, "framework": "keras"}}}, "scripts run with framework torch")
+    check({"runs": {"r": {**run, "framework": "keras", "accumulate": 2}}}, "runs.r.accumulate: a script run does")

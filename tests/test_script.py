@@ -1,0 +1,32 @@
+"""The script API's refusals and the plan's words for a script run, without training."""
+
+import pytest
+
+import segtrain
+from segtrain import script as session_mod
+from segtrain.pipeline import training_lines
+
+
+def test_outside_the_pipeline_a_session_needs_the_number_of_steps(monkeypatch):
+    monkeypatch.setattr(session_mod, "_STANDALONE", None)
+    with pytest.raises(RuntimeError, match=r"not running in a pipeline job.*segtrain.session\(total_steps=100\)"):
+        segtrain.session()
+    seg = segtrain.session(total_steps=7)
+    assert seg.total_steps == 7 and segtrain.session() is seg  # segtrain.keras.fit finds it again
+
+
+def test_only_objects_with_a_state_can_be_tracked():
+    seg = session_mod.Session({"seed": 0, "total_steps": 1})
+    with pytest.raises(TypeError, match=r"seg.track\(data=...\): a list has no state_dict"):
+        seg.track(data=[1, 2])
+    seg.track(optimizer=type("Opt", (), {"state_dict": lambda s: {}, "load_state_dict": lambda s, d: None})())
+    with pytest.raises(ValueError, match="track the model first"):
+        next(seg.steps([1]))
+
+
+def test_the_plan_names_the_script_and_whether_its_resume_is_exact():
+    run = {"name": "s", "model_definition": {"entry": "script", "task": "train.py", "script_args": ["--lr", "1"]}}
+    exact, lines = training_lines(run, {"data_loader": "segtrain"})
+    assert exact and "the script's own loop (train.py --lr 1)" in lines[1]
+    exact, lines = training_lines(run, {"data_loader": "the script's own"})
+    assert not exact and "seg.dataloader(dataset, batch_size)" in lines[2]
