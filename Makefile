@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(wildcard $(DSRI_PLUGIN)/pyproject.
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" "$(TENSORFLOW)"
-	$(PY) -m pip install --quiet -e '.[test,slurm,dsri]'
+	$(PY) -m pip install --quiet -e '.[test,slurm,dsri,lightning,huggingface]'
 	# Snakemake finds executor plugins by top-level module name: a small package of its own
 	$(PY) -m pip install --quiet ./$(DSRI_PLUGIN)
 	touch $@

@@ -128,18 +128,21 @@ def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[
     definition = {**TRAINING_DEFAULTS, **with_definition(run).get("model_definition", {})}
     deterministic = definition["deterministic"]
     if definition.get("entry") == "script":
-        own_loader = (measured or {}).get("data_loader") == "the script's own"
+        loader = (measured or {}).get("data_loader", "segtrain")
         lines = ["Training", f"  the script's own loop ({' '.join([definition['task'], *definition['script_args']])})"]
-        if own_loader:
+        if loader == "the script's own":
             lines.append("  resume: NOT bitwise identical: the script's own data loader starts again at its "
                          "beginning on a resume; give its dataset to seg.dataloader(dataset, batch_size) for an "
                          "exact data position")
+        elif loader != "segtrain":
+            lines.append(f"  resume: at the exact step, NOT bitwise identical: the data position after a resume is "
+                         f"{loader} own")
         elif deterministic is not True:
             lines.append(f"  resume: NOT bitwise identical (deterministic: {str(deterministic).lower()})")
         else:
             lines.append("  resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order, "
                          "deterministic kernels, every tracked state and random stream checkpointed)")
-        return deterministic is True and not own_loader, lines
+        return deterministic is True and loader == "segtrain", lines
     accumulate, clip = definition["accumulate"], definition["clip_grad_norm"]
     batch = definition.get("batch_size", run.get("batch_size", 0))
     lines = ["Training",

@@ -413,8 +413,11 @@ class Backend:
     def export(run: dict, folder: Path, out: dict) -> None:
         """Write a checkpoint's weights as a plain ``state_dict`` file (``out['pt']``) and as
         safetensors (``out['safetensors']``) for sharing; both load on a CPU-only machine."""
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        torch.save(state["model"], out["pt"])
+        if (Path(folder) / STATE_FILE).exists():
+            weights = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)["model"]
+        else:  # a Lightning script's checkpoint (segtrain.lightning)
+            weights = torch.load(Path(folder) / "lightning.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        torch.save(weights, out["pt"])
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in state["model"].items()}, str(out["safetensors"]))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(out["safetensors"]))
