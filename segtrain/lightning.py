@@ -9,7 +9,8 @@ path for a ``Trainer`` script (``script: train.py`` in a run of the config).
 
 Each optimizer step is handed to the job: it saves (Lightning's own checkpoint,
 ``trainer.save_checkpoint``, inside this project's atomic, verified store) at the planned interval,
-stops at the segment's end, and on a stop signal or near the deadline saves at the next step and
+stops the Trainer at the segment's end (``max_steps`` is the run's total, so schedules span the
+whole run), and on a stop signal or near the deadline saves at the next step and
 ends the job for a retry. ``resume`` names the newest verified checkpoint, which Lightning loads
 (model, optimizers, schedulers, loops, callbacks) with ``weights_only=True``.
 
@@ -77,12 +78,13 @@ class Checkpoints(L.Callback):
 
     @property
     def max_steps(self) -> int:
-        """The Trainer's max_steps for this job: the segment's end (alone: the steps asked for)."""
+        """The Trainer's max_steps: the run's total (a schedule built from the Trainer's estimated
+        steps spans the whole run); the job stops the Trainer at its segment's end."""
         if self.seg.measuring:
             from .measure import WARMUP_STEPS
 
             return WARMUP_STEPS + self.seg.run["measure_steps"]
-        return self.job.segment.end if self.job is not None else self.seg.total_steps
+        return self.seg.total_steps
 
     @property
     def resume(self) -> dict:

@@ -413,11 +413,15 @@ class Backend:
     def export(run: dict, folder: Path, out: dict) -> None:
         """Write a checkpoint's weights as a plain ``state_dict`` file (``out['pt']``) and as
         safetensors (``out['safetensors']``) for sharing; both load on a CPU-only machine."""
-        if (Path(folder) / STATE_FILE).exists():
-            weights = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)["model"]
-        else:  # a Lightning script's checkpoint (segtrain.lightning)
-            weights = torch.load(Path(folder) / "lightning.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        from safetensors.torch import load_file, save_file
+
+        folder = Path(folder)
+        if (folder / STATE_FILE).exists():
+            weights = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)["model"]
+        elif (folder / "lightning.ckpt").exists():  # a Lightning script's checkpoint (segtrain.lightning)
+            weights = torch.load(folder / "lightning.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        else:  # a Hugging Face Trainer's checkpoint (segtrain.huggingface)
+            weights = load_file(str(folder / "model.safetensors"))
         torch.save(weights, out["pt"])
-        from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in weights.items()}, str(out["safetensors"]))

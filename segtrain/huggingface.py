@@ -1,0 +1,151 @@
+"""A Hugging Face ``Trainer`` callback: the planned interval, the deadline stop, the verified store
+and the resume path for a ``Trainer`` script (``script: train.py`` in a run of the config).
+
+    import segtrain.huggingface
+
+    checkpoints = segtrain.huggingface.Checkpoints()
+    args = TrainingArguments(output_dir="out", max_steps=checkpoints.max_steps, save_strategy="no", ...)
+    trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[checkpoints])
+    checkpoints.train(trainer)             # instead of trainer.train(): resumes from the newest checkpoint
+
+Each optimizer step is handed to the job: at the planned interval it saves the Trainer's own
+checkpoint layout (weights as safetensors, optimizer, scheduler, scaler, RNG states and
+``trainer_state.json``) inside this project's atomic, verified store; it stops at the segment's
+end (``max_steps`` stays the run's total, so the learning-rate schedule is the whole run's), and
+on a stop signal or near the deadline saves at the next step and ends the job for a retry. The
+Trainer resumes from that folder itself (``resume_from_checkpoint``; it loads with
+``weights_only=True``) and skips the data it has already seen in the epoch.
+
+What holds: the interval, the deadline and signal stops and the step count are exact; the data
+position is the Trainer's own. ``loss`` in the metrics is the Trainer's last logged training loss
+(every ``logging_steps``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+EXTRA = "segtrain.json"
+
+
+class _TrainerState:
+    """What the job saves and restores: the Trainer's checkpoint files, and the job's extra."""
+
+    def __init__(self):
+        self.trainer = None
+        self.restored: Path | None = None
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        trainer, folder = self.trainer, str(folder)
+        trainer.save_model(folder)
+        Path(folder, "training_args.bin").unlink(missing_ok=True)  # a pickle: never loaded on resume, not kept
+        # The Trainer's own writers (private, stable across 4.x and 5.x): the layout its resume reads
+        trainer._save_optimizer_and_scheduler(folder)
+        trainer._save_scaler(folder)
+        trainer._save_rng_state(folder)
+        trainer.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+        Path(folder, EXTRA).write_text(json.dumps(extra))
+
+    def read_state(self, folder: Path) -> dict:
+        import torch
+
+        for name in ("optimizer.pt", "scheduler.pt"):  # what the Trainer will load, refused here if it needs unpickling
+            if (Path(folder) / name).exists():
+                torch.load(Path(folder) / name, map_location="cpu", weights_only=True)
+        self.restored = Path(folder)
+        return json.loads((Path(folder) / EXTRA).read_text())
+
+    def all_finite(self) -> bool:
+        import torch
+
+        params = [p.detach() for p in self.trainer.model.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+
+    @staticmethod
+    def as_numbers(row: dict) -> dict:
+        return {k: float(v) for k, v in row.items()}
+
+
+class Checkpoints(TrainerCallback):
+    """Hands each optimizer step to the pipeline's job (see the module's text)."""
+
+    def __init__(self):
+        from .script import session
+
+        self.seg = session()
+        self.state = _TrainerState()
+        self.job = self.seg._job
+        self._steps = None
+        self._loss = None
+        self._marks: list[float] = []
+        self._startup = 0.0
+        if self.job is not None and not self.job.restore(self.state):
+            raise RuntimeError("a damaged checkpoint was set aside: run again to start from the next usable one")
+
+    @property
+    def max_steps(self) -> int:
+        """``TrainingArguments.max_steps``: the run's total (its schedule spans the whole run)."""
+        if self.seg.measuring:
+            from .measure import WARMUP_STEPS
+
+            return WARMUP_STEPS + self.seg.run["measure_steps"]
+        return self.seg.total_steps
+
+    def train(self, trainer, **kwargs):
+        """``trainer.train``, resumed from the newest verified checkpoint of this segment's chain."""
+        self.state.trainer = trainer
+        if self.state.restored is not None:
+            log.warning("resuming at step %d from %s; the data position is the Trainer's own", self.job.step,
+                        self.state.restored)
+        return trainer.train(resume_from_checkpoint=str(self.state.restored) if self.state.restored else None, **kwargs)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.state.trainer is None:
+            raise RuntimeError("call checkpoints.train(trainer) instead of trainer.train(): it resumes the run")
+        if self.job is None or self.seg.measuring:
+            return
+        if state.global_step != self.job.step:
+            raise RuntimeError(f"the Trainer starts at step {state.global_step}, the job at {self.job.step}")
+        self._steps = self.job.steps(self.state)
+        try:
+            next(self._steps)
+        except StopIteration:
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._loss = logs["loss"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seg.measuring:
+            return self._measure(state)
+        if self._steps is None:
+            return
+        row = {"lr": self.state.trainer.optimizer.param_groups[0]["lr"]}
+        if self._loss is not None:
+            row["loss"] = self._loss
+        self.job.log(row)
+        try:
+            next(self._steps)
+        except StopIteration:
+            control.should_training_stop = True
+
+    def _measure(self, state):
+        from .lifecycle import process_age
+        from .measure import WARMUP_STEPS
+
+        self._marks.append(time.perf_counter())
+        if len(self._marks) == 1:
+            self._startup = process_age()
+        if state.global_step >= self.max_steps:
+            step_times = [b - a for a, b in zip(self._marks[WARMUP_STEPS - 1:], self._marks[WARMUP_STEPS:])]
+            self.seg._finish_measure(self.state, step_times, {"loss", "lr"}, None, 0, "the Trainer's",
+                                     self._startup)
