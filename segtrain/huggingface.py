@@ -24,14 +24,13 @@ position is the Trainer's own. ``loss`` in the metrics is the Trainer's last log
 from __future__ import annotations
 
 import json
-import logging
 import os
-import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-log = logging.getLogger(__name__)
+from .script import TrainerHook, as_numbers, finite
+
 
 EXTRA = "segtrain.json"
 
@@ -64,60 +63,30 @@ class _TrainerState:
         return json.loads((Path(folder) / EXTRA).read_text())
 
     def all_finite(self) -> bool:
-        import torch
+        return finite([self.trainer.model])
 
-        params = [p.detach() for p in self.trainer.model.parameters()]
-        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
-
-    @staticmethod
-    def as_numbers(row: dict) -> dict:
-        return {k: float(v) for k, v in row.items()}
+    as_numbers = staticmethod(as_numbers)
 
 
 class Checkpoints(TrainerCallback):
     """Hands each optimizer step to the pipeline's job (see the module's text)."""
 
     def __init__(self):
-        from .script import session
-
-        self.seg = session()
         self.state = _TrainerState()
-        self.job = self.seg._job
-        self._steps = None
+        self.hook = TrainerHook(self.state, "the Trainer's")
+        self.max_steps = self.hook.max_steps
         self._loss = None
-        self._marks: list[float] = []
-        self._startup = 0.0
-        if self.job is not None and not self.job.restore(self.state):
-            raise RuntimeError("a damaged checkpoint was set aside: run again to start from the next usable one")
-
-    @property
-    def max_steps(self) -> int:
-        """``TrainingArguments.max_steps``: the run's total (its schedule spans the whole run)."""
-        if self.seg.measuring:
-            from .measure import WARMUP_STEPS
-
-            return WARMUP_STEPS + self.seg.run["measure_steps"]
-        return self.seg.total_steps
 
     def train(self, trainer, **kwargs):
         """``trainer.train``, resumed from the newest verified checkpoint of this segment's chain."""
         self.state.trainer = trainer
-        if self.state.restored is not None:
-            log.warning("resuming at step %d from %s; the data position is the Trainer's own", self.job.step,
-                        self.state.restored)
-        return trainer.train(resume_from_checkpoint=str(self.state.restored) if self.state.restored else None, **kwargs)
+        restored = self.state.restored
+        return trainer.train(resume_from_checkpoint=str(restored) if restored else None, **kwargs)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.state.trainer is None:
             raise RuntimeError("call checkpoints.train(trainer) instead of trainer.train(): it resumes the run")
-        if self.job is None or self.seg.measuring:
-            return
-        if state.global_step != self.job.step:
-            raise RuntimeError(f"the Trainer starts at step {state.global_step}, the job at {self.job.step}")
-        self._steps = self.job.steps(self.state)
-        try:
-            next(self._steps)
-        except StopIteration:
+        if self.hook.start(state.global_step):
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -125,27 +94,8 @@ class Checkpoints(TrainerCallback):
             self._loss = logs["loss"]
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.seg.measuring:
-            return self._measure(state)
-        if self._steps is None:
-            return
         row = {"lr": self.state.trainer.optimizer.param_groups[0]["lr"]}
         if self._loss is not None:
             row["loss"] = self._loss
-        self.job.log(row)
-        try:
-            next(self._steps)
-        except StopIteration:
+        if self.hook.step_done(state.global_step, row):
             control.should_training_stop = True
-
-    def _measure(self, state):
-        from .lifecycle import process_age
-        from .measure import WARMUP_STEPS
-
-        self._marks.append(time.perf_counter())
-        if len(self._marks) == 1:
-            self._startup = process_age()
-        if state.global_step >= self.max_steps:
-            step_times = [b - a for a, b in zip(self._marks[WARMUP_STEPS - 1:], self._marks[WARMUP_STEPS:])]
-            self.seg._finish_measure(self.state, step_times, {"loss", "lr"}, None, 0, "the Trainer's",
-                                     self._startup)

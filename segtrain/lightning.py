@@ -22,14 +22,13 @@ are stateful), so a resumed run is not bitwise identical to an uninterrupted one
 from __future__ import annotations
 
 import json
-import logging
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 
-log = logging.getLogger(__name__)
+from .script import TrainerHook, as_numbers, finite
+
 
 CHECKPOINT = "lightning.ckpt"
 EXTRA = "segtrain.json"
@@ -53,38 +52,18 @@ class _LightningState:
         return json.loads((Path(folder) / EXTRA).read_text())
 
     def all_finite(self) -> bool:
-        params = [p.detach() for p in self.trainer.lightning_module.parameters()]
-        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+        return finite([self.trainer.lightning_module])
 
-    @staticmethod
-    def as_numbers(row: dict) -> dict:
-        return {k: float(v) for k, v in row.items()}
+    as_numbers = staticmethod(as_numbers)
 
 
 class Checkpoints(L.Callback):
     """Hands each optimizer step to the pipeline's job (see the module's text)."""
 
     def __init__(self):
-        from .script import session
-
-        self.seg = session()
         self.state = _LightningState()
-        self.job = self.seg._job
-        self._steps = None
-        self._marks: list[float] = []
-        self._startup = 0.0
-        if self.job is not None and not self.job.restore(self.state):
-            raise RuntimeError("a damaged checkpoint was set aside: run again to start from the next usable one")
-
-    @property
-    def max_steps(self) -> int:
-        """The Trainer's max_steps: the run's total (a schedule built from the Trainer's estimated
-        steps spans the whole run); the job stops the Trainer at its segment's end."""
-        if self.seg.measuring:
-            from .measure import WARMUP_STEPS
-
-            return WARMUP_STEPS + self.seg.run["measure_steps"]
-        return self.seg.total_steps
+        self.hook = TrainerHook(self.state, "Lightning's")
+        self.max_steps = self.hook.max_steps
 
     @property
     def resume(self) -> dict:
@@ -94,43 +73,12 @@ class Checkpoints(L.Callback):
 
     def on_train_start(self, trainer, pl_module):  # after Lightning restored its loops and optimizers
         self.state.trainer = trainer
-        if self.job is None:
-            return
-        if trainer.global_step != self.job.step:
-            raise RuntimeError(f"the Trainer starts at step {trainer.global_step}, the job at {self.job.step}: "
-                               "pass **checkpoints.resume to trainer.fit")
-        if self.job.step > 0:
-            log.warning("resumed at step %d from %s; the data position is Lightning's own (not bitwise identical "
-                        "to an uninterrupted run)", self.job.step, self.state.restored)
-        self._steps = self.job.steps(self.state)
-        try:
-            next(self._steps)
-        except StopIteration:
+        if self.hook.start(trainer.global_step):
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.seg.measuring:
-            return self._measure(trainer, outputs)
-        if self.job is None or self._steps is None or trainer.global_step == self.job.step:
-            return  # alone, or an accumulation micro-batch: no optimizer step yet
         row = {"loss": outputs["loss"].detach()} if isinstance(outputs, dict) and "loss" in outputs else {}
         if trainer.optimizers:
             row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        self.job.log(row)
-        try:
-            next(self._steps)
-        except StopIteration:
+        if self.hook.step_done(trainer.global_step, row):
             trainer.should_stop = True
-
-    def _measure(self, trainer, outputs):
-        from .lifecycle import process_age
-        from .measure import WARMUP_STEPS
-
-        self._marks.append(time.perf_counter())
-        if len(self._marks) == 1:
-            self._startup = process_age()
-        if trainer.global_step >= self.max_steps:
-            step_times = [b - a for a, b in zip(self._marks[WARMUP_STEPS - 1:], self._marks[WARMUP_STEPS:])]
-            names = {"loss", "lr"}
-            self.state.trainer = trainer
-            self.seg._finish_measure(self.state, step_times, names, None, 0, "Lightning's", self._startup)

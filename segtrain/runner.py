@@ -12,7 +12,6 @@ at the next step boundary and exits with EXIT_STOPPED so that the scheduler's re
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -217,12 +216,11 @@ class SegmentJob:
     lock, the attempts ledger, the metrics log, the restore, the periodic, final, stop and best
     saves, and evaluation at the planned steps. The client owns only the step itself::
 
-        job = SegmentJob(run, segment, paths, previous, out_dir)
-        job.open()
-        job.restore(state)                    # anything with write_state/read_state/all_finite/...
-        for step in job.steps(state):         # checks the stop flag and the deadline first
-            job.log(state.train_step(...))    # what this step computed (tensors are read lazily)
-        job.summary                           # the segment's output, written when the loop ended
+        with SegmentJob(run, segment, paths, previous, out_dir) as job:  # lock, ledger; errors recorded
+            job.restore(state)                # anything with write_state/read_state/all_finite/...
+            for step in job.steps(state):     # checks the stop flag and the deadline first
+                job.log(state.train_step())   # what this step computed (tensors are read lazily)
+            job.summary                       # the segment's output, written when the loop ended
 
     A stop saves at the next step boundary and raises Stopped.
     """
@@ -272,6 +270,22 @@ class SegmentJob:
     def close(self) -> None:
         if self.store is not None:
             self.store.unlock()
+
+    def __enter__(self) -> "SegmentJob":
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        """A real error (not a stop, not an interrupt) goes into the ledger; the store is unlocked."""
+        try:
+            if isinstance(exc, Exception) and not isinstance(exc, Stopped):
+                self.fail(exc)
+        finally:
+            self.close()
 
     def restore(self, state) -> bool:
         """Load the newest usable checkpoint into ``state`` (or keep its fresh build at step 0).
@@ -469,9 +483,7 @@ def run_segment(
     """Train ``segment`` of ``run`` with the pipeline's own loop and write its output folder;
     returns the segment summary. Raises Stopped after saving when a signal or the deadline stops
     training early."""
-    job = SegmentJob(run, segment, paths, previous, out_dir, clock=clock, job_start=job_start)
-    job.open()
-    try:
+    with SegmentJob(run, segment, paths, previous, out_dir, clock=clock, job_start=job_start) as job:
         training = prepare_training(run, backend_factory)
         if not job.restore(training.backend):  # a damaged checkpoint got half-loaded: build afresh
             training = prepare_training(run, backend_factory)
@@ -486,13 +498,6 @@ def run_segment(
                                after_evaluation=backend.after_evaluation if backend.steps_on_metric else None):
             job.log(backend.train_step(next(batches)))
         return job.summary
-    except (Stopped, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        job.fail(exc)
-        raise
-    finally:
-        job.close()
 
 
 def _candidates(segment, store, previous, note):

@@ -62,6 +62,19 @@ def session(total_steps: int | None = None) -> "Session":
     return _STANDALONE
 
 
+def finite(modules) -> bool:
+    """Whether every parameter of ``modules`` is finite (one device synchronisation)."""
+    import torch
+
+    params = [p.detach() for m in modules for p in m.parameters()]
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+
+
+def as_numbers(row: dict) -> dict:
+    """A step's logged values as Python floats (tensors are read from the device here)."""
+    return {k: float(v) for k, v in row.items()}
+
+
 class TorchState:
     """The tracked objects and the random streams, as the job saves and restores them.
 
@@ -106,9 +119,7 @@ class TorchState:
     def all_finite(self) -> bool:
         import torch
 
-        params = [p.detach() for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
-                  for p in obj.parameters()]
-        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+        return finite([obj for obj in self.objects.values() if isinstance(obj, torch.nn.Module)])
 
     @contextlib.contextmanager
     def isolated_rng(self, seed: int):
@@ -126,9 +137,7 @@ class TorchState:
             for module, training in modes:
                 module.training = training
 
-    @staticmethod
-    def as_numbers(row: dict) -> dict:
-        return {k: float(v) for k, v in row.items()}
+    as_numbers = staticmethod(as_numbers)
 
 
 class SegmentLoader:
@@ -355,6 +364,78 @@ class Session:
         raise _MeasureDone
 
 
+class TrainerHook:
+    """The job's side of a framework's trainer callback (segtrain.lightning, segtrain.huggingface):
+    restore before the trainer starts, hand each optimizer step to the job, time a measure job.
+    ``state`` saves and restores the framework's own checkpoint; ``data_position`` names who owns
+    the data position (for the plan)."""
+
+    def __init__(self, state, data_position: str):
+        self.seg = session()
+        self.state, self.data_position = state, data_position
+        self.job = self.seg._job
+        self._steps = None
+        self._marks: list[float] = []
+        self._startup = 0.0
+        if self.job is not None and not self.job.restore(state):
+            raise RuntimeError("a damaged checkpoint was set aside: run again to start from the next usable one")
+
+    @property
+    def max_steps(self) -> int:
+        """The trainer's max_steps: the run's total (a schedule built from it spans the whole run);
+        the job stops the trainer at its segment's end."""
+        if self.seg.measuring:
+            from .measure import WARMUP_STEPS
+
+            return WARMUP_STEPS + self.seg.run["measure_steps"]
+        return self.seg.total_steps
+
+    def start(self, global_step: int) -> bool:
+        """The trainer is about to train from ``global_step`` (after its own restore); returns True
+        when this job has nothing to train."""
+        if self.job is None or self.seg.measuring:
+            return False
+        if global_step != self.job.step:
+            raise RuntimeError(f"the trainer starts at step {global_step} and the job at {self.job.step}: resume "
+                               "the trainer from the checkpoint the callback names (see its module's text)")
+        if self.job.step > 0:
+            log.warning("resumed at step %d from %s; the data position is %s own (not bitwise identical to an "
+                        "uninterrupted run unless the trainer skips exactly the batches it has seen)",
+                        self.job.step, self.state.restored, self.data_position)
+        self._steps = self.job.steps(self.state)
+        return self._advance()
+
+    def step_done(self, global_step: int, row: dict) -> bool:
+        """An optimizer step ended; returns True when the trainer must stop (the segment is done).
+        A stop signal or the deadline saves here and raises Stopped."""
+        if self.seg.measuring:
+            return self._measure(global_step)
+        if self._steps is None or global_step == self.job.step:
+            return False  # alone, or an accumulation micro-batch: no optimizer step yet
+        self.job.log(row)
+        return self._advance()
+
+    def _advance(self) -> bool:
+        try:
+            next(self._steps)
+        except StopIteration:
+            return True
+        return False
+
+    def _measure(self, global_step: int) -> bool:
+        from .lifecycle import process_age
+        from .measure import WARMUP_STEPS
+
+        self._marks.append(time.perf_counter())
+        if len(self._marks) == 1:
+            self._startup = process_age()
+        if global_step >= self.max_steps:
+            step_times = [b - a for a, b in zip(self._marks[WARMUP_STEPS - 1:], self._marks[WARMUP_STEPS:])]
+            self.seg._finish_measure(self.state, step_times, {"loss", "lr"}, None, 0, self.data_position,
+                                     self._startup)
+        return False
+
+
 def _prepare_process(run: dict) -> None:
     """What the pipeline's loop does before it builds a task: threads, kernels, seeds."""
     deterministic = run.get("model_definition", {}).get("deterministic", True)
@@ -429,17 +510,8 @@ def measure_script(run: dict, store_root: Path, costs_file: Path) -> None:
 
 def train_script(run: dict, segment, paths, previous, out_dir) -> dict:
     """Train one segment by running the user's script; returns the segment summary."""
-    from .runner import SegmentJob, Stopped
+    from .runner import SegmentJob
 
-    job = SegmentJob(run, segment, paths, previous, out_dir)
-    job.open()
-    try:
+    with SegmentJob(run, segment, paths, previous, out_dir) as job:
         run_script(run, Session(run, job=job))
         return job.summary
-    except (Stopped, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        job.fail(exc)
-        raise
-    finally:
-        job.close()
