@@ -31,7 +31,6 @@ from transformers import TrainerCallback
 
 from .script import TrainerHook, as_numbers, finite
 
-
 EXTRA = "segtrain.json"
 
 

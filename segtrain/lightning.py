@@ -29,7 +29,6 @@ import torch
 
 from .script import TrainerHook, as_numbers, finite
 
-
 CHECKPOINT = "lightning.ckpt"
 EXTRA = "segtrain.json"
 
