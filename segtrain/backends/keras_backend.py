@@ -34,6 +34,20 @@ ARRAYS = "state.npz"
 META = "state.json"
 
 
+def _task_arrays(data, where: str) -> list:
+    """(x, y) or (x, y, sample_weight) NumPy arrays from a Keras task; anything else is refused,
+    not cut silently to its first two entries."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3) or any(isinstance(a, dict) for a in data):
+        raise ValueError(
+            f"{where} must return (x, y) or (x, y, sample_weight) arrays; for several inputs (dicts or lists of "
+            "arrays) or your own callbacks, bring a fit script: segtrain.keras.fit (README, 'Bringing your training')")
+    arrays = [np.asarray(a) for a in data]
+    if any(len(a) != len(arrays[0]) for a in arrays):
+        raise ValueError(f"{where}: x, y (and sample_weight) hold different numbers of samples "
+                         f"({', '.join(str(len(a)) for a in arrays)})")
+    return arrays
+
+
 class KerasState:
     """A compiled model's whole training state, as a checkpoint holds it: every ``model.variables``
     value (weights and seed-generator states), every ``optimizer.variables`` value (iteration count
@@ -138,7 +152,7 @@ class Backend:
         self.task_path = task_path
         self.params = dict(params)
         data = self.task.build_dataset(self.params)
-        self.arrays = [np.asarray(a) for a in data]
+        self.arrays = _task_arrays(data, f"{task_path}: build_dataset")
         self.num_samples = len(self.arrays[0])
 
     def build(self, context: RunContext | None = None) -> None:
@@ -159,9 +173,9 @@ class Backend:
 
     def train_step(self, indices: np.ndarray) -> dict:
         idx = np.asarray(indices, dtype=np.int64)
-        x, y = (a[idx] for a in self.arrays[:2])
+        x, y, *w = (a[idx] for a in self.arrays)
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs = self.model.train_on_batch(x, y, return_dict=True)
+        logs = self.model.train_on_batch(x, y, sample_weight=w[0] if w else None, return_dict=True)
         row = {"loss": float(logs.pop("loss")), "lr": lr}
         row.update({k: float(v) for k, v in logs.items()})
         return row
@@ -188,12 +202,13 @@ class Backend:
         """Mean loss and compiled metrics over the validation samples."""
         if indices is None:
             if not hasattr(self, "_val"):
-                self._val = [np.asarray(a) for a in self.task.build_validation(self.params)]
-            x, y = self._val[:2]
+                self._val = _task_arrays(self.task.build_validation(self.params), "build_validation")
+            x, y, *w = self._val
         else:
             idx = np.asarray(indices, dtype=np.int64)
-            x, y = (a[idx] for a in self.arrays[:2])
-        logs = self.model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+            x, y, *w = (a[idx] for a in self.arrays)
+        logs = self.model.evaluate(x, y, sample_weight=w[0] if w else None, batch_size=batch_size, verbose=0,
+                                   return_dict=True)
         return {f"val_{k}": float(v) for k, v in logs.items()}
 
     def write_state(self, folder: Path, extra: dict) -> None:
