@@ -91,8 +91,10 @@ class TorchState:
         from .backends.torch_backend import STATE_FILE, rng_state
 
         tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
-        torch.save({"model": tracked["model"], "tracked": tracked, "rng": rng_state(), "extra": extra},
-                   Path(folder) / STATE_FILE)
+        from .store import hashed_file
+
+        with hashed_file(folder, STATE_FILE) as fh:
+            torch.save({"model": tracked["model"], "tracked": tracked, "rng": rng_state(), "extra": extra}, fh)
 
     def read_state(self, folder: Path) -> dict:
         import torch

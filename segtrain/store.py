@@ -9,9 +9,11 @@ it is handed; everything else lives here and imports no framework.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -59,6 +61,47 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class _HashingFile:
+    """A write-only file that hashes what passes through it, so a save never reads its file back
+    to hash it. No ``fileno``, ``seek`` or ``tell``: every byte must pass through ``write``
+    (zipfile-based writers then append their sizes after the data instead of seeking back)."""
+
+    def __init__(self, path: Path):
+        self._fh = open(path, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return self._fh.write(data)
+
+    def read(self, *args):
+        raise io.UnsupportedOperation("write-only")
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+_HASHED: dict[str, dict[str, dict]] = {}  # folder -> file name -> {size, sha256}, as written
+
+
+@contextlib.contextmanager
+def hashed_file(folder: Path, name: str):
+    """Open ``folder/name`` for writing through a hash: ``CheckpointStore.save`` then takes the
+    file's size and sha256 from what was written instead of reading the file again."""
+    fh = _HashingFile(Path(folder) / name)
+    try:
+        yield fh
+        fh.flush()
+    finally:
+        fh.close()
+    _HASHED.setdefault(str(Path(folder)), {})[name] = {"size": fh.size, "sha256": fh._hash.hexdigest()}
 
 
 def fsync_path(path: Path) -> None:
@@ -263,13 +306,17 @@ class CheckpointStore:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
+            _HASHED.pop(str(tmp), None)
             write_files(tmp)
+            hashed = _HASHED.pop(str(tmp), {})
             files = {}
             for f in sorted(tmp.iterdir()):
                 if f.name == MANIFEST:
                     continue
                 fsync_path(f)
-                files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+                size, known = f.stat().st_size, hashed.get(f.name)
+                # hashed as it was written (a disk that stored other bytes then fails verification)
+                files[f.name] = known if known and known["size"] == size else {"size": size, "sha256": sha256_file(f)}
             manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files, **(meta or {})}
             with open(tmp / MANIFEST, "w") as fh:
                 json.dump(manifest, fh, indent=2, sort_keys=True)

@@ -224,3 +224,43 @@ def test_a_folder_named_by_hand_is_neither_read_nor_pruned(tmp_path):
         s.prune(protect={step})
     assert s.steps() == [20, 30]
     assert (tmp_path / "step-5").is_dir()
+
+
+def test_a_file_hashed_while_written_is_not_read_back(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    store = st.CheckpointStore(tmp_path / "s")
+
+    def write(folder):
+        with st.hashed_file(folder, "state.pt") as fh:
+            torch.save({"w": torch.arange(1000.0)}, fh)
+        with st.hashed_file(folder, "state.npz") as fh:  # zipfile without seek: sizes after the data
+            np.savez(fh, a=np.arange(7))
+        (folder / "small.json").write_text("{}")  # not through the hash: read back as before
+
+    read_back = []
+    real = st.sha256_file
+    monkeypatch.setattr(st, "sha256_file", lambda path, *a: read_back.append(path.name) or real(path, *a))
+    ck = store.save(1, write)
+    assert read_back == ["small.json"]
+    monkeypatch.setattr(st, "sha256_file", real)
+    assert st.verify(ck.path)["files"].keys() == {"state.pt", "state.npz", "small.json"}
+    assert torch.load(ck.path / "state.pt", weights_only=True)["w"][-1] == 999
+    with np.load(ck.path / "state.npz", allow_pickle=False) as data:
+        assert list(data["a"]) == list(range(7))
+
+
+def test_bytes_that_differ_from_what_was_written_fail_verification(tmp_path):
+    """The manifest records what the writer meant to store: a disk that kept other bytes (here
+    changed after the write, same size) is caught at the resume, not sealed as valid."""
+    store = st.CheckpointStore(tmp_path / "s")
+
+    def write(folder):
+        with st.hashed_file(folder, "state.bin") as fh:
+            fh.write(b"x" * 100)
+        (folder / "state.bin").write_bytes(b"y" * 100)
+
+    ck = store.save(1, write)
+    with pytest.raises(st.CorruptCheckpoint, match="does not match its sha256"):
+        st.verify(ck.path)

@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
-from ..store import IncompatibleCheckpoint  # noqa: E402
+from ..store import IncompatibleCheckpoint, hashed_file  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
 ARRAYS = "state.npz"
@@ -91,7 +91,7 @@ class KerasState:
         key, keys, pos, has_gauss, cached = np.random.get_state()
         arrays["numpy_rng_keys"] = keys
         arrays["keras_global_seed"] = self.global_seed.state.numpy()
-        with open(Path(folder) / ARRAYS, "wb") as fh:
+        with hashed_file(folder, ARRAYS) as fh:
             np.savez(fh, **arrays)
         version, internal, gauss = random.getstate()
         meta = {

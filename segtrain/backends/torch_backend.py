@@ -17,7 +17,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for determ
 
 import torch  # noqa: E402
 
-from ..store import IncompatibleCheckpoint  # noqa: E402
+from ..store import IncompatibleCheckpoint, hashed_file  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
 STATE_FILE = "state.pt"
@@ -387,7 +387,8 @@ class Backend:
             "rng": rng,
             "extra": extra,
         }
-        torch.save(state, Path(folder) / STATE_FILE)
+        with hashed_file(folder, STATE_FILE) as fh:
+            torch.save(state, fh)
 
     def read_state(self, folder: Path) -> dict:
         """Restore everything written by ``write_state``; returns its ``extra``."""
