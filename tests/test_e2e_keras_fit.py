@@ -1,6 +1,7 @@
 """A Keras `fit` script (two named inputs, sample weights, dropout, a schedule, validation data,
 a callback of its own) through segtrain.keras.fit and the real snakemake command: 4 segments
-with a SIGKILL of the training process and a SIGTERM end bitwise identical to 1 segment."""
+with a SIGKILL of the training process, a SIGTERM and a SIGKILL of Snakemake end bitwise identical
+to 1 segment."""
 
 import os
 import signal
@@ -42,14 +43,23 @@ def test_a_keras_fit_script_killed_and_stopped_across_segments_ends_bitwise_iden
     while last_logged_step(store_root / "metrics" / "segment-0002.csv") < 260:
         time.sleep(0.005)
     os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGTERM)
-    proc.wait(timeout=600)
-    assert proc.returncode == 0, proc.stdout.read()[-3000:]
+
+    wait_for_checkpoint(store_root, 350, proc)  # segment 3: Snakemake itself is killed
+    pid = int((store_root / ".lock").read_text().split()[1])
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.time() + 60  # the job sees its Snakemake gone, saves and ends (segtrain.lifecycle)
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+        time.sleep(0.05)
+    p.snakemake("--unlock")
+    p.snakemake("--rerun-incomplete")
 
     attempts = p.attempts("kf-4")
     stopped = [a for a in attempts if a.get("status") == "stopped"]
     assert stopped and "SIGTERM" in stopped[0]["reason"] and stopped[0]["end_step"] > 260
     starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
     assert (1, killed_at) in starts and (2, stopped[0]["end_step"]) in starts
+    assert sum(1 for segment, _ in starts if segment == 3) == 2  # segment 3 ran again after Snakemake's kill
     assert_bitwise_equal(final_state(p, "kf-4"), final_state(ref, "kf-1"))
     # the script exported its own model (two named inputs): the same weights
     assert_bitwise_equal(load_weights(model_file(p, "kf-4")), load_weights(model_file(ref, "kf-1")))
