@@ -203,6 +203,18 @@ class MetricsLog:
         if self.events is not None:
             self.events.append(row)
 
+    def log_step(self, row: dict) -> None:
+        """Append ``row``, or complete the last row when it is of the same step (a stop saves a
+        step that was already logged): each step is in the log once."""
+        last = self.rows[-1] if self.rows else None
+        if last is None or int(last["step"]) != int(row["step"]):
+            self.append(row)
+            return
+        last.update({k: v for k, v in row.items() if v != "" or k not in last})
+        if any(k not in self.fields for k in row):
+            self.fields = self.fields + [k for k in row if k not in self.fields]
+        self._rewrite()
+
     def sync(self) -> None:
         if self.path.exists():
             store_mod.fsync_path(self.path)
@@ -314,6 +326,10 @@ class SegmentJob:
         lost = {"lost_steps": max(int(r["step"]) for r in beyond) - self.step,
                 "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
         self.metrics.truncate_after(self.step)
+        logged = restored.get("row")
+        if self.step > segment.start and isinstance(logged, dict) and (
+                not self.metrics.rows or int(self.metrics.rows[-1]["step"]) != self.step):
+            self.metrics.append({**logged, "save_seconds": ""})  # the kill came between the save and its log row
         skipped = getattr(self, "_skipped", []) + skipped
         self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
                           process_start_time=self.process_start, train_start_time=time.time(),
@@ -392,7 +408,7 @@ class SegmentJob:
                 if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
                     self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
                     new_best = True
-            seconds = self._save(state) if save_now else None
+            seconds = self._save(state, _row(segment, self.attempt, step, row)) if save_now else None
             if new_best:
                 _save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
             if save_now or evaluating or step % run["log_every"] == 0:
@@ -414,15 +430,16 @@ class SegmentJob:
             extra.update(epoch=pos.epoch, index=pos.index)
         return extra
 
-    def _save(self, state) -> float:
-        """Save the state after the current step; returns the seconds it took."""
+    def _save(self, state, row: dict) -> float:
+        """Save the state after the current step (with its metrics ``row``: a kill between the save
+        and the log's append must not lose it); returns the seconds it took."""
         step = self.step
         t = time.perf_counter()
         if not state.all_finite():
             raise NonFinite(f"the weights hold NaN or infinite values after step {step}: training stopped before "
                             "saving them; the newest checkpoint holds finite values. Lower the learning rate, "
                             "clip gradients or check the data, then run again")
-        extra = self._extra(step)
+        extra = {**self._extra(step), "row": row}
         position = {k: extra[k] for k in ("epoch", "index") if k in extra}
         meta = _meta(self.run, self.segment, data_position=position or self.data_note or "not ours")
         self.metrics.sync()
@@ -437,8 +454,9 @@ class SegmentJob:
     def _stop(self, state, why: str, row: dict):
         step = self.step
         if step > self.segment.start and not self.store.path(step).exists():
-            seconds = self._save(state)
-            self.metrics.append({**_row(self.segment, self.attempt, step, row), "save_seconds": f"{seconds:.6f}"})
+            logged = _row(self.segment, self.attempt, step, row)
+            seconds = self._save(state, logged)
+            self.metrics.log_step({**logged, "save_seconds": f"{seconds:.6f}"})
         self.ledger.end(self.segment.index, self.attempt, step, "stopped", why, saved_step=self.saved_step,
                         **self.timing)
         self.stopped = f"segment {self.segment.index} stopped at step {step} ({why}); run again to continue"

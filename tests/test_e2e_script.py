@@ -81,30 +81,31 @@ def test_a_script_with_its_own_loader_resumes_at_the_right_step_and_says_the_dat
     assert "resume: NOT bitwise identical" in plan and "seg.dataloader" in plan
 
 
-def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):
-    p = Project(scripted.root.parent / "killed")
-    p.write_config({"k": script_run("--step-sleep 0.01", steps_per_segment=TOTAL // 4)}, log_every=1)
-    store_root = p.run_dir("k") / "ckpt"
+def three_failures(p, run, segment_steps, interval):
+    """Train ``run`` of project ``p`` through a SIGKILL of the training process in segment 1, a
+    SIGTERM in segment 2 past its first periodic save (the retry resumes at once) and a SIGKILL of
+    Snakemake in segment 3 (then --unlock and --rerun-incomplete). Checks what each failure left
+    and returns the attempts ledger."""
+    store_root = p.run_dir(run) / "ckpt"
     # 1. SIGKILL of the training process in segment 1
     proc = p.popen()
-    wait_for_checkpoint(store_root, 300, proc)
-    pid = int((store_root / ".lock").read_text().split()[1])
-    os.kill(pid, signal.SIGKILL)
+    wait_for_checkpoint(store_root, segment_steps + interval, proc)
+    os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode != 0
     killed_at = newest_after_kill(store_root)
-    assert 300 <= killed_at < 400
+    assert segment_steps + interval <= killed_at < 2 * segment_steps
 
-    # 2. SIGTERM in segment 2, past its periodic save at 450: saves at the next step, the retry resumes there
+    # 2. SIGTERM in segment 2, past its first save: saves at the step it finds, the retry resumes there
     proc = p.popen("--retries", "2")
-    wait_for_checkpoint(store_root, 450, proc)
-    while last_logged_step(store_root / "metrics" / "segment-0002.csv") < 460:
+    first_save = 2 * segment_steps + interval
+    wait_for_checkpoint(store_root, first_save, proc)
+    while last_logged_step(store_root / "metrics" / "segment-0002.csv") < first_save + 10:
         time.sleep(0.005)
-    pid = int((store_root / ".lock").read_text().split()[1])
-    os.kill(pid, signal.SIGTERM)
+    os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGTERM)
 
-    # 3. SIGKILL of Snakemake and everything it started, in segment 3
-    wait_for_checkpoint(store_root, 650, proc)
+    # 3. SIGKILL of Snakemake in segment 3
+    wait_for_checkpoint(store_root, 3 * segment_steps + interval, proc)
     pid = int((store_root / ".lock").read_text().split()[1])
     proc.kill()
     proc.wait(timeout=60)
@@ -114,11 +115,19 @@ def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):
     p.snakemake("--unlock")
     p.snakemake("--rerun-incomplete")
 
-    attempts = p.attempts("k")
+    attempts = p.attempts(run)
     stopped = [a for a in attempts if a.get("status") == "stopped" and "SIGTERM" in a.get("reason", "")]
-    assert stopped and stopped[0]["end_step"] > 460 and stopped[0]["end_step"] % 50 != 0
+    assert stopped and stopped[0]["end_step"] > first_save + 10 and stopped[0]["end_step"] % interval != 0
     starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
     assert (1, killed_at) in starts and (2, stopped[0]["end_step"]) in starts
+    assert sum(1 for segment, _ in starts if segment == 3) == 2  # segment 3 ran again after Snakemake's kill
+    return attempts
+
+
+def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):
+    p = Project(scripted.root.parent / "killed")
+    p.write_config({"k": script_run("--step-sleep 0.01", steps_per_segment=TOTAL // 4)}, log_every=1)
+    three_failures(p, "k", TOTAL // 4, 50)
     assert_bitwise_equal(final_state(p, "k"), final_state(scripted, "s-1"))
     # TensorBoard's curves hold each step once, though steps were trained twice after each kill
     scalars = read_scalars(p.run_dir("k") / "tensorboard")

@@ -40,3 +40,12 @@ def test_the_event_file_mirrors_the_metrics_log_through_a_resume(tmp_path):
     assert {s for s, tag in scalars if tag == "loss"} == {10, 20, 30, 40, 50}
     assert scalars[(50, "loss")] == pytest.approx(2.0 / 50) and scalars[(20, "loss")] == pytest.approx(1.0 / 20)
     assert (50, "save_seconds") not in scalars  # the save at 50 was lost with the kill
+
+
+def test_a_stop_that_saves_a_logged_step_completes_its_row(tmp_path):
+    tb = tmp_path / "tensorboard"
+    metrics = MetricsLog(tmp_path / "m.csv", events=EventFile(tb, 0))
+    metrics.append({"segment": 0, "attempt": 1, "step": 7, "loss": 0.5, "time": 1e9, "save_seconds": ""})
+    metrics.log_step({"segment": 0, "attempt": 1, "step": 7, "loss": 0.5, "time": 1e9 + 1, "save_seconds": "0.25"})
+    assert [(r["step"], r["save_seconds"]) for r in MetricsLog(tmp_path / "m.csv").rows] == [("7", "0.25")]
+    assert read_scalars(tb)[(7, "save_seconds")] == 0.25
