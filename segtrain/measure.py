@@ -39,21 +39,27 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
 
     eval_times, eval_warmup = [], 0.0
     if training.has_validation:
-        for _repeat in range(3):
-            t = time.perf_counter()
-            with backend.isolated_rng(run["seed"]):
-                names |= set(backend.evaluate(training.validation_indices, run["batch_size"]))
-            eval_times.append(time.perf_counter() - t)
-        # the first evaluation of a job also builds its evaluation function (Keras traces a graph):
-        # a once-per-job cost, so it goes with the start-up
-        eval_warmup = max(0.0, eval_times[0] - statistics.median(eval_times[1:]))
-        eval_times = eval_times[1:]
+        eval_times, eval_warmup = time_evaluations(
+            backend, run["seed"], lambda: backend.evaluate(training.validation_indices, run["batch_size"]), names)
 
     costs = costs_of(step_times, time_checkpoints(backend, run, store_root), startup=startup + eval_warmup,
                      eval_times=eval_times, steps_per_epoch=order.steps_per_epoch, names=names, run=run,
                      store_root=store_root)
     log.info("measured: %s", costs)
     return costs
+
+
+def time_evaluations(state, seed: int, evaluate, names: set) -> tuple[list[float], float]:
+    """Time ``evaluate()`` three times (on its own RNG streams; the metric names go into ``names``).
+    Returns the steady times and the first one's extra cost: it also builds what an evaluation
+    needs (Keras traces a graph), once per job, so it goes with the start-up."""
+    times = []
+    for _repeat in range(3):
+        t = time.perf_counter()
+        with state.isolated_rng(seed):
+            names |= set(evaluate())
+        times.append(time.perf_counter() - t)
+    return times[1:], max(0.0, times[0] - statistics.median(times[1:]))
 
 
 def time_checkpoints(state, run: dict, store_root: Path) -> dict:

@@ -332,19 +332,14 @@ class Session:
     def _finish_measure(self, state, step_times, names, evaluate, steps_per_epoch, data_loader, startup):
         """Time evaluations and saves and loads, write the costs, end the script."""
         from . import store as store_mod
-        from .measure import costs_of, time_checkpoints
+        from .measure import costs_of, time_checkpoints, time_evaluations
 
         store_root, costs_file = self._measure
         run = self.run
         eval_times = []
         if evaluate is not None:
-            for _repeat in range(3):
-                t = time.perf_counter()
-                with state.isolated_rng(run["seed"]):
-                    names |= set(evaluate())
-                eval_times.append(time.perf_counter() - t)
-            startup += max(0.0, eval_times[0] - min(eval_times[1:]))  # the first one builds what it needs
-            eval_times = eval_times[1:]
+            eval_times, warmup = time_evaluations(state, run["seed"], evaluate, names)
+            startup += warmup
         costs = costs_of(step_times, time_checkpoints(state, run, store_root), startup=startup,
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
                          store_root=store_root)
