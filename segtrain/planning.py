@@ -115,6 +115,7 @@ class Segment:
     eval_every: int = 0  # evaluate every this many steps (0: at every checkpoint) and at the end
     monitor: str = "val_loss"  # the metric that picks the best checkpoint
     mode: str = "min"
+    async_save: bool = False  # periodic saves write in the background (async_save: auto chose it)
 
     def __post_init__(self):
         if not self.eval_every:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import store as store_mod
 from .attempts import Ledger
+from .checkpointing import BackgroundWriter, Snapshots
 from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
 from .events import EventFile
@@ -248,7 +249,11 @@ class SegmentJob:
         self.saved_step: int | None = None
         self.started = False  # whether this attempt's start record is written
         self.timing = {"train_seconds": 0.0, "save_seconds": 0.0, "eval_seconds": 0.0}
-        self.saves: list[float] = []
+        self.saves: list[float] = []  # seconds each save blocked training
+        self.persists: list[float] = []  # seconds each background write took
+        self.save_log: list[dict] = []  # per save: step, blocking and persist seconds
+        self.writer: BackgroundWriter | None = None  # set when this job saves in the background
+        self._best_after_write: tuple[dict, dict] | None = None  # a best checkpoint awaiting its files
         self.evals: list[float] = []
         self.best: dict | None = None
         self.source = ""
@@ -280,8 +285,15 @@ class SegmentJob:
         self.best_store.clean_partials()
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.unlock()
+        try:
+            if self.writer is not None and self.writer.busy:  # a write in flight is finished, not cut
+                try:
+                    self._settle()
+                except Exception as exc:
+                    log.warning("the background checkpoint write failed: %s", exc)
+        finally:
+            if self.store is not None:
+                self.store.unlock()
 
     def __enter__(self) -> "SegmentJob":
         try:
@@ -295,6 +307,11 @@ class SegmentJob:
         """A real error (not a stop, not an interrupt) goes into the ledger; the store is unlocked."""
         try:
             if isinstance(exc, Exception) and not isinstance(exc, Stopped):
+                if self.writer is not None and self.writer.busy:
+                    try:  # the ledger then names the newest complete checkpoint
+                        self._settle()
+                    except Exception as write_error:
+                        log.warning("the background checkpoint write failed: %s", write_error)
                 self.fail(exc)
         finally:
             self.close()
@@ -353,14 +370,20 @@ class SegmentJob:
         ``after_evaluation(row, monitor)`` steps a metric-driven scheduler."""
         run, segment = self.run, self.segment
         run_end = int(run.get("total_steps") or segment.end)
+        self.writer = BackgroundWriter() if self._saves_in_background(state) else None
         t0 = self.clock()
         last_progress = t0
         first_step = self.step
         row: dict = {}
         while self.step < segment.end:
+            if self.writer is not None and self.writer.done():
+                self._settle()  # the background write finished: its checkpoint counts from now
             time_left = self.deadline - self.clock()
-            # what the next checkpoint step may still cost: the slowest save and evaluation so far
-            upcoming = max(segment.save_seconds, max(self.saves, default=0.0)) + max(self.evals, default=0.0)
+            # what the next checkpoint step may still cost: the slowest save and evaluation so far;
+            # a stop must also wait for a background write in flight
+            slowest = max(segment.save_seconds, max(self.saves, default=0.0), max(self.persists, default=0.0))
+            in_flight = slowest if self.writer is not None and self.writer.busy else 0.0
+            upcoming = slowest + in_flight + max(self.evals, default=0.0)
             if STOP or time_left < upcoming * 1.5 + 0.5:
                 why = STOP.reason if STOP else (f"deadline: {time_left:.1f} s left, a save takes up to "
                                                 f"{max(self.saves, default=segment.save_seconds):.2f} s")
@@ -408,8 +431,11 @@ class SegmentJob:
                 if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
                     self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
                     new_best = True
-            seconds = self._save(state, _row(segment, self.attempt, step, row)) if save_now else None
-            if new_best:
+            seconds = self._save(state, _row(segment, self.attempt, step, row),
+                                 wait=step == segment.end) if save_now else None
+            if new_best and self.writer is not None and self.writer.step == step:
+                self._best_after_write = (self._extra(step), self.best)  # linked once its files are written
+            elif new_best:
                 _save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
             if save_now or evaluating or step % run["log_every"] == 0:
                 self.metrics.append({**_row(segment, self.attempt, step, row),
@@ -430,11 +456,43 @@ class SegmentJob:
             extra.update(epoch=pos.epoch, index=pos.index)
         return extra
 
-    def _save(self, state, row: dict) -> float:
+    def _saves_in_background(self, state) -> bool:
+        """Whether this job's periodic saves write in the background: the run's async_save (auto:
+        the plan's choice from the measured costs), for a state that can take snapshots."""
+        wanted = self.run.get("async_save", "auto")
+        if wanted == "auto":
+            wanted = getattr(self.segment, "async_save", False)
+        if wanted and not isinstance(state, Snapshots):
+            log.info("async_save: %s saves synchronously (it takes no snapshots)", type(state).__name__)
+            return False
+        return bool(wanted)
+
+    def _settle(self) -> None:
+        """Wait for the background write in flight, if any; from then on it is the checkpoint to
+        fall back to. Its error (a full disk, ...) is raised here, in the training thread."""
+        done = self.writer.wait() if self.writer is not None else None
+        if done is not None:
+            step, seconds = done
+            self.saved_step = step
+            self.persists.append(seconds)
+            for entry in self.save_log:
+                if entry["step"] == step:
+                    entry["persist_seconds"] = seconds
+            best, self._best_after_write = self._best_after_write, None
+            if best is not None and best[0]["step"] == step:
+                _save_best(self.run, self.segment, self.store, self.best_store, None, *best)
+
+    def _save(self, state, row: dict, wait: bool = True) -> float:
         """Save the state after the current step (with its metrics ``row``: a kill between the save
-        and the log's append must not lose it); returns the seconds it took."""
+        and the log's append must not lose it); returns the seconds training was blocked.
+
+        In the background (``async_save``, unless ``wait``): the previous write must have finished
+        (its host buffers are reused; that wait counts as blocking), the state is copied, and the
+        writer thread writes, verifies and renames it. The segment's last save, a stop's save and
+        a synchronous job's saves are written before training goes on."""
         step = self.step
         t = time.perf_counter()
+        self._settle()
         if not state.all_finite():
             raise NonFinite(f"the weights hold NaN or infinite values after step {step}: training stopped before "
                             "saving them; the newest checkpoint holds finite values. Lower the learning rate, "
@@ -443,16 +501,28 @@ class SegmentJob:
         position = {k: extra[k] for k in ("epoch", "index") if k in extra}
         meta = _meta(self.run, self.segment, data_position=position or self.data_note or "not ours")
         self.metrics.sync()
-        self.store.save(step, lambda folder: state.write_state(folder, extra), meta)
-        self.store.prune(protect={step})
-        seconds = time.perf_counter() - t
+        if self.writer is not None and not wait:
+            snap = state.snapshot(extra)
+            self.writer.submit(step, lambda: self._persist(step, snap.write, meta))
+            seconds = time.perf_counter() - t
+            self.save_log.append({"step": step, "blocking_seconds": seconds, "persist_seconds": None})
+        else:
+            self._persist(step, lambda folder: state.write_state(folder, extra), meta)
+            seconds = time.perf_counter() - t
+            self.saved_step = step
+            self.save_log.append({"step": step, "blocking_seconds": seconds, "persist_seconds": seconds})
         self.saves.append(seconds)
         self.timing["save_seconds"] += seconds
-        self.saved_step = step
         return seconds
+
+    def _persist(self, step: int, write, meta: dict) -> None:
+        """Write, verify and rename the checkpoint of ``step``; prune the old ones."""
+        self.store.save(step, write, meta)
+        self.store.prune(protect={step})
 
     def _stop(self, state, why: str, row: dict):
         step = self.step
+        self._settle()  # a write in flight completes first (it may be this very step's)
         if step > self.segment.start and not self.store.path(step).exists():
             logged = _row(self.segment, self.attempt, step, row)
             seconds = self._save(state, logged)
@@ -471,7 +541,7 @@ class SegmentJob:
         history = self.ledger.records(segment.index)
         best_ckpt = self.best_store.newest_valid(max_step=segment.end)
         self.summary = _write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
-                                     self.saves, self.started_wall, history, best_ckpt)
+                                     self.saves, self.started_wall, history, best_ckpt, self.save_log)
 
     def fail(self, exc: BaseException) -> None:
         """Record a real error with the step it happened at, so the workflow can tell a repeating
@@ -614,7 +684,7 @@ def _save_best(run, segment, store, best_store, state, extra, best) -> None:
 
 
 def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,
-                  best_ckpt=None) -> dict:
+                  best_ckpt=None, save_log=()) -> dict:
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -632,6 +702,8 @@ def _write_output(segment, final, metrics, out_dir, source, attempt, saves, star
         "started_from": source,
         "saves_this_attempt": len(saves),
         "save_seconds_max": max(saves, default=0.0),
+        # this attempt's saves: what each blocked training and how long its write took
+        "saves": list(save_log),
         "wall_seconds_this_attempt": time.time() - started_wall,
         "history": history,
         "best": best_ckpt.manifest.get("best") if best_ckpt is not None else None,

@@ -85,16 +85,25 @@ class TorchState:
     def __init__(self, objects: dict):
         self.objects = objects
 
-    def write_state(self, folder: Path, extra: dict) -> None:
-        import torch
-
-        from .backends.torch_backend import STATE_FILE, rng_state
+    def _state(self, extra: dict) -> dict:
+        from .backends.torch_backend import rng_state
 
         tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
-        from .store import hashed_file
+        return {"model": tracked["model"], "tracked": tracked, "rng": rng_state(), "extra": extra}
 
-        with hashed_file(folder, STATE_FILE) as fh:
-            torch.save({"model": tracked["model"], "tracked": tracked, "rng": rng_state(), "extra": extra}, fh)
+    def write_state(self, folder: Path, extra: dict) -> None:
+        from .backends.torch_backend import write_state_file
+
+        write_state_file(folder, self._state(extra))
+
+    def snapshot(self, extra: dict):
+        """Copy the tracked state into this job's host buffers (an async save writes it later)."""
+        from .backends.torch_backend import TorchSnapshot
+        from .checkpointing import HostCopy
+
+        if not hasattr(self, "_host"):
+            self._host = HostCopy()
+        return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
 
     def read_state(self, folder: Path) -> dict:
         import torch

@@ -54,13 +54,77 @@ def reference_and_stopped(tmp_path, run_settings):
     return ref, paths
 
 
-def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path, run_settings):
+@pytest.mark.parametrize("async_save", [False, True])
+def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path, run_settings, async_save):
+    run_settings = {**run_settings, "async_save": async_save}
     ref, paths = reference_and_stopped(tmp_path, run_settings)
     stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
     assert 0 < stopped_at < 120
     runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
     attempts = [a for a in map(json.loads, paths.attempts.read_text().splitlines()) if "launched" not in a]
     assert attempts[1]["status"] == "stopped" and attempts[2]["resumed_from"] == stopped_at
+    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
+                         export(paths.segment_dir(0) / "state", tmp_path, "b"))
+    saves = json.loads((paths.segment_dir(0) / "segment.json").read_text())["saves"]
+    assert [s["step"] for s in saves] == list(range(stopped_at // 20 * 20 + 20, 121, 20))
+    assert all(s["persist_seconds"] > 0 and s["blocking_seconds"] > 0 for s in saves)
+    if async_save:  # periodic saves only blocked for the copy; the segment's last one is written in full
+        assert all(s["persist_seconds"] != s["blocking_seconds"] for s in saves[:-1])
+    assert saves[-1]["persist_seconds"] == saves[-1]["blocking_seconds"]
+
+
+def test_a_stop_signal_during_a_background_write_ends_with_both_checkpoints_complete(tmp_path, run_settings):
+    """SIGTERM arrives at step 45 while the writer thread still writes step 40: the write
+    finishes, the stop saves step 45, and the retry resumes there and ends bitwise identical."""
+    import time
+
+    events = []
+
+    class SlowWrites(Backend):
+        steps = 0
+
+        def snapshot(self, extra):
+            snap = super().snapshot(extra)
+            if extra["step"] == 40:
+                write = snap.write
+
+                def slow(folder):
+                    time.sleep(1.5)  # the stop has to wait for this write
+                    write(folder)
+                    events.append("write 40 done")
+                snap.write = slow
+            return snap
+
+        def train_step(self, indices):
+            SlowWrites.steps += 1
+            if SlowWrites.steps == 46:
+                events.append("signal at 45")
+                os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to the training thread
+            return super().train_step(indices)
+
+    run_settings = {**run_settings, "async_save": True}
+    ref = runner.RunPaths(tmp_path / "ref")
+    runner.run_segment(run_settings, segment(), ref, None, ref.segment_dir(0))
+    old = signal.getsignal(signal.SIGTERM)
+    runner.STOP.clear()
+    runner.STOP.installed = False
+    paths = runner.RunPaths(tmp_path / "run")
+    try:
+        with pytest.raises(runner.Stopped, match="SIGTERM"):
+            runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0),
+                               backend_factory=SlowWrites)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        runner.STOP.clear()
+        runner.STOP.installed = False
+    assert events == ["signal at 45", "write 40 done"]  # the signal came during the write
+    store = runner.store_mod.CheckpointStore(paths.store)
+    assert store.steps() == [40, 46]  # the write in flight, then the stop's own (step 46 had begun)
+    for step in store.steps():
+        runner.store_mod.verify(store.path(step))
+    runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
+    attempts = [a for a in map(json.loads, paths.attempts.read_text().splitlines()) if "launched" not in a]
+    assert attempts[1]["saved_step"] == 46 and attempts[2]["resumed_from"] == 46
     assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
                          export(paths.segment_dir(0) / "state", tmp_path, "b"))
 

@@ -48,6 +48,18 @@ def _task_arrays(data, where: str) -> list:
     return arrays
 
 
+class KerasSnapshot:
+    """A Keras state's arrays (``state.npz``) and its JSON part (``state.json``), ready to write."""
+
+    def __init__(self, arrays: dict, meta: dict):
+        self.arrays, self.meta = arrays, meta
+
+    def write(self, folder: Path) -> None:
+        with hashed_file(folder, ARRAYS) as fh:
+            np.savez(fh, **self.arrays)
+        (Path(folder) / META).write_text(json.dumps(self.meta))
+
+
 class KerasState:
     """A compiled model's whole training state, as a checkpoint holds it: every ``model.variables``
     value (weights and seed-generator states), every ``optimizer.variables`` value (iteration count
@@ -84,24 +96,40 @@ class KerasState:
     def _variables(self):
         return list(self.model.variables), list(self.model.optimizer.variables)
 
-    def write_state(self, folder: Path, extra: dict) -> None:
+    def _collect(self, extra: dict, buffers: dict | None = None) -> "KerasSnapshot":
+        """The state's arrays and its JSON part; with ``buffers``, the arrays are copied into
+        them (allocated at the first snapshot, reused by the next)."""
         model_vars, opt_vars = self._variables()
         arrays = {f"model_{i:05d}": v.numpy() for i, v in enumerate(model_vars)}
         arrays.update({f"optimizer_{i:05d}": v.numpy() for i, v in enumerate(opt_vars)})
         key, keys, pos, has_gauss, cached = np.random.get_state()
         arrays["numpy_rng_keys"] = keys
         arrays["keras_global_seed"] = self.global_seed.state.numpy()
-        with hashed_file(folder, ARRAYS) as fh:
-            np.savez(fh, **arrays)
+        if buffers is not None:
+            for name, value in arrays.items():
+                buf = buffers.get(name)
+                if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
+                    buf = buffers[name] = np.empty_like(value)
+                np.copyto(buf, value)
+                arrays[name] = buf
         version, internal, gauss = random.getstate()
         meta = {
-            "extra": extra,
+            "extra": json.loads(json.dumps(extra)),  # a copy: the job changes its dicts later
             "model_variables": [[v.path, list(v.shape)] for v in model_vars],
             "optimizer_variables": [[v.path, list(v.shape)] for v in opt_vars],
             "python_rng": [version, list(internal), gauss],
             "numpy_rng": [key, int(pos), int(has_gauss), float(cached)],
         }
-        (Path(folder) / META).write_text(json.dumps(meta))
+        return KerasSnapshot(arrays, meta)
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        self._collect(extra).write(folder)
+
+    def snapshot(self, extra: dict) -> "KerasSnapshot":
+        """Copy every variable into this job's host buffers; ``.write(folder)`` writes the files."""
+        if not hasattr(self, "_buffers"):
+            self._buffers = {}
+        return self._collect(extra, self._buffers)
 
     def read_state(self, folder: Path) -> dict:
         meta = json.loads((Path(folder) / META).read_text())
@@ -213,6 +241,9 @@ class Backend:
 
     def write_state(self, folder: Path, extra: dict) -> None:
         self.state.write_state(folder, extra)
+
+    def snapshot(self, extra: dict):
+        return self.state.snapshot(extra)
 
     def read_state(self, folder: Path) -> dict:
         return self.state.read_state(folder)

@@ -17,6 +17,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for determ
 
 import torch  # noqa: E402
 
+from ..checkpointing import HostCopy  # noqa: E402
 from ..store import IncompatibleCheckpoint, hashed_file  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
@@ -198,6 +199,23 @@ def step_loader(dataset, order, start: int, end: int, seed: int, num_workers: in
         if workers else None)
 
 
+def write_state_file(folder: Path, state: dict) -> None:
+    """``state`` as ``folder/state.pt``, hashed as it is written (loads with weights_only=True)."""
+    with hashed_file(folder, STATE_FILE) as fh:
+        torch.save(state, fh)
+
+
+class TorchSnapshot:
+    """A state copied into host buffers (``HostCopy``), written by the background writer."""
+
+    def __init__(self, host: HostCopy, state: dict):
+        self.host, self.state = host, state
+
+    def write(self, folder: Path) -> None:
+        self.host.ready()  # the device-to-host copies have landed
+        write_state_file(folder, self.state)
+
+
 class Backend:
     """Trains a PyTorch task one step at a time; see README 'Bringing your training' for the interface."""
 
@@ -376,19 +394,25 @@ class Backend:
             return [self._to_device(v, non_blocking) for v in batch]
         return batch
 
-    def write_state(self, folder: Path, extra: dict) -> None:
-        """Write the full training state into ``folder`` (one ``state.pt``)."""
-        rng = rng_state()
-        state = {
+    def _state(self, extra: dict) -> dict:
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng,
+            "rng": rng_state(),
             "extra": extra,
         }
-        with hashed_file(folder, STATE_FILE) as fh:
-            torch.save(state, fh)
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        """Write the full training state into ``folder`` (one ``state.pt``)."""
+        write_state_file(folder, self._state(extra))
+
+    def snapshot(self, extra: dict) -> "TorchSnapshot":
+        """Copy the full state into this job's host buffers; ``.write(folder)`` writes ``state.pt``."""
+        if not hasattr(self, "_host"):
+            self._host = HostCopy()
+        return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
 
     def read_state(self, folder: Path) -> dict:
         """Restore everything written by ``write_state``; returns its ``extra``."""
