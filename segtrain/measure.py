@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import store as store_mod
 from .lifecycle import process_age
+from .checkpointing import Snapshots
 from .runner import prepare_training
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,30 @@ def time_evaluations(state, seed: int, evaluate, names: set) -> tuple[list[float
 
 def time_checkpoints(state, run: dict, store_root: Path) -> dict:
     """Save and load ``state`` (anything with write_state/read_state) ``measure_saves`` times in a
-    scratch store next to the run's real checkpoints: {save, load: seconds each; sizes: bytes}."""
+    scratch store next to the run's real checkpoints: {save, load: seconds each; sizes: bytes}.
+
+    A state that takes snapshots is also saved the background way, one after the other:
+    snapshot (what training waits for; the first one also allocates the host buffers, once
+    per job) and persist (the writer thread's work, timed here in the foreground)."""
     # its own folder: two runs sharing a checkpoint_root and name must not race on it
     scratch = Path(store_root) / f".measure-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     store = store_mod.CheckpointStore(scratch, keep=max(2, run["measure_saves"]))
-    timed = {"save": [], "load": [], "sizes": []}
+    timed = {"save": [], "load": [], "sizes": [], "snapshot": [], "persist": []}
+    meta = {"model_hash": run["model_hash"]}
     try:
         for i in range(run["measure_saves"]):
             extra = {"step": i + 1, "epoch": 0, "index": 0, "segment": -1}
+            if isinstance(state, Snapshots):
+                t = time.perf_counter()
+                snap = state.snapshot(extra)
+                timed["snapshot"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                store.save(1000 + i, snap.write, meta)
+                timed["persist"].append(time.perf_counter() - t)
+                shutil.rmtree(store.path(1000 + i))
             t = time.perf_counter()
-            ckpt = store.save(i + 1, lambda folder: state.write_state(folder, extra), {"model_hash": run["model_hash"]})
+            ckpt = store.save(i + 1, lambda folder: state.write_state(folder, extra), meta)
             timed["save"].append(time.perf_counter() - t)
             timed["sizes"].append(sum(f.stat().st_size for f in ckpt.path.iterdir()))
             t = time.perf_counter()
@@ -90,6 +104,8 @@ def costs_of(step_times, checkpoints: dict, *, startup: float, eval_times, steps
              names, run: dict, store_root: Path) -> dict:
     """The measured costs as the planner reads them (seconds, bytes)."""
     save_times, load_times = checkpoints["save"], checkpoints["load"]
+    snapshots = checkpoints.get("snapshot") or []
+    steady = snapshots[1:] or snapshots  # after the first, which allocates the job's host buffers
     return {
         # The median resists one-off hiccups; the plan adds its own margin for the slow tail.
         "step_seconds": statistics.median(step_times),
@@ -100,6 +116,8 @@ def costs_of(step_times, checkpoints: dict, *, startup: float, eval_times, steps
         "load_seconds_max": max(load_times),
         "startup_seconds": startup,
         "checkpoint_bytes": max(checkpoints["sizes"]),
+        "snapshot_seconds": statistics.median(steady) if steady else 0.0,
+        "persist_seconds": statistics.median(checkpoints["persist"]) if steady else 0.0,
         "steps_per_epoch": steps_per_epoch,
         "eval_seconds": statistics.median(eval_times) if eval_times else 0.0,
         "metric_names": sorted(names),  # what a job logs: the names monitor may pick from

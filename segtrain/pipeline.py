@@ -109,6 +109,7 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
         monitor=run["monitor"],
         mode=run["mode"],
         max_startup_percent=run.get("max_startup_percent", 100.0),
+        async_save=run.get("async_save", "auto"),
     )
     data = result.to_dict()
     data["run"] = run["name"]

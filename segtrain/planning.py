@@ -9,7 +9,7 @@ overhead = TTSC / TT * 100 %, which simplifies to 100 * y / z.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 class PlanError(ValueError):
@@ -71,6 +71,8 @@ class Costs:
     save_seconds_max: float = 0.0  # the slowest measured save: what must fit in a grace period
     steps_per_epoch: int = 0  # training samples // batch size, for intervals given in epochs
     eval_seconds: float = 0.0  # one evaluation on the validation data
+    snapshot_seconds: float = 0.0  # an asynchronous save's blocking part: the copy to host memory (0: none)
+    persist_seconds: float = 0.0  # its background part: write, fsync, rename
 
     @classmethod
     def from_dict(cls, data: dict) -> "Costs":
@@ -140,14 +142,16 @@ class JobOverhead:
     percent: float
 
 
-def job_overhead(segments: list, costs: Costs) -> JobOverhead:
-    """Start-up, restores, saves and evaluations of ``segments``, against their whole predicted time."""
+def job_overhead(segments: list, costs: Costs, last_save: float = 0.0) -> JobOverhead:
+    """Start-up, restores, saves and evaluations of ``segments``, against their whole predicted
+    time (``costs.save_seconds``: what a periodic save blocks; ``last_save``: what a job's last
+    save costs beyond that)."""
     startup = restore = save = evals = train = 0.0
     for seg in segments:
         steps = seg.end - seg.start
         startup += costs.startup_seconds
         restore += costs.load_seconds if seg.start > 0 else 0.0
-        save += math.ceil(steps / seg.interval) * costs.save_seconds
+        save += math.ceil(steps / seg.interval) * costs.save_seconds + last_save
         n_evals = math.ceil(steps / seg.eval_every) if seg.eval_every else math.ceil(steps / seg.interval)
         evals += n_evals * costs.eval_seconds
         train += steps * costs.step_seconds
@@ -195,9 +199,22 @@ class Plan:
     lost_max_seconds: float = 0.0
     frozen_segments: int = 0
     warnings: list[str] = field(default_factory=list)
+    async_save: bool = False  # periodic saves write in the background
+    blocking_seconds: float = 0.0  # what one periodic save blocks training: the formula's y
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def background_saves(costs: Costs, wanted) -> bool:
+    """Whether periodic saves go to the background: ``wanted`` True or False, or 'auto': when the
+    state can be snapshotted and the copy takes under half of a synchronous save (for tiny states
+    a thread and a second copy cost more than they save)."""
+    if costs.snapshot_seconds <= 0:
+        return False
+    if wanted == "auto":
+        return costs.snapshot_seconds < 0.5 * costs.save_seconds
+    return bool(wanted)
 
 
 def _interval_steps(policy: Policy, costs: Costs) -> tuple[int, str, float | None, float | None]:
@@ -282,20 +299,44 @@ def make_plan(
     monitor: str = "val_loss",
     mode: str = "min",
     max_startup_percent: float = 100.0,
+    async_save="auto",
 ) -> Plan:
-    """Plan a run; ``frozen`` segments (already trained) are kept exactly as they were."""
+    """Plan a run; ``frozen`` segments (already trained) are kept exactly as they were.
+
+    With background saves, y (what a periodic save blocks training) is the snapshot's time: the
+    interval, the overhead and the steps per job use it. Each segment's last save is written in
+    full, so one synchronous save per job is added to its time. A write slower than the interval
+    would make the next save wait for it, so a derived interval is at least one write long."""
     if total_steps < 1:
         raise PlanError(f"total_steps must be at least 1, got {total_steps}")
     if costs.step_seconds <= 0:
         raise PlanError("the measured step time must be positive")
     check_startup_share(time_limit, costs, max_startup_percent)
-    interval, reason, young, daly = _interval_steps(policy, costs)
-    fit, fit_interval = max_steps_per_segment(time_limit, margin_seconds, interval, costs, eval_every)
     warnings = []
+    background = background_saves(costs, async_save)
+    if async_save is True and not background:
+        warnings.append("async_save is true but this state takes no snapshots: its saves are synchronous")
+    full_save, measured = costs.save_seconds, costs
+    if background:
+        costs = replace(costs, save_seconds=costs.snapshot_seconds)
+    last_save = full_save - costs.save_seconds  # a job's last save blocks for the whole write
+    interval, reason, young, daly = _interval_steps(policy, costs)
+    if background and interval * costs.step_seconds < costs.persist_seconds:
+        shortest = math.ceil(costs.persist_seconds / costs.step_seconds)
+        if policy.kind in ("max_overhead_percent", "mtbf_seconds"):
+            reason += (f"; raised from {interval} to {shortest} steps: a background write takes "
+                       f"{costs.persist_seconds:.3g} s, and a save before it ends would wait for it")
+            interval = shortest
+        else:
+            warnings.append(
+                f"the interval ({interval} steps = {interval * costs.step_seconds:.3g} s) is shorter than a "
+                f"background write ({costs.persist_seconds:.3g} s): each save waits for the previous one to "
+                f"finish. An interval of at least {shortest} steps avoids that")
+    fit, fit_interval = max_steps_per_segment(time_limit, margin_seconds + last_save, interval, costs, eval_every)
     if steps_per_segment is not None:
         per_segment = steps_per_segment
         interval = min(interval, per_segment)
-        need = segment_seconds(per_segment, interval, costs, eval_every) + margin_seconds
+        need = segment_seconds(per_segment, interval, costs, eval_every) + last_save + margin_seconds
         if need > time_limit:
             raise PlanError(
                 f"steps_per_segment {per_segment} needs about {need:.3g} s per job (measured costs "
@@ -318,7 +359,7 @@ def make_plan(
         end = min(start + per_segment, total_steps)
         segments.append(
             Segment(len(segments), start, end, min(interval, end - start), time_limit,
-                    costs.save_seconds, keep, log_every, eval_every, monitor, mode)
+                    full_save, keep, log_every, eval_every, monitor, mode, background)
         )
         start = end
 
@@ -326,7 +367,7 @@ def make_plan(
     interval_seconds = interval * step
     ovh = overhead(total_steps * step, costs.save_seconds, interval_seconds)
     restart = costs.startup_seconds + costs.load_seconds
-    slowest = max(costs.save_seconds, costs.save_seconds_max)
+    slowest = max(full_save, costs.save_seconds_max)  # a stop's save is written in full
     if grace_seconds is not None and slowest > 0.5 * grace_seconds:
         warnings.append(
             f"a save takes up to {slowest:.3g} s but the platform's grace period between SIGTERM and "
@@ -339,7 +380,7 @@ def make_plan(
             f"checkpointing costs {ovh.percent:.1f} % of the training time; consider a longer interval"
         )
     new = segments[len(frozen or []):]
-    jobs = job_overhead(new, costs)
+    jobs = job_overhead(new, costs, last_save)
     if new and jobs.startup_seconds > 0.5 * jobs.total_seconds:
         warnings.append(
             f"start-up takes {100 * jobs.startup_seconds / jobs.total_seconds:.0f} % of the planned jobs' time: "
@@ -350,13 +391,13 @@ def make_plan(
         total_steps=total_steps,
         time_limit=time_limit,
         margin_seconds=margin_seconds,
-        costs=costs,
+        costs=measured,
         policy=policy.kind,
         interval_steps=interval,
         interval_seconds=interval_seconds,
         reason=reason,
         steps_per_segment=per_segment,
-        segment_seconds=segment_seconds(per_segment, interval, costs, eval_every),
+        segment_seconds=segment_seconds(per_segment, interval, costs, eval_every) + last_save,
         segments=segments,
         overhead=ovh,
         jobs=jobs,
@@ -364,9 +405,12 @@ def make_plan(
         young_seconds=young,
         daly_seconds=daly,
         lost_mean_seconds=interval_seconds / 2 + restart,
-        lost_max_seconds=interval_seconds + costs.save_seconds + restart,
+        # a failure during a background write loses that write too: up to two intervals
+        lost_max_seconds=interval_seconds * (2 if background else 1) + costs.save_seconds + restart,
         frozen_segments=len(frozen or []),
         warnings=warnings,
+        async_save=background,
+        blocking_seconds=costs.save_seconds,
     )
 
 
@@ -396,7 +440,12 @@ def plan_table(plan: Plan, run: str = "") -> str:
         "",
         "Measured costs",
         f"  step time            y_step = {fd(c.step_seconds)}",
-        f"  checkpoint save      y      = {fd(c.save_seconds)}",
+        *([f"  checkpoint save      y      = {fd(plan.blocking_seconds)} blocking (copy to host memory; written "
+           f"in the background in {fd(c.persist_seconds)}; a synchronous save: {fd(c.save_seconds)})"]
+          if plan.async_save else
+          [f"  checkpoint save      y      = {fd(c.save_seconds)}"
+           + (f" (synchronous; a background save would block {fd(c.snapshot_seconds)})"
+              if c.snapshot_seconds else "")]),
         f"  checkpoint load             = {fd(c.load_seconds)}",
         f"  job start-up                = {fd(c.startup_seconds)}",
         f"  evaluation                  = {fd(c.eval_seconds)} (at every checkpoint unless eval_every is set)",
@@ -410,7 +459,7 @@ def plan_table(plan: Plan, run: str = "") -> str:
         "Overhead (DSRI formula)",
         f"  TT    = {plan.total_steps} steps * {fd(c.step_seconds)} = {fd(o.train_seconds)}",
         f"  NCP   = TT / z = {fd(o.train_seconds)} / {fd(o.interval_seconds)} = {o.checkpoints:.4g} checkpoints",
-        f"  TTSC  = NCP * y = {o.checkpoints:.4g} * {fd(c.save_seconds)} = {fd(o.checkpoint_seconds)}",
+        f"  TTSC  = NCP * y = {o.checkpoints:.4g} * {fd(o.save_seconds)} = {fd(o.checkpoint_seconds)}",
         f"  overhead = TTSC / TT * 100 = {o.percent:.3g} %   (saves only)",
         "",
         "Overhead of the jobs (start-up, restores, saves and evaluations over the jobs' whole time)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -141,13 +142,20 @@ def plot_checkpoints(run: dict, out: Path, name: str) -> None:
     m = run["metrics"]
     saves = m[m["save_seconds"].notna()].sort_values("time")
     fig, ax = plt.subplots(figsize=(9, 4.2))
-    ax.scatter(saves["step"], saves["save_seconds"] * 1000, s=8, color="#1565c0", label="save")
+    background = bool(run["plan"].get("async_save"))
+    ax.scatter(saves["step"], saves["save_seconds"] * 1000, s=8, color="#1565c0",
+               label="save: training blocked" if background else "save")
+    writes = [s for seg in run["segments"] for s in seg.get("saves", [])
+              if s.get("persist_seconds") is not None and s["persist_seconds"] != s["blocking_seconds"]]
+    if writes:
+        ax.scatter([w["step"] for w in writes], [w["persist_seconds"] * 1000 for w in writes], s=8, marker="x",
+                   color="#8e24aa", label="its background write (persist)")
     loads = run["attempts"]
     if len(loads):
         loads = loads[loads["resumed_from"] > 0]
         ax.scatter(loads["resumed_from"], loads["restore_seconds"] * 1000, s=30, marker="^",
                    color="#ef6c00", label="load at a segment start or resume (incl. verify)")
-    planned = run["plan"]["costs"]["save_seconds"] * 1000
+    planned = (run["plan"]["blocking_seconds"] if background else run["plan"]["costs"]["save_seconds"]) * 1000
     ax.axhline(planned, color="#455a64", linestyle=":", label=f"measured before planning ({planned:.3g} ms)")
     ax.set_xlabel("global step")
     ax.set_ylabel("duration (ms)")
@@ -214,10 +222,17 @@ def plan_vs_measured(run: dict) -> pd.DataFrame:
     """Per segment: planned vs measured job time, start-up, saves and overhead."""
     plan, m, a = run["plan"], run["metrics"], run["attempts"]
     costs = Costs.from_dict(plan["costs"])
+    last_save = 0.0
+    if plan.get("async_save"):  # periodic saves block for the copy; a job's last save is written in full
+        last_save = costs.save_seconds - plan["blocking_seconds"]
+        costs = replace(costs, save_seconds=plan["blocking_seconds"])
+    persist = {}
+    for summary in run["segments"]:
+        persist[summary["segment"]["index"]] = sum(s.get("persist_seconds") or 0 for s in summary.get("saves", []))
     rows = []
     for seg in plan["segments"]:
         steps = seg["end"] - seg["start"]
-        predicted = segment_seconds(steps, seg["interval"], costs, seg.get("eval_every", 0))
+        predicted = segment_seconds(steps, seg["interval"], costs, seg.get("eval_every", 0)) + last_save
         mine = a[a["segment"] == seg["index"]] if len(a) else a
         seg_rows = m[m["segment"] == seg["index"]]
         save_total = seg_rows["save_seconds"].sum()
@@ -230,6 +245,7 @@ def plan_vs_measured(run: dict) -> pd.DataFrame:
             "planned_startup_s": round(costs.startup_seconds + (costs.load_seconds if seg["start"] else 0), 2),
             "measured_startup_s": round(startup, 2),
             "saves": int(seg_rows["save_seconds"].notna().sum()), "save_s": round(save_total, 3),
+            "persist_s": round(persist.get(seg["index"], float("nan")), 3),  # the last attempt's writes
             "planned_overhead_pct": round(100 * (1 - steps * costs.step_seconds / predicted), 1),
             "measured_overhead_pct": round(100 * (1 - train / wall), 1) if wall and wall == wall else float("nan"),
             "lost_steps": int(mine["lost_steps"].sum()) if len(mine) else 0,

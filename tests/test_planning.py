@@ -214,3 +214,40 @@ def test_a_monitor_the_run_does_not_log_is_refused_with_a_suggestion():
         check_monitor({"monitor": "val_acc"}, logged)
     check_monitor({"monitor": "val_accuracy"}, logged)
     check_monitor({"monitor": "val_loss"}, {"metric_names": ["loss", "lr"]})  # no validation: best = last
+
+
+def test_background_saves_plan_with_the_blocking_time_and_a_full_last_save_per_job():
+    c = planning.Costs(step_seconds=0.01, save_seconds=2.0, snapshot_seconds=0.1, persist_seconds=1.9)
+    plan = planning.make_plan(total_steps=100_000, time_limit=3600, costs=c,
+                              policy=planning.Policy(max_overhead_percent=1))
+    assert plan.async_save and plan.blocking_seconds == 0.1
+    # y is what training waits for: z = 100 * 0.1 / 1 = 10 s = 1000 steps (a sync save would need 200 s)
+    assert plan.interval_steps == 1000 and plan.overhead.percent == pytest.approx(1.0)
+    assert plan.costs.save_seconds == 2.0  # the measured costs stay as measured
+    seg = plan.segments[0]
+    assert seg.async_save and seg.save_seconds == 2.0  # a stop's save is written in full: the guard's figure
+    # one block = 1000 steps (10 s) + 0.1 s; the last save takes the full 2 s
+    assert plan.segment_seconds == pytest.approx(plan.steps_per_segment * 0.01 + plan.steps_per_segment / 1000 * 0.1
+                                                 + 1.9)
+    assert "blocking (copy to host memory; written in the background" in planning.plan_table(plan)
+    sync = planning.make_plan(total_steps=100_000, time_limit=3600, costs=c,
+                              policy=planning.Policy(max_overhead_percent=1), async_save=False)
+    assert not sync.async_save and sync.interval_steps == 20_000 and not sync.segments[0].async_save
+    assert "a background save would block" in planning.plan_table(sync)
+
+
+def test_auto_keeps_tiny_states_synchronous_and_a_write_bounds_the_interval():
+    tiny = planning.Costs(step_seconds=0.01, save_seconds=0.004, snapshot_seconds=0.003, persist_seconds=0.004)
+    assert not planning.make_plan(total_steps=1000, time_limit=3600, costs=tiny,
+                                  policy=planning.Policy(every_steps=100)).async_save
+    none = planning.Costs(step_seconds=0.01, save_seconds=2.0)  # a state without snapshots
+    forced = planning.make_plan(total_steps=1000, time_limit=3600, costs=none, policy=planning.Policy(every_steps=100),
+                                async_save=True)
+    assert not forced.async_save and "takes no snapshots" in forced.warnings[0]
+    slow_write = planning.Costs(step_seconds=0.01, save_seconds=5.0, snapshot_seconds=0.1, persist_seconds=4.9)
+    derived = planning.make_plan(total_steps=100_000, time_limit=3600, costs=slow_write,
+                                 policy=planning.Policy(max_overhead_percent=10))
+    assert derived.interval_steps == 490 and "raised from 100 to 490 steps" in derived.reason
+    fixed = planning.make_plan(total_steps=100_000, time_limit=3600, costs=slow_write,
+                               policy=planning.Policy(every_steps=100))
+    assert fixed.interval_steps == 100 and "shorter than a background write" in fixed.warnings[0]
