@@ -500,7 +500,6 @@ class SegmentJob:
         extra = {**self._extra(step), "row": row}
         position = {k: extra[k] for k in ("epoch", "index") if k in extra}
         meta = _meta(self.run, self.segment, data_position=position or self.data_note or "not ours")
-        self.metrics.sync()
         if self.writer is not None and not wait:
             snap = state.snapshot(extra)
             self.writer.submit(step, lambda: self._persist(step, snap.write, meta))
@@ -516,7 +515,9 @@ class SegmentJob:
         return seconds
 
     def _persist(self, step: int, write, meta: dict) -> None:
-        """Write, verify and rename the checkpoint of ``step``; prune the old ones."""
+        """Write, verify and rename the checkpoint of ``step``; prune the old ones. The metrics log
+        is made durable first (each checkpoint also holds its step's row)."""
+        self.metrics.sync()
         self.store.save(step, write, meta)
         self.store.prune(protect={step})
 
