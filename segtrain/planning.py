@@ -405,8 +405,9 @@ def make_plan(
         young_seconds=young,
         daly_seconds=daly,
         lost_mean_seconds=interval_seconds / 2 + restart,
-        # a failure during a background write loses that write too: up to two intervals
-        lost_max_seconds=interval_seconds * (2 if background else 1) + costs.save_seconds + restart,
+        # the save in flight: with background saves, a failure during a write loses that write too
+        lost_max_seconds=interval_seconds + costs.save_seconds + (costs.persist_seconds if background else 0.0)
+        + restart,
         frozen_segments=len(frozen or []),
         warnings=warnings,
         async_save=background,

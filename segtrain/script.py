@@ -64,10 +64,9 @@ def session(total_steps: int | None = None) -> "Session":
 
 def finite(modules) -> bool:
     """Whether every parameter of ``modules`` is finite (one device synchronisation)."""
-    import torch
+    from .backends.torch_backend import all_finite
 
-    params = [p.detach() for m in modules for p in m.parameters()]
-    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    return all_finite(p for m in modules for p in m.parameters())
 
 
 def as_numbers(row: dict) -> dict:

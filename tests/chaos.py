@@ -2,7 +2,8 @@
 
 A killer thread waits a random time, then sends SIGKILL or SIGTERM to whichever train_segment
 process holds the run's store lock; some kills land inside saves. Snakemake's retries restart the
-killed segments. Afterwards the harness reports the kills survived, how many hit a save, the work
+killed segments. Periodic saves are written in the background (async_save: true), so kills
+also land in writes while training goes on. Afterwards the harness reports the kills survived, how many hit a save, the work
 lost per kill (steps between the last step logged before the kill and the step resumed from),
 and whether the final weights equal an uninterrupted run's. Seeded, so failures reproduce.
 
@@ -71,7 +72,9 @@ def _last_logged_step(store: Path) -> int:
 def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
     # a wide layer makes saves (about 4 MB with Adam's state) long enough for kills to land in them
     spec = {**MLP, "params": {"hidden": 4096, "lr": 0.05}, "total_steps": 8000, "steps_per_segment": 2000}
-    settings = dict(checkpoint={"every_steps": INTERVAL}, log_every=1, keep=2, measure_steps=5, measure_saves=2)
+    # periodic saves are written in the background: kills land in those writes, while training goes on
+    settings = dict(checkpoint={"every_steps": INTERVAL}, log_every=1, keep=2, measure_steps=5, measure_saves=2,
+                    async_save=True)
 
     ref = Project(root / "ref")
     ref.write_config({RUN: spec}, **settings)

@@ -41,7 +41,9 @@ def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project
     assert (project.run_dir("r") / "segments" / "0000" / "segment.json").exists()
 
 
-def test_chaos_twenty_random_kills_lose_at_most_one_interval_and_end_identical(tmp_path, capsys):
+def test_chaos_twenty_random_kills_with_background_writes_lose_little_and_end_identical(tmp_path, capsys):
+    """With background writes a kill during a write loses that write too: at most one interval
+    plus the steps trained while it was in flight (here, with writes shorter than an interval, 2)."""
     from chaos import INTERVAL, report, run_chaos
 
     result = run_chaos(tmp_path, kills=20, seed=7)
@@ -53,7 +55,7 @@ def test_chaos_twenty_random_kills_lose_at_most_one_interval_and_end_identical(t
     assert result["corrupted"] == []  # no checkpoint was ever found damaged or lost
     for kill in kills:
         assert kill["lost_steps"] is not None
-        assert 0 <= kill["lost_steps"] <= INTERVAL, kill
+        assert 0 <= kill["lost_steps"] <= 2 * INTERVAL, kill
         if kill["signal"] == "SIGTERM":
             assert kill["lost_steps"] == 0, kill
     assert result["identical"]

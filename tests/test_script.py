@@ -30,3 +30,18 @@ def test_the_plan_names_the_script_and_whether_its_resume_is_exact():
     assert exact and "the script's own loop (train.py --lr 1)" in lines[1]
     exact, lines = training_lines(run, {"data_loader": "the script's own"})
     assert not exact and "seg.dataloader(dataset, batch_size)" in lines[2]
+
+
+def test_all_finite_finds_nan_and_infinity_and_accepts_huge_finite_values():
+    import torch
+
+    from segtrain.backends.torch_backend import all_finite
+
+    ok = [torch.randn(50, 50), torch.zeros(3, dtype=torch.float16)]
+    assert all_finite(ok) and all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(50, 50)
+        t[7, 3] = bad
+        assert not all_finite([*ok, t])
+    huge = torch.full((1000,), 3e38)  # every value finite, their sum overflows
+    assert all_finite([huge, torch.full((10,), 60000.0, dtype=torch.float16)])

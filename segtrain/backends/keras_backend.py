@@ -76,8 +76,15 @@ class KerasState:
         self.global_seed = global_seed_generator()
 
     def all_finite(self) -> bool:
-        """Whether every trainable weight is finite (checked before each save)."""
-        return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in self.model.trainable_variables)
+        """Whether every trainable weight is finite (checked before each save): a NaN or an
+        infinity makes its array's sum non-finite (one read, no array as large as the weights);
+        an array whose finite values overflow the sum is checked value by value."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            for v in self.model.trainable_variables:
+                a = keras.ops.convert_to_numpy(v)
+                if not np.isfinite(a.sum(dtype=np.float32)) and not np.isfinite(a).all():
+                    return False
+        return True
 
     @contextlib.contextmanager
     def isolated_rng(self, seed: int):

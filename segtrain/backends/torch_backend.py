@@ -199,6 +199,20 @@ def step_loader(dataset, order, start: int, end: int, seed: int, num_workers: in
         if workers else None)
 
 
+def all_finite(params) -> bool:
+    """Whether every value of the tensors ``params`` is finite, in one read of each and one host
+    sync: a NaN or an infinity makes its tensor's sum non-finite. A sum can also overflow when
+    every value is finite but huge; such tensors are then checked value by value."""
+    params = [p.detach() for p in params]
+    if not params:
+        return True
+    sums = torch.stack([torch.sum(p, dtype=torch.float32) for p in params])
+    finite = torch.isfinite(sums)
+    if bool(finite.all()):
+        return True
+    return all(bool(torch.isfinite(p).all()) for p, ok in zip(params, finite.tolist()) if not ok)
+
+
 def write_state_file(folder: Path, state: dict) -> None:
     """``state`` as ``folder/state.pt``, hashed as it is written (loads with weights_only=True)."""
     with hashed_file(folder, STATE_FILE) as fh:
@@ -257,8 +271,7 @@ class Backend:
 
     def all_finite(self) -> bool:
         """Whether every parameter is finite (checked before each save; one host sync)."""
-        params = [p.detach() for p in self.model.parameters()]
-        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+        return all_finite(self.model.parameters())
 
     isolated_rng = staticmethod(isolated_rng)
 
