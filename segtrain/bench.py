@@ -362,7 +362,6 @@ def bench_checkpoint(size: int, folder: Path, repeats: int, keras_too: bool) -> 
     lines.append(f"persist rate / raw write rate       "
                  f"{med['raw write + fsync'] / med['segtrain async: persist']:.3f}")
     lines.append(f"load / torch.load                   {med['segtrain load (verify + restore)'] / med['torch.load']:.3f}")
-    del model, opt, state, live, snap
     if keras_too:
         lines += ["", _bench_keras_checkpoint(size, work, repeats)]
     shutil.rmtree(work, ignore_errors=True)
