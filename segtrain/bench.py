@@ -343,7 +343,7 @@ def bench_checkpoint(size: int, folder: Path, repeats: int, keras_too: bool) -> 
         record("segtrain async: persist", _timed(lambda: store.save(n, snap.write)))
 
         def load():
-            store_mod.verify(store.path(n))
+            store_mod.verify(store.path(n), state.verified_reads)
             state.read_state(store.path(n))
         record("segtrain load (verify + restore)", _timed(load))
         store.prune()
@@ -398,7 +398,7 @@ def _bench_keras_checkpoint(size: int, work: Path, repeats: int) -> str:
         times.setdefault("segtrain async: persist", []).append(_timed(lambda: store.save(n + 1, snap.write)))
 
         def load():
-            store_mod.verify(store.path(n + 1))
+            store_mod.verify(store.path(n + 1), state.verified_reads)
             state.read_state(store.path(n + 1))
         times.setdefault("segtrain load (verify + restore)", []).append(_timed(load))
         store.prune()

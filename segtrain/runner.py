@@ -589,21 +589,22 @@ def run_segment(
         return job.summary
 
 
-def _candidates(segment, store, previous, note):
+def _candidates(segment, store, previous, note, deferred=()):
     """Checkpoints to resume from, best first: this segment's newest periodic one, then the
-    previous segment's output, then the store's copy of that step."""
-    for ck in store.valid(max_step=segment.end, min_step=segment.start + 1, on_skip=note):
+    previous segment's output, then the store's copy of that step. The files in ``deferred`` are
+    hashed by the state as it reads them (``store.load_verified``)."""
+    for ck in store.valid(max_step=segment.end, min_step=segment.start + 1, on_skip=note, deferred=deferred):
         yield ck, f"periodic checkpoint {ck.path.name}"
     if segment.start == 0:
         return
     if previous is not None:
         try:
-            manifest = store_mod.verify(previous)
+            manifest = store_mod.verify(previous, deferred)
             yield store_mod.Checkpoint(manifest["step"], Path(previous), manifest), f"previous segment ({previous})"
         except store_mod.CorruptCheckpoint as exc:
             log.warning("previous segment's checkpoint is damaged (%s); looking in the store", exc)
             note(segment.start, str(exc))
-    for ck in store.valid(max_step=segment.start, min_step=segment.start, on_skip=note):
+    for ck in store.valid(max_step=segment.start, min_step=segment.start, on_skip=note, deferred=deferred):
         yield ck, "store copy of the previous segment's end"
 
 
@@ -635,7 +636,7 @@ def _restore(run, segment, store, previous, backend, skipped):
         skipped.append({"step": step, "reason": why})
 
     clean = True
-    for ck, source in _candidates(segment, store, previous, note):
+    for ck, source in _candidates(segment, store, previous, note, getattr(backend, "verified_reads", ())):
         changed = definition_mismatch(run, ck.manifest)
         if changed:
             raise RuntimeError(
@@ -648,6 +649,10 @@ def _restore(run, segment, store, previous, backend, skipped):
                 raise store_mod.CorruptCheckpoint(f"holds step {extra.get('step') if isinstance(extra, dict) else '?'}")
         except store_mod.IncompatibleCheckpoint:
             raise
+        except store_mod.CorruptCheckpoint as exc:  # hashed as it loaded: skipped before anything was applied
+            log.warning("skipping checkpoint at step %d: %s", ck.step, exc)
+            note(ck.step, str(exc))
+            continue
         except Exception as exc:  # it verified, so the bytes are what was written, but they do not load
             why = f"{ck.path}: verifies but does not load ({type(exc).__name__}: {exc})"
             log.warning("skipping checkpoint at step %d: %s", ck.step, why)

@@ -104,13 +104,13 @@ class TorchState:
             self._host = HostCopy()
         return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
 
-    def read_state(self, folder: Path) -> dict:
-        import torch
+    verified_reads = ("state.pt",)  # read_state hashes it while it loads (store.load_verified)
 
-        from .backends.torch_backend import STATE_FILE, set_rng_state
+    def read_state(self, folder: Path) -> dict:
+        from .backends.torch_backend import read_state_file, set_rng_state
         from .store import IncompatibleCheckpoint
 
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_state_file(folder)
         tracked = state.get("tracked", {})
         if set(tracked) != set(self.objects):
             raise IncompatibleCheckpoint(

@@ -19,10 +19,11 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Collection
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,13 @@ def _is_file_entry(name, meta) -> bool:
             and isinstance(meta.get("sha256"), str))
 
 
-def verify(path: Path) -> dict:
+def verify(path: Path, deferred: Collection[str] = ()) -> dict:
     """Return the manifest of the checkpoint folder ``path`` or raise CorruptCheckpoint saying why.
 
     A manifest of any other shape than the one ``save`` writes (not an object, no files, an entry
-    without its size or digest, a name outside the folder) is damage like a wrong digest."""
+    without its size or digest, a name outside the folder) is damage like a wrong digest.
+    Files named in ``deferred`` are checked for their size only: the caller reads them through
+    ``load_verified``, which hashes them while they load (one pass over the disk, not two)."""
     path = Path(path)
     mpath = path / MANIFEST
     try:
@@ -162,10 +165,48 @@ def verify(path: Path) -> dict:
             raise CorruptCheckpoint(f"{path}: file {name} is missing") from None
         if size != meta["size"]:
             raise CorruptCheckpoint(f"{path}: file {name} has {size} bytes, the manifest says {meta['size']}")
+        if name in deferred:
+            continue
         digest = sha256_file(f)
         if digest != meta["sha256"]:
             raise CorruptCheckpoint(f"{path}: file {name} does not match its sha256 (changed or damaged)")
     return manifest
+
+
+def load_verified(folder: Path, name: str, load: Callable[[Path], Any]) -> Any:
+    """``load(folder/name)`` while a second thread hashes the same file against the folder's
+    manifest; the result is returned only when the digest matches, else CorruptCheckpoint is
+    raised before anything loaded is used. The two readers share the page cache, so the file
+    comes off the disk once, and hashing overlaps deserialising."""
+    folder = Path(folder)
+    try:
+        entry = json.loads((folder / MANIFEST).read_text())["files"][name]
+        expected = entry["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpoint(f"{folder}: {MANIFEST} has no usable entry for {name} ({exc})") from None
+    found: dict = {}
+
+    def hash_file():
+        try:
+            found["digest"] = sha256_file(folder / name)
+        except OSError as exc:
+            found["error"] = exc
+
+    hasher = threading.Thread(target=hash_file, name=f"segtrain-verify-{name}")
+    hasher.start()
+    try:
+        loaded = load(folder / name)
+    except Exception as exc:
+        hasher.join()
+        if found.get("digest", expected) != expected or "error" in found:
+            raise CorruptCheckpoint(f"{folder}: file {name} does not match its sha256 (changed or damaged)") from exc
+        raise
+    hasher.join()
+    if "error" in found:
+        raise CorruptCheckpoint(f"{folder}: file {name} cannot be read: {found['error']}")
+    if found["digest"] != expected:
+        raise CorruptCheckpoint(f"{folder}: file {name} does not match its sha256 (changed or damaged)")
+    return loaded
 
 
 def _disk_full(root: Path, exc: BaseException) -> bool:
@@ -270,13 +311,14 @@ class CheckpointStore:
         return next(self.valid(max_step, min_step, on_skip), None)
 
     def valid(self, max_step: int | None = None, min_step: int = 0,
-              on_skip: Callable[[int, str], None] | None = None):
-        """The checkpoints with min_step <= step <= max_step that verify, newest first."""
+              on_skip: Callable[[int, str], None] | None = None, deferred: Collection[str] = ()):
+        """The checkpoints with min_step <= step <= max_step that verify, newest first (the
+        files in ``deferred`` by size only: their reader hashes them, see ``load_verified``)."""
         for step in reversed(self.steps()):
             if step < min_step or (max_step is not None and step > max_step):
                 continue
             try:
-                manifest = verify(self.path(step))
+                manifest = verify(self.path(step), deferred)
                 if manifest["step"] != step:
                     raise CorruptCheckpoint(f"{self.path(step)}: its manifest is for step {manifest['step']}")
             except CorruptCheckpoint as exc:

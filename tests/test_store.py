@@ -264,3 +264,38 @@ def test_bytes_that_differ_from_what_was_written_fail_verification(tmp_path):
     ck = store.save(1, write)
     with pytest.raises(st.CorruptCheckpoint, match="does not match its sha256"):
         st.verify(ck.path)
+
+
+def test_a_deferred_file_is_hashed_while_it_loads_and_damage_is_caught_before_use(tmp_path, monkeypatch):
+    """verify(deferred=...) checks the size only; load_verified hashes the file in a second
+    thread while the loader reads it, and returns the result only when the digest matches."""
+    import torch
+
+    store = st.CheckpointStore(tmp_path / "s")
+
+    def write(folder):
+        with st.hashed_file(folder, "state.pt") as fh:
+            torch.save({"w": torch.arange(100_000.0)}, fh)
+
+    ck = store.save(1, write)
+
+    def load(path):
+        return torch.load(path, weights_only=True)
+
+    hashed = []
+    real = st.sha256_file
+    monkeypatch.setattr(st, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    st.verify(ck.path, deferred={"state.pt"})
+    assert hashed == []  # one pass over the file: the load's
+    assert st.load_verified(ck.path, "state.pt", load)["w"][-1] == 99_999
+    assert hashed == ["state.pt"]
+    data = bytearray((ck.path / "state.pt").read_bytes())
+    data[-5000] ^= 0x01  # a bit flip inside the tensor's bytes: torch.load itself would not notice
+    (ck.path / "state.pt").write_bytes(bytes(data))
+    st.verify(ck.path, deferred={"state.pt"})  # the size still matches
+    with pytest.raises(st.CorruptCheckpoint, match="does not match its sha256"):
+        st.load_verified(ck.path, "state.pt", load)
+    data[100:200] = b"\0" * 100  # damage the loader trips over: still reported as damage
+    (ck.path / "state.pt").write_bytes(bytes(data))
+    with pytest.raises(st.CorruptCheckpoint, match="does not match its sha256"):
+        st.load_verified(ck.path, "state.pt", load)

@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
-from ..store import IncompatibleCheckpoint, hashed_file  # noqa: E402
+from ..store import IncompatibleCheckpoint, hashed_file, load_verified  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
 ARRAYS = "state.npz"
@@ -138,24 +138,31 @@ class KerasState:
             self._buffers = {}
         return self._collect(extra, self._buffers)
 
+    verified_reads = (ARRAYS,)  # read_state hashes it while it loads (store.load_verified)
+
     def read_state(self, folder: Path) -> dict:
         meta = json.loads((Path(folder) / META).read_text())
         model_vars, opt_vars = self._variables()
-        with np.load(Path(folder) / ARRAYS, allow_pickle=False) as data:
-            for prefix, variables, recorded in (("model", model_vars, meta["model_variables"]),
-                                                ("optimizer", opt_vars, meta["optimizer_variables"])):
-                if len(variables) != len(recorded) or any(
-                    list(v.shape) != shape for v, (_, shape) in zip(variables, recorded)
-                ):
-                    raise IncompatibleCheckpoint(
-                        f"the checkpoint in {folder} does not fit the model built now "
-                        f"({prefix} variables differ); the model definition changed: give the run a new name"
-                    )
-                for i, v in enumerate(variables):
-                    v.assign(data[f"{prefix}_{i:05d}"])
-            keys = data["numpy_rng_keys"]
-            if "keras_global_seed" in data.files:  # absent in checkpoints of versions before it was saved
-                self.global_seed.state.assign(data["keras_global_seed"])
+
+        def read_arrays(path):
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+
+        data = load_verified(folder, ARRAYS, read_arrays)  # hashed while it loads
+        for prefix, variables, recorded in (("model", model_vars, meta["model_variables"]),
+                                            ("optimizer", opt_vars, meta["optimizer_variables"])):
+            if len(variables) != len(recorded) or any(
+                list(v.shape) != shape for v, (_, shape) in zip(variables, recorded)
+            ):
+                raise IncompatibleCheckpoint(
+                    f"the checkpoint in {folder} does not fit the model built now "
+                    f"({prefix} variables differ); the model definition changed: give the run a new name"
+                )
+            for i, v in enumerate(variables):
+                v.assign(data[f"{prefix}_{i:05d}"])
+        keys = data["numpy_rng_keys"]
+        if "keras_global_seed" in data:  # absent in checkpoints of versions before it was saved
+            self.global_seed.state.assign(data["keras_global_seed"])
         version, internal, gauss = meta["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         key, pos, has_gauss, cached = meta["numpy_rng"]
@@ -251,6 +258,8 @@ class Backend:
 
     def snapshot(self, extra: dict):
         return self.state.snapshot(extra)
+
+    verified_reads = (ARRAYS,)
 
     def read_state(self, folder: Path) -> dict:
         return self.state.read_state(folder)

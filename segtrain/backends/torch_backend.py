@@ -18,7 +18,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for determ
 import torch  # noqa: E402
 
 from ..checkpointing import HostCopy  # noqa: E402
-from ..store import IncompatibleCheckpoint, hashed_file  # noqa: E402
+from ..store import IncompatibleCheckpoint, hashed_file, load_verified  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
 STATE_FILE = "state.pt"
@@ -211,6 +211,12 @@ def all_finite(params) -> bool:
     if bool(finite.all()):
         return True
     return all(bool(torch.isfinite(p).all()) for p, ok in zip(params, finite.tolist()) if not ok)
+
+
+def read_state_file(folder: Path) -> dict:
+    """``folder/state.pt`` with ``torch.load(weights_only=True)``, hashed against the manifest
+    while it loads (CorruptCheckpoint before anything is used when it does not match)."""
+    return load_verified(folder, STATE_FILE, lambda path: torch.load(path, map_location="cpu", weights_only=True))
 
 
 def write_state_file(folder: Path, state: dict) -> None:
@@ -427,9 +433,11 @@ class Backend:
             self._host = HostCopy()
         return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
 
+    verified_reads = (STATE_FILE,)  # read_state hashes it while it loads (store.load_verified)
+
     def read_state(self, folder: Path) -> dict:
         """Restore everything written by ``write_state``; returns its ``extra``."""
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_state_file(folder)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
