@@ -138,6 +138,12 @@ def final_state_in(run_dir: Path) -> dict:
     import numpy as np
 
     last = sorted((Path(run_dir) / "segments").iterdir())[-1] / "state"
+    if (last / "state.bin").exists():  # Keras: raw arrays, indexed in state.json
+        import json
+
+        from segtrain.arrays import read_arrays
+
+        return dict(read_arrays(last / "state.bin", json.loads((last / "state.json").read_text())["arrays"]))
     if (last / "state.npz").exists():
         with np.load(last / "state.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

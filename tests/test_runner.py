@@ -238,3 +238,28 @@ def test_damaged_newest_checkpoint_a_torn_metrics_row_and_a_stray_folder_are_ski
                          export(paths.segment_dir(0) / "state", tmp_path, "b"))
     rows = __import__("pandas").read_csv(paths.segment_dir(0) / "metrics.csv")
     assert rows.step.is_monotonic_increasing and rows.step.is_unique  # the torn row is gone
+
+
+def test_keras_background_saves_and_a_deadline_stop_resume_bitwise(tmp_path):
+    """Keras: periodic saves written in the background in the raw-array format, a stop at the
+    deadline, a resume that hashes the arrays while it reads them; the same state as one run."""
+    from conftest import KMLP, final_state_in
+
+    cfg = {"defaults": {"log_every": 5}, "runs": {"r": {**KMLP, "total_steps": 120, "async_save": True}}}
+    run = resolve(cfg, base=REPO)["r"]
+    ref = runner.RunPaths(tmp_path / "ref")
+    runner.run_segment(run, segment(), ref, None, ref.segment_dir(0))
+    paths = runner.RunPaths(tmp_path / "cut")
+    with pytest.raises(runner.Stopped, match="deadline"):
+        runner.run_segment(run, segment(time_limit=60), paths, None, paths.segment_dir(0),
+                           clock=FakeClock(0.5), job_start=0.0)
+    stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
+    assert 0 < stopped_at < 120
+    assert (paths.store / runner.store_mod.step_dir_name(stopped_at) / "state.bin").exists()
+    runner.run_segment(run, segment(), paths, None, paths.segment_dir(0))
+    saves = json.loads((paths.segment_dir(0) / "segment.json").read_text())["saves"]
+    assert any(s["persist_seconds"] != s["blocking_seconds"] for s in saves)  # written in the background
+    a, b = final_state_in(ref.root), final_state_in(paths.root)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k

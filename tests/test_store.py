@@ -299,3 +299,25 @@ def test_a_deferred_file_is_hashed_while_it_loads_and_damage_is_caught_before_us
     (ck.path / "state.pt").write_bytes(bytes(data))
     with pytest.raises(st.CorruptCheckpoint, match="does not match its sha256"):
         st.load_verified(ck.path, "state.pt", load)
+
+
+def test_raw_arrays_round_trip_every_dtype_and_shape_aligned(tmp_path):
+    import ml_dtypes
+
+    from segtrain.arrays import ALIGN, read_arrays, write_arrays
+
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "scalar": np.array(7, dtype=np.int64),
+              "seed": np.array([1, 2], dtype=np.uint32), "empty": np.zeros((0, 5)), "flag": np.array([True, False]),
+              "half": np.arange(3, dtype=ml_dtypes.bfloat16), "strided": np.arange(20.0)[::3]}
+    with open(tmp_path / "a.bin", "wb") as fh:
+        index = write_arrays(fh, arrays)
+    assert all(offset % ALIGN == 0 for *_, offset in index)
+    back = read_arrays(tmp_path / "a.bin", index)
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        assert back[name].tobytes() == array.tobytes(), name
+    with pytest.raises(TypeError, match="without pickle"):
+        write_arrays(open(tmp_path / "b.bin", "wb"), {"o": np.array([object()])})
+    (tmp_path / "a.bin").write_bytes((tmp_path / "a.bin").read_bytes()[:40])  # truncated
+    with pytest.raises(ValueError, match="beyond the end"):
+        read_arrays(tmp_path / "a.bin", index)

@@ -27,11 +27,13 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
+from ..arrays import read_arrays, write_arrays  # noqa: E402
 from ..store import IncompatibleCheckpoint, hashed_file, load_verified  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
-ARRAYS = "state.npz"
-META = "state.json"
+ARRAYS = "state.bin"  # every array's raw bytes, one after the other (64-byte aligned)
+NPZ = "state.npz"  # the format of checkpoints written before state.bin: still read
+META = "state.json"  # the RNG, extra, and each array's name, dtype, shape and offset in state.bin
 
 
 def _task_arrays(data, where: str) -> list:
@@ -56,8 +58,8 @@ class KerasSnapshot:
 
     def write(self, folder: Path) -> None:
         with hashed_file(folder, ARRAYS) as fh:
-            np.savez(fh, **self.arrays)
-        (Path(folder) / META).write_text(json.dumps(self.meta))
+            index = write_arrays(fh, self.arrays)
+        (Path(folder) / META).write_text(json.dumps({**self.meta, "arrays": index}))
 
 
 class KerasState:
@@ -81,7 +83,7 @@ class KerasState:
         an array whose finite values overflow the sum is checked value by value."""
         with np.errstate(over="ignore", invalid="ignore"):
             for v in self.model.trainable_variables:
-                a = keras.ops.convert_to_numpy(v)
+                a = v.numpy()
                 if not np.isfinite(a.sum(dtype=np.float32)) and not np.isfinite(a).all():
                     return False
         return True
@@ -138,17 +140,18 @@ class KerasState:
             self._buffers = {}
         return self._collect(extra, self._buffers)
 
-    verified_reads = (ARRAYS,)  # read_state hashes it while it loads (store.load_verified)
+    verified_reads = (ARRAYS, NPZ)  # read_state hashes them while they load (store.load_verified)
 
     def read_state(self, folder: Path) -> dict:
         meta = json.loads((Path(folder) / META).read_text())
         model_vars, opt_vars = self._variables()
-
-        def read_arrays(path):
-            with np.load(path, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
-
-        data = load_verified(folder, ARRAYS, read_arrays)  # hashed while it loads
+        if "arrays" in meta:
+            data = load_verified(folder, ARRAYS, lambda path: read_arrays(path, meta["arrays"]))
+        else:  # written before state.bin
+            def read_npz(path):
+                with np.load(path, allow_pickle=False) as npz:
+                    return {name: npz[name] for name in npz.files}
+            data = load_verified(folder, NPZ, read_npz)
         for prefix, variables, recorded in (("model", model_vars, meta["model_variables"]),
                                             ("optimizer", opt_vars, meta["optimizer_variables"])):
             if len(variables) != len(recorded) or any(
@@ -259,7 +262,7 @@ class Backend:
     def snapshot(self, extra: dict):
         return self.state.snapshot(extra)
 
-    verified_reads = (ARRAYS,)
+    verified_reads = (ARRAYS, NPZ)
 
     def read_state(self, folder: Path) -> dict:
         return self.state.read_state(folder)
