@@ -263,3 +263,44 @@ def test_keras_background_saves_and_a_deadline_stop_resume_bitwise(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_two_optimizers_with_a_step_and_a_plateau_schedule_resume_bitwise(tmp_path):
+    """build_optimizer returns a dict of two optimizers, build_scheduler a list of a per-step and a
+    metric-driven schedule; with accumulation and clipping, a deadline stop and its resume end
+    with every weight, both optimizers' and both schedulers' state identical to one run."""
+    import torch
+
+    spec = {"task": "tests/tasks/two_optimizers_torch.py", "params": {}, "total_steps": 120,
+            "validation_split": 0.2, "accumulate": 2, "clip_grad_norm": 1.0}
+    run = resolve({"defaults": {"log_every": 5}, "runs": {"r": spec}}, base=REPO)["r"]
+    ref, paths = reference_and_stopped(tmp_path, run)
+    runner.run_segment(run, segment(), paths, None, paths.segment_dir(0))
+    a = torch.load(ref.segment_dir(0) / "state" / "state.pt", weights_only=True)
+    b = torch.load(paths.segment_dir(0) / "state" / "state.pt", weights_only=True)
+    assert set(a["optimizer"]) == {"hidden", "head"} and set(a["scheduler"]) == {"0", "1"}
+    assert a["scheduler"]["0"]["last_epoch"] == 120  # stepped once per step
+    head_lr = a["optimizer"]["head"]["param_groups"][0]["lr"]
+    assert head_lr < 0.3  # the plateau schedule lowered it at evaluations
+    for key in ("model", "optimizer", "scheduler"):
+        tensors_a, others_a = _flat(a[key])
+        tensors_b, others_b = _flat(b[key])
+        assert_bitwise_equal(tensors_a, tensors_b)
+        assert others_a == others_b  # learning rates, step counts, plateau counters
+
+
+def _flat(tree, prefix=""):
+    """(tensors, other values) of a nested state, keyed by their path."""
+    import torch
+
+    tensors, others = {}, {}
+    if isinstance(tree, (dict, list, tuple)):
+        for k, v in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
+            t, o = _flat(v, f"{prefix}{k}.")
+            tensors.update(t)
+            others.update(o)
+    elif torch.is_tensor(tree):
+        tensors[prefix] = tree
+    else:
+        others[prefix] = tree
+    return tensors, others

@@ -199,6 +199,42 @@ def step_loader(dataset, order, start: int, end: int, seed: int, num_workers: in
         if workers else None)
 
 
+class Several:
+    """Several optimizers (or schedulers) that a task returns as a list, tuple or dict, driven as
+    one: each steps, and each one's state is saved under its name (its position in a list)."""
+
+    def __init__(self, items):
+        self.items = dict(items) if isinstance(items, dict) else {str(i): x for i, x in enumerate(items)}
+        if not self.items:
+            raise ValueError("an empty list of optimizers or schedulers")
+
+    @property
+    def param_groups(self) -> list:
+        return [group for item in self.items.values() for group in item.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for item in self.items.values():
+            item.zero_grad(set_to_none=set_to_none)
+
+    def step(self, *args) -> None:
+        for item in self.items.values():
+            item.step(*args)
+
+    def state_dict(self) -> dict:
+        return {name: item.state_dict() for name, item in self.items.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.items):
+            raise RuntimeError(f"the checkpoint holds {sorted(state)}, the task builds {sorted(self.items)}")
+        for name, item in self.items.items():
+            item.load_state_dict(state[name])
+
+
+def several(built):
+    """``built`` as it is, or a ``Several`` when the task returned a list, tuple or dict."""
+    return Several(built) if isinstance(built, (list, tuple, dict)) else built
+
+
 def all_finite(params) -> bool:
     """Whether every value of the tensors ``params`` is finite, in one read of each and one host
     sync: a NaN or an infinity makes its tensor's sum non-finite. A sum can also overflow when
@@ -271,9 +307,18 @@ class Backend:
     def build(self, context: RunContext | None = None) -> None:
         """Build the model, optimizer and scheduler (given the run's context if they ask for it)."""
         self.model = call_task(self.task.build_model, self.params, run=context).to(self.device)
-        self.optimizer = call_task(self.task.build_optimizer, self.model, self.params, run=context)
+        # several optimizers (e.g. one per parameter group, each with its own schedule): a list,
+        # tuple or dict, stepped together after each backward pass
+        built = call_task(self.task.build_optimizer, self.model, self.params, run=context)
+        self.optimizer = several(built)
         build_scheduler = getattr(self.task, "build_scheduler", None)
-        self.scheduler = call_task(build_scheduler, self.optimizer, self.params, run=context) if build_scheduler else None
+        # the task's schedulers are built on its own optimizers (as it returned them)
+        scheduler = call_task(build_scheduler, built, self.params, run=context) if build_scheduler else None
+        self.scheduler = several(scheduler) if scheduler is not None else None
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+        items = list(self.scheduler.items.values()) if isinstance(self.scheduler, Several) else [self.scheduler]
+        self._per_step = [s for s in items if s is not None and not isinstance(s, plateau)]
+        self._on_metric = [s for s in items if isinstance(s, plateau)]
 
     def all_finite(self) -> bool:
         """Whether every parameter is finite (checked before each save; one host sync)."""
@@ -309,9 +354,9 @@ class Backend:
 
     @property
     def steps_on_metric(self) -> bool:
-        """Whether the scheduler steps on a metric (ReduceLROnPlateau) after each evaluation
+        """Whether a scheduler steps on a metric (ReduceLROnPlateau) after each evaluation
         instead of after each step."""
-        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        return bool(self._on_metric)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -349,8 +394,8 @@ class Backend:
             self.scaler.update()
         else:
             self.optimizer.step()
-        if self.scheduler is not None and not self.steps_on_metric:
-            self.scheduler.step()
+        for scheduler in self._per_step:
+            scheduler.step()
         return {"loss": total, "lr": lr, **sums}
 
     @staticmethod
@@ -360,8 +405,9 @@ class Backend:
 
     def after_evaluation(self, metrics: dict, monitor: str) -> None:
         """Step a metric-driven scheduler (ReduceLROnPlateau) on the monitored value."""
-        if self.steps_on_metric and monitor in metrics:
-            self.scheduler.step(metrics[monitor])
+        if monitor in metrics:
+            for scheduler in self._on_metric:
+                scheduler.step(metrics[monitor])
 
     @property
     def has_validation_data(self) -> bool:
