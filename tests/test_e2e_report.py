@@ -62,6 +62,10 @@ def test_report_of_pytorch_and_keras_runs_has_every_section(baseline, tmp_path):
         assert "global step" in files["checkpoints.svg"] and "cumulative overhead" in files["checkpoints.svg"]
         assert "start-up + restore" in files["timeline.svg"]
         assert files["plan.html"].count("<tr") == 1 + 5 + 0  # header + 5 segments; no failed attempts
+        assert "persist_s" in files["plan.html"]  # each segment's background writes beside its blocking saves
+        if json.loads((baseline.run_dir(run) / "plan.json").read_text())["async_save"]:  # auto chose it
+            assert "its background write (persist)" in files["checkpoints.svg"]
+            assert "blocking (copy to host memory" in files["plan.html"]
     assert "results/compare/loss.svg" in results
     assert "digits" not in decoded(results["results/compare/loss.svg"])  # the test's run names, not the demo's
     assert "mlp-5 validation" in decoded(results["results/compare/loss.svg"])
