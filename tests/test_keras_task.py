@@ -28,7 +28,7 @@ def first_loss(tmp_path, weighted):
     task.write_text(TASK.format(weighted=weighted))
     backend = Backend(str(task), {}, 0)
     backend.build()
-    return backend.train_step(DataOrder(64, 16, 0).batch(0))["loss"]
+    return backend.as_numbers(backend.train_step(DataOrder(64, 16, 0).batch(0)))["loss"]
 
 
 def test_a_third_array_is_the_sample_weight(tmp_path):

@@ -216,14 +216,31 @@ class Backend:
     def isolated_rng(self, seed: int):
         return self.state.isolated_rng(seed)
 
+    def _compiled_step(self, data):
+        """One graph call per step: reset the metrics (so the logs are this step's), read the
+        learning rate this step uses, and run the model's own ``train_step``. ``train_on_batch``
+        does the same in several eager calls, converts every log to a number (a device wait),
+        and the rate read eagerly evaluates the schedule: both cost more than a small step."""
+        model = self.model
+        if getattr(self, "_step_fn", None) is None:
+            model._maybe_symbolic_build(data_batch=data)  # builds the compiled loss and metrics, as fit does
+
+            def one_step(batch):
+                lr = model.optimizer.learning_rate
+                for metric in model.metrics:
+                    metric.reset_state()
+                logs = model.train_step(batch)
+                return {"loss": logs.pop("loss"), "lr": tf.cast(lr, tf.float32), **logs}
+
+            self._step_fn = tf.function(one_step, jit_compile=bool(model.jit_compile), reduce_retracing=True)
+        return self._step_fn(data)
+
     def train_step(self, indices: np.ndarray) -> dict:
+        """One step on the samples ``indices``; loss, lr and metrics come back as tensors, read as
+        numbers (``as_numbers``) only on the steps that log."""
         idx = np.asarray(indices, dtype=np.int64)
         x, y, *w = (a[idx] for a in self.arrays)
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs = self.model.train_on_batch(x, y, sample_weight=w[0] if w else None, return_dict=True)
-        row = {"loss": float(logs.pop("loss")), "lr": lr}
-        row.update({k: float(v) for k, v in logs.items()})
-        return row
+        return self._compiled_step((x, y, w[0]) if w else (x, y))
 
     @staticmethod
     def batches(order, start: int, end: int):
@@ -232,7 +249,7 @@ class Backend:
 
     @staticmethod
     def as_numbers(row: dict) -> dict:
-        return row  # train_on_batch returned numbers already
+        return {k: float(v) for k, v in row.items()}
 
     def after_evaluation(self, metrics: dict, monitor: str) -> None:
         """Keras schedules live in the optimizer; a plateau rule is the task's callback business."""
