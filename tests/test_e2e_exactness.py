@@ -98,7 +98,9 @@ def test_random_cut_points_intervals_measured_costs_and_kills_all_end_bitwise_id
     project.snakemake("--until", "measure_checkpoint_cost")
     costs = project.run_dir("costs") / "costs.json"
     measured = json.loads(costs.read_text())
-    costs.write_text(json.dumps({**measured, "save_seconds": 40 * measured["step_seconds"]}))  # z = 800 steps
+    # z = 800 steps (a background save would block as long: the plan saves synchronously)
+    costs.write_text(json.dumps({**measured, "save_seconds": 40 * measured["step_seconds"],
+                                 "snapshot_seconds": 40 * measured["step_seconds"]}))
     # planned first: Snakemake 9 drops a job it is retrying when a checkpoint (another run's plan)
     # finishes in between, and ends with "At least one job did not complete"
     project.snakemake("--until", "plan_segments")
