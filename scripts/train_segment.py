@@ -22,4 +22,11 @@ p.add_argument("--output", required=True)
 p.add_argument("--log")
 a = p.parse_args()
 pipeline.setup_logging(a.log)
-sys.exit(pipeline.train(json.loads(a.run), json.loads(a.segment), a.previous or None, Path(a.output), a.threads))
+run = json.loads(a.run)
+code = pipeline.train(run, json.loads(a.segment), a.previous or None, Path(a.output), a.threads)
+if pipeline.is_script(pipeline.with_definition(run)):
+    sys.exit(code)  # a script's own exit handlers (its loggers' uploads, ...) must run
+# Everything is written, fsynced and unlocked: exit now. The interpreter's teardown (freeing the
+# frameworks' modules) takes 1-2 s, a window in which a stop signal or a kill would make Snakemake
+# count a finished segment as failed and delete its output.
+pipeline.exit_now(code)

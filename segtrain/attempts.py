@@ -128,7 +128,8 @@ def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | N
 
     stuck = []  # the newest attempts that made no progress, newest first
     for i in reversed(range(len(attempts))):
-        if progress(i):
+        # one that completed its segment did its work: a kill while it exited is not its failure
+        if progress(i) or attempts[i]["status"] == "completed":
             break
         stuck.append(attempts[i])
     own_fault = [a for a in stuck if a["status"] == "error" or

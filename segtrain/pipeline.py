@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 from . import planning
@@ -156,6 +158,18 @@ def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[
         lines.append(f"  resume: NOT bitwise identical (deterministic: {str(deterministic).lower()}): a resume "
                      "continues from the exact saved state, but the kernels may round differently afterwards")
     return deterministic is True, lines
+
+
+def exit_now(code: int) -> None:
+    """Flush the logs and the standard streams, then end the process without the interpreter's
+    teardown (the job's files are complete and its store unlocked when this is called)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def train(run: dict, segment: dict, previous: str | None, output: Path, threads: int) -> int:

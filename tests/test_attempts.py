@@ -113,3 +113,13 @@ def test_attempts_killed_while_starting_up_count_as_kills_not_as_failures_to_sta
     for attempt in (3, 4, 5):
         ledger.launch(3, attempt)
     assert "made no progress in its last 5 attempts" in retry_refusal(ledger.records(3), 5, None, since=0)
+
+
+def test_a_segment_killed_after_it_completed_is_tried_again():
+    """A kill (or a stop signal) in the second between the ledger's 'completed' and the process's
+    exit makes Snakemake retry a finished segment: the retry only writes its output, however many
+    times it happens; the same attempts without 'completed' are kills without progress."""
+    done = [(2000, "completed", 2000, "", 2000)] * 6
+    assert retry_refusal(ledger_of(*done), 6, saved_step=2000) is None
+    killed = [(2000, "killed", None, None, None)] * 5
+    assert "made no progress" in retry_refusal(ledger_of(*killed), 5, saved_step=2000)
