@@ -247,12 +247,7 @@ def test_keras_background_saves_and_a_deadline_stop_resume_bitwise(tmp_path):
 
     cfg = {"defaults": {"log_every": 5}, "runs": {"r": {**KMLP, "total_steps": 120, "async_save": True}}}
     run = resolve(cfg, base=REPO)["r"]
-    ref = runner.RunPaths(tmp_path / "ref")
-    runner.run_segment(run, segment(), ref, None, ref.segment_dir(0))
-    paths = runner.RunPaths(tmp_path / "cut")
-    with pytest.raises(runner.Stopped, match="deadline"):
-        runner.run_segment(run, segment(time_limit=60), paths, None, paths.segment_dir(0),
-                           clock=FakeClock(0.5), job_start=0.0)
+    ref, paths = reference_and_stopped(tmp_path, run)
     stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
     assert 0 < stopped_at < 120
     assert (paths.store / runner.store_mod.step_dir_name(stopped_at) / "state.bin").exists()
