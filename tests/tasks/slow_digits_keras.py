@@ -8,6 +8,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn.datasets import load_digits
 
 
@@ -25,11 +26,12 @@ def build_model(params):
     ])
     model.compile(optimizer=keras.optimizers.Adam(0.003),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    train_on_batch, pause = model.train_on_batch, params.get("pause", 0.0)
+    train_step, pause = model.train_step, params.get("pause", 0.0)
 
-    def slow_train_on_batch(*args, **kwargs):
-        time.sleep(pause)
-        return train_on_batch(*args, **kwargs)
+    def slow_train_step(data):
+        # a Python pause that runs at every step, also inside the compiled step function
+        tf.py_function(lambda: time.sleep(pause), [], [])
+        return train_step(data)
 
-    model.train_on_batch = slow_train_on_batch
+    model.train_step = slow_train_step
     return model
