@@ -250,7 +250,6 @@ class SegmentJob:
         self.started = False  # whether this attempt's start record is written
         self.timing = {"train_seconds": 0.0, "save_seconds": 0.0, "eval_seconds": 0.0}
         self.saves: list[float] = []  # seconds each save blocked training
-        self.persists: list[float] = []  # seconds each background write took
         self.save_log: list[dict] = []  # per save: step, blocking and persist seconds
         self.writer: BackgroundWriter | None = None  # set when this job saves in the background
         self._best_after_write: tuple[dict, dict] | None = None  # a best checkpoint awaiting its files
@@ -286,11 +285,7 @@ class SegmentJob:
 
     def close(self) -> None:
         try:
-            if self.writer is not None and self.writer.busy:  # a write in flight is finished, not cut
-                try:
-                    self._settle()
-                except Exception as exc:
-                    log.warning("the background checkpoint write failed: %s", exc)
+            self._settle_quietly()  # a write in flight is finished, not cut
         finally:
             if self.store is not None:
                 self.store.unlock()
@@ -307,11 +302,7 @@ class SegmentJob:
         """A real error (not a stop, not an interrupt) goes into the ledger; the store is unlocked."""
         try:
             if isinstance(exc, Exception) and not isinstance(exc, Stopped):
-                if self.writer is not None and self.writer.busy:
-                    try:  # the ledger then names the newest complete checkpoint
-                        self._settle()
-                    except Exception as write_error:
-                        log.warning("the background checkpoint write failed: %s", write_error)
+                self._settle_quietly()  # the ledger then names the newest complete checkpoint
                 self.fail(exc)
         finally:
             self.close()
@@ -381,7 +372,8 @@ class SegmentJob:
             time_left = self.deadline - self.clock()
             # what the next checkpoint step may still cost: the slowest save and evaluation so far;
             # a stop must also wait for a background write in flight
-            slowest = max(segment.save_seconds, max(self.saves, default=0.0), max(self.persists, default=0.0))
+            writes = (e["persist_seconds"] for e in self.save_log if e["persist_seconds"] is not None)
+            slowest = max(segment.save_seconds, max(self.saves, default=0.0), max(writes, default=0.0))
             in_flight = slowest if self.writer is not None and self.writer.busy else 0.0
             upcoming = slowest + in_flight + max(self.evals, default=0.0)
             if STOP or time_left < upcoming * 1.5 + 0.5:
@@ -474,13 +466,19 @@ class SegmentJob:
         if done is not None:
             step, seconds = done
             self.saved_step = step
-            self.persists.append(seconds)
             for entry in self.save_log:
                 if entry["step"] == step:
                     entry["persist_seconds"] = seconds
             best, self._best_after_write = self._best_after_write, None
             if best is not None and best[0]["step"] == step:
                 _save_best(self.run, self.segment, self.store, self.best_store, None, *best)
+
+    def _settle_quietly(self) -> None:
+        """``_settle`` on the way out of a job that already failed or stopped: a failed write is logged."""
+        try:
+            self._settle()
+        except Exception as exc:
+            log.warning("the background checkpoint write failed: %s", exc)
 
     def _save(self, state, row: dict, wait: bool = True) -> float:
         """Save the state after the current step (with its metrics ``row``: a kill between the save
