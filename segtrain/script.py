@@ -107,10 +107,13 @@ class TorchState:
     verified_reads = ("state.pt",)  # read_state hashes it while it loads (store.load_verified)
 
     def read_state(self, folder: Path) -> dict:
+        import torch
+
         from .backends.torch_backend import read_state_file, set_rng_state
         from .store import IncompatibleCheckpoint
 
-        state = read_state_file(folder)
+        modules = {("tracked", name) for name, obj in self.objects.items() if isinstance(obj, torch.nn.Module)}
+        state = read_state_file(folder, mapped={("model",), *modules})  # modules copy what they load
         tracked = state.get("tracked", {})
         if set(tracked) != set(self.objects):
             raise IncompatibleCheckpoint(

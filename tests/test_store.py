@@ -301,6 +301,62 @@ def test_a_deferred_file_is_hashed_while_it_loads_and_damage_is_caught_before_us
         st.load_verified(ck.path, "state.pt", load)
 
 
+def test_a_torch_state_loads_mapped_and_only_module_weights_stay_views_of_the_file(tmp_path):
+    """read_state copies optimizer state out of the file's mapping while the file is hashed, and
+    copies the module's weights into the live parameters only after the digest matched: a
+    damaged file changes nothing, and nothing kept afterwards refers to the file."""
+    import torch
+
+    from segtrain.backends.torch_backend import read_state_file, write_state_file
+    from segtrain.script import TorchState
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 4))
+        return model, torch.optim.Adam(model.parameters(), lr=0.1)
+
+    model, opt = build()
+    model(torch.randn(8, 64)).sum().backward()
+    opt.step()
+    store = st.CheckpointStore(tmp_path / "s")
+    ck = store.save(1, lambda f: TorchState({"model": model, "opt": opt}).write_state(f, {"step": 1}))
+    fresh, fresh_opt = build()
+    assert TorchState({"model": fresh, "opt": fresh_opt}).read_state(ck.path) == {"step": 1}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    for param, saved in zip(fresh.parameters(), model.parameters()):
+        for key, value in fresh_opt.state[param].items():
+            assert torch.equal(value, opt.state[saved][key])
+            assert not _in_a_mapping_of(value, "state.pt")  # a copy in memory, not a view of the file
+
+    before = [p.detach().clone() for p in fresh.parameters()]
+    data = bytearray((ck.path / "state.pt").read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the tensors' bytes
+    (ck.path / "state.pt").write_bytes(bytes(data))
+    with pytest.raises(st.CorruptCheckpoint, match="does not match its sha256"):
+        TorchState({"model": fresh, "opt": fresh_opt}).read_state(ck.path)
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+
+    base = torch.arange(10.0)
+    ck = store.save(2, lambda f: write_state_file(f, {"a": base, "b": base[2:5], "m": {"w": base}}))
+    loaded = read_state_file(ck.path, mapped={("m",)})
+    assert not _in_a_mapping_of(loaded["a"], "state.pt")
+    assert loaded["b"].untyped_storage().data_ptr() == loaded["a"].untyped_storage().data_ptr()  # still one storage
+    assert loaded["b"].tolist() == [2.0, 3.0, 4.0]
+    assert _in_a_mapping_of(loaded["m"]["w"], "state.pt")  # left mapped for its caller to copy
+
+
+def _in_a_mapping_of(tensor, name: str) -> bool:
+    """Whether the tensor's bytes lie in this process's memory mapping of a file called ``name``."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].endswith("/" + name):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return True
+    return False
+
+
 def test_raw_arrays_round_trip_every_dtype_and_shape_aligned(tmp_path):
     import ml_dtypes
 

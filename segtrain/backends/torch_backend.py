@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
@@ -251,10 +252,51 @@ def all_finite(params) -> bool:
     return all(bool(torch.isfinite(p).all()) for p, ok in zip(params, finite.tolist()) if not ok)
 
 
-def read_state_file(folder: Path) -> dict:
+def read_state_file(folder: Path, mapped: Collection[tuple] = ()) -> dict:
     """``folder/state.pt`` with ``torch.load(weights_only=True)``, hashed against the manifest
-    while it loads (CorruptCheckpoint before anything is used when it does not match)."""
-    return load_verified(folder, STATE_FILE, lambda path: torch.load(path, map_location="cpu", weights_only=True))
+    while it loads (CorruptCheckpoint before anything is used when it does not match).
+
+    The file is memory-mapped. The entries at the key paths in ``mapped`` (a module's state
+    dict, which ``load_state_dict`` copies into the live parameters) stay views of the mapping
+    and are read once, when the caller applies them; they must not be kept past that. Every
+    other tensor is copied out while the second thread hashes the file. That is cheaper than
+    ``torch.load`` reading the whole file into fresh memory, and it leaves the model's bytes to
+    a single copy."""
+
+    def load(path: Path) -> dict:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, OSError, ValueError):  # a file system without mmap, or a damaged file
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return _owned(state, (), frozenset(mapped), {})
+
+    return load_verified(folder, STATE_FILE, load)
+
+
+def _owned(value, path: tuple, mapped: frozenset, copies: dict):
+    """``value`` with every tensor outside ``mapped`` copied out of the file's mapping; views of
+    one storage stay views of one copy (``copies``: storage address -> its copy)."""
+    if path in mapped:
+        return value
+    if isinstance(value, dict):
+        out = value.copy()  # keeps the dict's type (a state dict is an OrderedDict)
+        for key, item in value.items():
+            out[key] = _owned(item, path + (key,), mapped, copies)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_owned(item, path + (i,), mapped, copies) for i, item in enumerate(value)]
+        return items if isinstance(value, list) else type(value)(items)
+    if not torch.is_tensor(value):
+        return value
+    if value.layout != torch.strided or value.is_quantized or type(value) is not torch.Tensor:
+        return value.clone()
+    storage = value.untyped_storage()
+    own = copies.get(storage.data_ptr())
+    if own is None:
+        # a tensor's clone lets go of the GIL (a storage's does not), so the hash thread runs alongside
+        own = torch.empty(0, dtype=torch.uint8).set_(storage).clone().untyped_storage()
+        copies[storage.data_ptr()] = own
+    return torch.empty(0, dtype=value.dtype).set_(own, value.storage_offset(), value.size(), value.stride())
 
 
 def write_state_file(folder: Path, state: dict) -> None:
@@ -485,7 +527,7 @@ class Backend:
 
     def read_state(self, folder: Path) -> dict:
         """Restore everything written by ``write_state``; returns its ``extra``."""
-        state = read_state_file(folder)
+        state = read_state_file(folder, mapped={("model",)})
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
