@@ -2,12 +2,14 @@
 
 ``np.savez`` writes a zip archive through Python's zipfile, and reading it back copies each
 member; here the arrays' bytes follow each other (64-byte aligned) and the index (name, dtype,
-shape, offset) goes into the checkpoint's JSON part. A load reads the file into memory once and
-takes views. Numbers only: nothing is unpickled.
+shape, offset) goes into the checkpoint's JSON part. A load copies each array once out of a
+mapping of the file. Numbers only: nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +39,38 @@ def write_arrays(fh, arrays: dict) -> list:
 
 
 def read_arrays(path: Path, index: list) -> dict:
-    """The arrays of ``write_arrays``: one read of the file into memory, then views into it."""
-    size = Path(path).stat().st_size
-    buf = bytearray(size)
-    with open(path, "rb", buffering=0) as fh:
-        view, pos = memoryview(buf), 0
-        while pos < size and (n := fh.readinto(view[pos:])):
-            pos += n
+    """The arrays of ``write_arrays``, each copied once out of a read-only mapping of the file
+    into fresh memory aligned like the file (no zero-filled buffer, no second copy); the file is
+    read in blocks where it cannot be mapped."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        try:
+            source = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # an empty file, or a file system without mmap
+            source = bytearray(size)
+            view, pos = memoryview(source), 0
+            while pos < size and (n := fh.readinto(view[pos:])):
+                pos += n
+    # the mapping is closed when the last view of it goes (an explicit close would refuse while one lives)
     arrays = {}
     for name, dtype, shape, offset in index:
         dt = _dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64))
         if offset + count * dt.itemsize > size:
             raise ValueError(f"{path}: {name} lies beyond the end of the file")
-        arrays[name] = np.frombuffer(buf, dtype=dt, count=count, offset=offset).reshape(tuple(shape))
+        array = aligned_empty(tuple(shape), dt)
+        np.copyto(array.reshape(-1), np.frombuffer(source, dtype=dt, count=count, offset=offset))
+        arrays[name] = array
     return arrays
+
+
+def aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose data starts on an ALIGN-byte boundary (what TensorFlow's
+    kernels expect of a buffer they adopt)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _dtype(name: str) -> np.dtype:

@@ -6,8 +6,9 @@ dropout draws from. Here the state is every ``model.variables`` value (weights a
 states) and every ``optimizer.variables`` value (iteration count included), assigned back in
 order; with the data order owned by the pipeline, a resume is bitwise identical.
 
-Files are a ``.npz`` of plain numeric arrays (loaded with ``allow_pickle=False``) and JSON:
-nothing is unpickled.
+Files are the arrays' raw bytes (``state.bin``, see ``segtrain.arrays``) and JSON: nothing is
+unpickled. Arrays pass between TensorFlow and NumPy through DLPack, without TensorFlow's slow
+conversion of NumPy arrays.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
-from ..arrays import read_arrays, write_arrays  # noqa: E402
+from ..arrays import ALIGN, read_arrays, write_arrays  # noqa: E402
 from ..store import IncompatibleCheckpoint, hashed_file, load_verified  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
@@ -50,8 +51,36 @@ def _task_arrays(data, where: str) -> list:
     return arrays
 
 
+def _host_array(variable) -> np.ndarray:
+    """A variable's current value as a NumPy array, without a copy where TensorFlow allows it: a
+    CPU tensor shared through DLPack (TensorFlow copies the buffer before a later update writes
+    to it, so the array keeps the value it had). Elsewhere (a GPU, bfloat16) ``.numpy()``'s copy."""
+    value = variable.value
+    tensor = value.read_value() if hasattr(value, "read_value") else tf.convert_to_tensor(value)
+    if tensor.device.endswith("CPU:0"):
+        try:
+            return np.from_dlpack(tensor)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass
+    return tensor.numpy()
+
+
+def _assign(variable, array: np.ndarray) -> None:
+    """``variable.assign(array)`` for a fresh array nothing else will write to. An aligned array of
+    the variable's dtype is handed to TensorFlow through DLPack, which takes its buffer as it is;
+    converting a NumPy array costs TensorFlow a slow copy (73 ms for 67 MB here against 13 ms for
+    NumPy's)."""
+    if array.ctypes.data % ALIGN == 0 and array.dtype.name == str(variable.dtype) and array.flags.c_contiguous:
+        try:
+            variable.assign(tf.experimental.dlpack.from_dlpack(array.__dlpack__()))
+            return
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass  # a dtype DLPack does not carry (bfloat16)
+    variable.assign(array)
+
+
 class KerasSnapshot:
-    """A Keras state's arrays (``state.npz``) and its JSON part (``state.json``), ready to write."""
+    """A Keras state's arrays (``state.bin``) and its JSON part (``state.json``), ready to write."""
 
     def __init__(self, arrays: dict, meta: dict):
         self.arrays, self.meta = arrays, meta
@@ -83,7 +112,7 @@ class KerasState:
         an array whose finite values overflow the sum is checked value by value."""
         with np.errstate(over="ignore", invalid="ignore"):
             for v in self.model.trainable_variables:
-                a = v.numpy()
+                a = _host_array(v)
                 if not np.isfinite(a.sum(dtype=np.float32)) and not np.isfinite(a).all():
                     return False
         return True
@@ -109,8 +138,8 @@ class KerasState:
         """The state's arrays and its JSON part; with ``buffers``, the arrays are copied into
         them (allocated at the first snapshot, reused by the next)."""
         model_vars, opt_vars = self._variables()
-        arrays = {f"model_{i:05d}": v.numpy() for i, v in enumerate(model_vars)}
-        arrays.update({f"optimizer_{i:05d}": v.numpy() for i, v in enumerate(opt_vars)})
+        arrays = {f"model_{i:05d}": _host_array(v) for i, v in enumerate(model_vars)}
+        arrays.update({f"optimizer_{i:05d}": _host_array(v) for i, v in enumerate(opt_vars)})
         key, keys, pos, has_gauss, cached = np.random.get_state()
         arrays["numpy_rng_keys"] = keys
         arrays["keras_global_seed"] = self.global_seed.state.numpy()
@@ -162,7 +191,7 @@ class KerasState:
                     f"({prefix} variables differ); the model definition changed: give the run a new name"
                 )
             for i, v in enumerate(variables):
-                v.assign(data[f"{prefix}_{i:05d}"])
+                _assign(v, data.pop(f"{prefix}_{i:05d}"))
         keys = data["numpy_rng_keys"]
         if "keras_global_seed" in data:  # absent in checkpoints of versions before it was saved
             self.global_seed.state.assign(data["keras_global_seed"])
