@@ -157,6 +157,33 @@ def hand_rate_torch(task: str, steps: int, batch_size: int = 32) -> float:
     return (steps - warm) / (time.perf_counter() - start)
 
 
+def hand_rate_loader(task: str, steps: int, workers: int, batch_size: int = 32) -> float:
+    """A minimal hand-written loop over a plain shuffled ``DataLoader`` with ``workers`` workers:
+    what PyTorch's own loader reaches on this machine, the ceiling for the pipeline's."""
+    import torch
+
+    from .taskfile import load_task
+
+    torch.manual_seed(0)
+    t = load_task(task)
+    model = t.build_model({})
+    opt = t.build_optimizer(model, {})
+    loader = torch.utils.data.DataLoader(t.build_dataset({}), batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, prefetch_factor=4 if workers else None)
+    warm, step = steps // 5, 0
+    while step < steps:
+        for batch in loader:
+            if step == warm:
+                start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            t.compute_loss(model, batch).backward()
+            opt.step()
+            step += 1
+            if step == steps:
+                break
+    return (steps - warm) / (time.perf_counter() - start)
+
+
 def fit_rate_keras(task: str, steps: int, batch_size: int = 32) -> float:
     """model.fit with steps_per_execution=32 on the same task and batch size."""
     import keras
@@ -217,7 +244,8 @@ def bench_train(repeats: int, steps: int, quick: bool) -> str:
         "small CNN, Keras": {"pipeline": lambda: pipeline_rate(kcnn, steps, "keras"),
                              "fit(steps_per_execution=32)": lambda: fit_rate_keras(kcnn, steps)},
         "PNG files, PyTorch loader": {"workers 4": lambda: pipeline_rate(str(png), steps // 4, num_workers=4),
-                                      "workers 0": lambda: pipeline_rate(str(png), steps // 4, num_workers=0)},
+                                      "workers 0": lambda: pipeline_rate(str(png), steps // 4, num_workers=0),
+                                      "plain DataLoader, workers 4": lambda: hand_rate_loader(str(png), steps // 4, 4)},
     }
     results: dict[str, dict[str, list[float]]] = {c: {v: [] for v in vs} for c, vs in cases.items()}
     for _ in range(repeats):  # interleaved: every variant once per round
@@ -234,6 +262,11 @@ def bench_train(repeats: int, steps: int, quick: bool) -> str:
             med = statistics.median(variants[name])
             lines.append(f"{case:<28} {name:<30} {med:>9.1f} {med / base:>7.2f}")
     lines.append("ratio: against the second variant of each case (hand loop, fit, or workers 0)")
+    cores = len(os.sched_getaffinity(0))
+    png_rates = {name: statistics.median(v) for name, v in results["PNG files, PyTorch loader"].items()}
+    lines.append(f"PNG, workers 4: pipeline / plain DataLoader = "
+                 f"{png_rates['workers 4'] / png_rates['plain DataLoader, workers 4']:.2f}; at most "
+                 f"{cores}x over workers 0 with {cores} cores, when decoding is all a step does")
     return "\n".join(lines)
 
 
