@@ -2,13 +2,12 @@
 
 ``np.savez`` writes a zip archive through Python's zipfile, and reading it back copies each
 member; here the arrays' bytes follow each other (64-byte aligned) and the index (name, dtype,
-shape, offset) goes into the checkpoint's JSON part. A load copies each array once out of a
-mapping of the file. Numbers only: nothing is unpickled.
+shape, offset) goes into the checkpoint's JSON part. A load reads each array straight into its
+own aligned memory. Numbers only: nothing is unpickled.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 
@@ -39,28 +38,25 @@ def write_arrays(fh, arrays: dict) -> list:
 
 
 def read_arrays(path: Path, index: list) -> dict:
-    """The arrays of ``write_arrays``, each copied once out of a read-only mapping of the file
-    into fresh memory aligned like the file (no zero-filled buffer, no second copy); the file is
-    read in blocks where it cannot be mapped."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        try:
-            source = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # an empty file, or a file system without mmap
-            source = bytearray(size)
-            view, pos = memoryview(source), 0
-            while pos < size and (n := fh.readinto(view[pos:])):
-                pos += n
-    # the mapping is closed when the last view of it goes (an explicit close would refuse while one lives)
+    """The arrays of ``write_arrays``, each read straight into fresh memory aligned like the file
+    (one copy from the page cache; no zero-filled buffer, no second copy)."""
     arrays = {}
-    for name, dtype, shape, offset in index:
-        dt = _dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        if offset + count * dt.itemsize > size:
-            raise ValueError(f"{path}: {name} lies beyond the end of the file")
-        array = aligned_empty(tuple(shape), dt)
-        np.copyto(array.reshape(-1), np.frombuffer(source, dtype=dt, count=count, offset=offset))
-        arrays[name] = array
+    with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        for name, dtype, shape, offset in index:
+            dt = _dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            if offset + count * dt.itemsize > size:
+                raise ValueError(f"{path}: {name} lies beyond the end of the file")
+            array = aligned_empty(tuple(shape), dt)
+            view, pos = memoryview(array.reshape(-1).view(np.uint8)), 0
+            fh.seek(offset)
+            while pos < len(view):
+                n = fh.readinto(view[pos:])
+                if not n:
+                    raise ValueError(f"{path}: the file ended inside {name}")
+                pos += n
+            arrays[name] = array
     return arrays
 
 
