@@ -169,7 +169,8 @@ def hand_rate_loader(task: str, steps: int, workers: int, batch_size: int = 32) 
     model = t.build_model({})
     opt = t.build_optimizer(model, {})
     loader = torch.utils.data.DataLoader(t.build_dataset({}), batch_size=batch_size, shuffle=True,
-                                         num_workers=workers, prefetch_factor=4 if workers else None)
+                                         num_workers=workers, prefetch_factor=4 if workers else None,
+                                         persistent_workers=workers > 0)
     warm, step = steps // 5, 0
     while step < steps:
         for batch in loader:
