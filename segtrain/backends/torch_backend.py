@@ -351,6 +351,7 @@ class Backend:
     def build(self, context: RunContext | None = None) -> None:
         """Build the model, optimizer and scheduler (given the run's context if they ask for it)."""
         self.model = call_task(self.task.build_model, self.params, run=context).to(self.device)
+        self._all_modules = list(self.model.modules())
         # several optimizers (e.g. one per parameter group, each with its own schedule): a list,
         # tuple or dict, stepped together after each backward pass
         built = call_task(self.task.build_optimizer, self.model, self.params, run=context)
@@ -411,11 +412,14 @@ class Backend:
         """One optimizer step on the samples ``indices`` (``accumulate`` micro-batches of equal size);
         returns loss, lr and the task's metrics as tensors: reading them as numbers waits for the
         device, so the caller does that only on the steps it logs (``as_numbers``)."""
-        self.model.train()
+        if not all(m.training for m in self._all_modules):  # model.train() costs 0.1-0.2 ms on a small CNN
+            self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         if isinstance(indices, _Prepared):
             parts = _split(indices.batch, self.accumulate)
+        elif self.accumulate == 1:
+            parts = [self._batch(indices)]
         else:
             parts = [self._batch(part) for part in np.array_split(np.asarray(indices), self.accumulate)]
         total, sums = None, {}
@@ -423,11 +427,12 @@ class Backend:
             with self._autocast():
                 out = self.task.compute_loss(self.model, part)
             loss, metrics = (out if isinstance(out, tuple) else (out, {}))
-            scaled = loss / self.accumulate
+            scaled = loss / self.accumulate if self.accumulate > 1 else loss
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total = scaled.detach() if total is None else total + scaled.detach()
             for k, v in metrics.items():
-                v = torch.as_tensor(v).detach() / self.accumulate
+                v = torch.as_tensor(v).detach()
+                v = v / self.accumulate if self.accumulate > 1 else v
                 sums[k] = v if k not in sums else sums[k] + v
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
