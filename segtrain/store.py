@@ -9,6 +9,7 @@ it is handed; everything else lives here and imports no framework.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -75,6 +76,16 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
+_HASH_POOL: list = []
+
+
+def _hash_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread, made on first use, that hashes large writes while they are written."""
+    if not _HASH_POOL:
+        _HASH_POOL.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="segtrain-hash"))
+    return _HASH_POOL[0]
+
+
 class _HashingFile:
     """A write-only file that hashes what passes through it, so a save never reads its file back
     to hash it. No ``fileno``, ``seek`` or ``tell``: every byte must pass through ``write``
@@ -85,10 +96,22 @@ class _HashingFile:
         self._hash = hashlib.sha256()
         self.size = 0
 
+    OVERLAP = 4 << 20  # writes at least this large are hashed on a second thread while they are written
+
     def write(self, data) -> int:
-        self._hash.update(data)
-        self.size += len(memoryview(data).cast("B"))
-        return self._fh.write(data)
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        if len(view) < self.OVERLAP:
+            self._hash.update(view)
+            return self._fh.write(view)
+        # hashing and copying into the page cache both let go of the GIL: done side by side, a
+        # save costs the longer of the two instead of their sum. The hash finishes before write
+        # returns: the caller may reuse or free the memory afterwards.
+        hashing = _hash_thread().submit(self._hash.update, view)
+        try:
+            return self._fh.write(view)
+        finally:
+            hashing.result()
 
     def read(self, *args):
         raise io.UnsupportedOperation("write-only")
