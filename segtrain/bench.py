@@ -135,6 +135,7 @@ def hand_rate_torch(task: str, steps: int, batch_size: int = 32) -> float:
     from .taskfile import load_task
 
     torch.manual_seed(0)
+    torch.set_num_threads(_run_settings(task)["threads"])  # as the pipeline's run (configure)
     t = load_task(task)
     x, y = t.build_dataset({})[:2]
     model = t.build_model({})
@@ -165,6 +166,7 @@ def hand_rate_loader(task: str, steps: int, workers: int, batch_size: int = 32) 
     from .taskfile import load_task
 
     torch.manual_seed(0)
+    torch.set_num_threads(_run_settings(task)["threads"])  # as the pipeline's run (configure)
     t = load_task(task)
     model = t.build_model({})
     opt = t.build_optimizer(model, {})
