@@ -76,14 +76,17 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     return h.hexdigest()
 
 
-_HASH_POOL: list = []
+_HASH_POOL: dict = {}  # process id -> its hashing thread
 
 
 def _hash_thread() -> concurrent.futures.ThreadPoolExecutor:
-    """One thread, made on first use, that hashes large writes while they are written."""
-    if not _HASH_POOL:
-        _HASH_POOL.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="segtrain-hash"))
-    return _HASH_POOL[0]
+    """One thread per process, made on first use, that hashes large writes while they are
+    written (a forked child has none of its parent's threads: it makes its own)."""
+    pid = os.getpid()
+    if pid not in _HASH_POOL:
+        _HASH_POOL.clear()
+        _HASH_POOL[pid] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="segtrain-hash")
+    return _HASH_POOL[pid]
 
 
 class _HashingFile:

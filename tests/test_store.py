@@ -377,3 +377,25 @@ def test_raw_arrays_round_trip_every_dtype_and_shape_aligned(tmp_path):
     (tmp_path / "a.bin").write_bytes((tmp_path / "a.bin").read_bytes()[:40])  # truncated
     with pytest.raises(ValueError, match="beyond the end"):
         read_arrays(tmp_path / "a.bin", index)
+
+
+def test_a_forked_child_hashes_its_large_writes_with_a_thread_of_its_own(tmp_path):
+    """Large writes are hashed on a helper thread; a child forked after the parent made that
+    thread (a DataLoader worker, a script's own multiprocessing) must not wait on it forever."""
+    script = f'''
+import os, sys
+from pathlib import Path
+from segtrain import store
+big = os.urandom(5 << 20)
+with store.hashed_file(Path({str(tmp_path)!r}), "parent.bin") as fh:
+    fh.write(big)
+pid = os.fork()
+if pid == 0:
+    with store.hashed_file(Path({str(tmp_path)!r}), "child.bin") as fh:
+        fh.write(big)
+    digests = store._HASHED[{str(tmp_path)!r}]
+    os._exit(0 if digests["child.bin"] == digests["parent.bin"] else 3)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+'''
+    done = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert done.returncode == 0
