@@ -128,18 +128,26 @@ def pipeline_rate(task: str, steps: int, framework: str = "torch", **extra) -> f
     return (int(last["step"]) - int(first["step"])) / (float(last["time"]) - float(first["time"]))
 
 
-def hand_rate_torch(task: str, steps: int, batch_size: int = 32) -> float:
-    """A minimal hand-written PyTorch loop on the same task, data and batch size."""
+def _hand_task(task: str):
+    """The task module, its model and optimizer for a hand-written loop: seeded, and on the
+    pipeline run's thread count (as ``configure`` sets it)."""
     import torch
 
     from .taskfile import load_task
 
     torch.manual_seed(0)
-    torch.set_num_threads(_run_settings(task)["threads"])  # as the pipeline's run (configure)
+    torch.set_num_threads(_run_settings(task)["threads"])
     t = load_task(task)
-    x, y = t.build_dataset({})[:2]
     model = t.build_model({})
-    opt = t.build_optimizer(model, {})
+    return t, model, t.build_optimizer(model, {})
+
+
+def hand_rate_torch(task: str, steps: int, batch_size: int = 32) -> float:
+    """A minimal hand-written PyTorch loop on the same task, data and batch size."""
+    import torch
+
+    t, model, opt = _hand_task(task)
+    x, y = t.build_dataset({})[:2]
     sched = t.build_scheduler(opt, {}) if hasattr(t, "build_scheduler") else None
     model.train()
     perm = torch.randperm(len(x))
@@ -163,13 +171,7 @@ def hand_rate_loader(task: str, steps: int, workers: int, batch_size: int = 32) 
     what PyTorch's own loader reaches on this machine, the ceiling for the pipeline's."""
     import torch
 
-    from .taskfile import load_task
-
-    torch.manual_seed(0)
-    torch.set_num_threads(_run_settings(task)["threads"])  # as the pipeline's run (configure)
-    t = load_task(task)
-    model = t.build_model({})
-    opt = t.build_optimizer(model, {})
+    t, model, opt = _hand_task(task)
     loader = torch.utils.data.DataLoader(t.build_dataset({}), batch_size=batch_size, shuffle=True,
                                          num_workers=workers, prefetch_factor=4 if workers else None,
                                          persistent_workers=workers > 0)

@@ -94,12 +94,12 @@ class _HashingFile:
     to hash it. No ``fileno``, ``seek`` or ``tell``: every byte must pass through ``write``
     (zipfile-based writers then append their sizes after the data instead of seeking back)."""
 
+    OVERLAP = 4 << 20  # writes at least this large are hashed on a second thread while they are written
+
     def __init__(self, path: Path):
         self._fh = open(path, "wb")
         self._hash = hashlib.sha256()
         self.size = 0
-
-    OVERLAP = 4 << 20  # writes at least this large are hashed on a second thread while they are written
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
