@@ -21,7 +21,9 @@ def test_a_booking_end_stops_the_run_in_time_and_the_next_booking_finishes_it_id
     reference.snakemake()
 
     project = Project(tmp_path / "proj")
-    project.write_config({"r": {**RUN, "params": {"pause": 0.02}}}, **SETTINGS)  # ~40 s per segment
+    # the pause alone makes segment 0 last 50 s or more, so the booking's end (45 s) falls inside it
+    # however fast the machine is; 0.02 s once let a fast machine finish segment 0 before the end
+    project.write_config({"r": {**RUN, "params": {"pause": 0.05}}}, **SETTINGS)
     # the booking ends in 45 s, written as a person reads the calendar: Maastricht time, no offset
     end = dt.datetime.now(ZoneInfo("Europe/Amsterdam")).replace(microsecond=0) + dt.timedelta(seconds=45)
     started = time.time()
