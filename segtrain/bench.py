@@ -10,8 +10,9 @@ train: training throughput (steps per second) of the pipeline's loop (``runner.r
 code a train_segment job runs, with its bookkeeping) against a minimal hand-written loop on the
 same model, data, batch size and device: a small CNN and a mid-size MLP in PyTorch, the CNN in
 Keras against ``model.fit(steps_per_execution=32)``, and a data-bound case (a Dataset that reads
-PNG files and decodes them) with 0 and 4 loader workers. Variants are interleaved and repeated;
-the table shows medians, so a machine that slows down part-way hurts all variants alike.
+PNG files and decodes them) with 0 and 4 loader workers. Variants are interleaved and repeated,
+every other round in reverse order; a ratio is the median of the rounds' ratios, so a machine that
+slows down part-way hurts both sides of a ratio alike.
 """
 
 from __future__ import annotations
@@ -45,6 +46,30 @@ def build_model(params):
 
 def build_optimizer(model, params):
     return torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def compute_loss(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+'''
+
+TINY_TASK = '''
+import torch
+from torch import nn
+
+
+def build_dataset(params):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 4, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def build_model(params):
+    return nn.Linear(4, 2)
+
+
+def build_optimizer(model, params):
+    return torch.optim.SGD(model.parameters(), lr=0.01)
 
 
 def compute_loss(model, batch):
@@ -234,6 +259,8 @@ def bench_train(repeats: int, steps: int, quick: bool) -> str:
     tmp = Path(tempfile.mkdtemp(prefix="segtrain-bench-"))
     mlp = tmp / "mlp_task.py"
     mlp.write_text(MLP_TASK)
+    tiny = tmp / "tiny_task.py"
+    tiny.write_text(TINY_TASK)
     png_root = tmp / "png"
     write_png_dataset(png_root, 512 if quick else 1024)
     png = tmp / "png_task.py"
@@ -252,25 +279,44 @@ def bench_train(repeats: int, steps: int, quick: bool) -> str:
                                       "workers 0": lambda: pipeline_rate(str(png), steps // 4, num_workers=0),
                                       "plain DataLoader, workers 4": lambda: hand_rate_loader(str(png), steps // 4, 4)},
     }
+    # The loop's own cost per step, on a model whose step costs next to nothing: the fastest of the
+    # rounds on each side (noise only ever adds), so it is not lost in the machine's noise as a
+    # ratio of a few percent is
+    cases["tiny model (loop overhead)"] = {"pipeline": lambda: pipeline_rate(str(tiny), 3 * steps),
+                                           "hand loop": lambda: hand_rate_torch(str(tiny), 3 * steps)}
     results: dict[str, dict[str, list[float]]] = {c: {v: [] for v in vs} for c, vs in cases.items()}
-    for _ in range(repeats):  # interleaved: every variant once per round
+    for r in range(repeats):  # interleaved: every variant once per round, in reverse order every other round
         for case, variants in cases.items():
-            for variant, measure in variants.items():
-                results[case][variant].append(measure())
+            order = list(variants) if r % 2 == 0 else list(variants)[::-1]
+            for variant in order:
+                results[case][variant].append(variants[variant]())
     device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
     lines = [f"Training throughput, steps/s, median of {repeats} interleaved runs; torch device: {device}",
-             f"{'case':<28} {'variant':<30} {'steps/s':>9} {'ratio':>7}"]
+             f"{'case':<28} {'variant':<30} {'steps/s':>9} {'ratio':>7} {'per round':>11}  each run (steps/s)"]
     for case, variants in results.items():
         names = list(variants)
-        base = statistics.median(variants[names[1]])
+        base = variants[names[1]]
         for name in names:
-            med = statistics.median(variants[name])
-            lines.append(f"{case:<28} {name:<30} {med:>9.1f} {med / base:>7.2f}")
-    lines.append("ratio: against the second variant of each case (hand loop, fit, or workers 0)")
+            runs = variants[name]
+            # the ratio: median of the rounds' ratios, each of two runs made one after the other, so
+            # a machine that is slower for a while slows both sides of a ratio alike
+            paired = [a / b for a, b in zip(runs, base)]
+            spread = f"{min(paired):.2f}-{max(paired):.2f}"
+            each = " ".join(f"{x:.1f}" for x in runs)
+            lines.append(f"{case:<28} {name:<30} {statistics.median(runs):>9.1f} {statistics.median(paired):>7.2f} "
+                         f"{spread:>11}  {each}")
+    lines.append("ratio: against the second variant of each case (hand loop, fit, or workers 0), the median of the "
+                 "rounds' ratios; per round: their range")
+    tiny_runs = results["tiny model (loop overhead)"]
+    overhead = 1e6 / max(tiny_runs["pipeline"]) - 1e6 / max(tiny_runs["hand loop"])
+    cnn_step = 1e6 / max(results["small CNN, PyTorch"]["hand loop"])
+    lines.append(f"pipeline loop overhead: {overhead:.0f} us a step (tiny model, fastest run of each side); on the "
+                 f"small CNN's fastest hand step ({cnn_step:.0f} us) that allows a ratio of "
+                 f"{cnn_step / (cnn_step + max(overhead, 0.0)):.2f}")
     cores = len(os.sched_getaffinity(0))
-    png_rates = {name: statistics.median(v) for name, v in results["PNG files, PyTorch loader"].items()}
-    lines.append(f"PNG, workers 4: pipeline / plain DataLoader = "
-                 f"{png_rates['workers 4'] / png_rates['plain DataLoader, workers 4']:.2f}; at most "
+    png_runs = results["PNG files, PyTorch loader"]
+    vs_plain = statistics.median(a / b for a, b in zip(png_runs["workers 4"], png_runs["plain DataLoader, workers 4"]))
+    lines.append(f"PNG, workers 4: pipeline / plain DataLoader = {vs_plain:.2f}; at most "
                  f"{cores}x over workers 0 with {cores} cores, when decoding is all a step does")
     return "\n".join(lines)
 
@@ -469,8 +515,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segtrain.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     train = sub.add_parser("train", help="training throughput: the pipeline's loop against hand-written loops")
-    train.add_argument("--repeats", type=int, default=3)
-    train.add_argument("--steps", type=int, default=600)
+    train.add_argument("--repeats", type=int, default=5)
+    train.add_argument("--steps", type=int, default=1000)
     train.add_argument("--quick", action="store_true", help="fewer files and steps (a smoke test)")
     ckpt = sub.add_parser("checkpoint", help="checkpoint save and load against raw writes, torch.save, DCP, Keras")
     ckpt.add_argument("--size", default="800MB", help="state size (e.g. 800MB, 2GB)")

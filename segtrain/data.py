@@ -62,6 +62,7 @@ class DataOrder:
         return Position(epoch, k * self.batch_size)
 
     def batch(self, step: int) -> np.ndarray:
-        pos = self.position(step)
-        picked = self.permutation(pos.epoch)[pos.index : pos.index + self.batch_size]
+        epoch, k = divmod(step, self.steps_per_epoch)  # position(step), without its object: every step
+        lo = k * self.batch_size
+        picked = self.permutation(epoch)[lo : lo + self.batch_size]
         return picked if self.indices is None else self.indices[picked]

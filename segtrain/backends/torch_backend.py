@@ -431,7 +431,8 @@ class Backend:
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total = scaled.detach() if total is None else total + scaled.detach()
             for k, v in metrics.items():
-                v = torch.as_tensor(v).detach()
+                # a number stays a number (a tensor of it costs ~40 us a step); a tensor is detached
+                v = v.detach() if torch.is_tensor(v) else v
                 v = v / self.accumulate if self.accumulate > 1 else v
                 sums[k] = v if k not in sums else sums[k] + v
         if self.scaler is not None:
@@ -498,6 +499,8 @@ class Backend:
 
     def _to_device(self, batch, non_blocking: bool = False):
         """Move every tensor of a batch (tensors, lists, tuples, dicts, nested) to the device."""
+        if self.device.type == "cpu":
+            return batch  # a Dataset's tensors are on the CPU; walking the batch costs ~30 us a step
         if torch.is_tensor(batch):
             return batch.to(self.device, non_blocking=non_blocking)
         if isinstance(batch, dict):
