@@ -18,6 +18,7 @@ slows down part-way hurts both sides of a ratio alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -153,9 +154,15 @@ def pipeline_rate(task: str, steps: int, framework: str = "torch", **extra) -> f
     return (int(last["step"]) - int(first["step"])) / (float(last["time"]) - float(first["time"]))
 
 
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _hand_task(task: str):
-    """The task module, its model and optimizer for a hand-written loop: seeded, and on the
-    pipeline run's thread count (as ``configure`` sets it)."""
+    """The task module, its model (on the device) and optimizer for a hand-written loop: seeded,
+    and on the pipeline run's thread count (as ``configure`` sets it)."""
     import torch
 
     from .taskfile import load_task
@@ -163,54 +170,92 @@ def _hand_task(task: str):
     torch.manual_seed(0)
     torch.set_num_threads(_run_settings(task)["threads"])
     t = load_task(task)
-    model = t.build_model({})
+    model = t.build_model({}).to(_device())
     return t, model, t.build_optimizer(model, {})
 
 
-def hand_rate_torch(task: str, steps: int, batch_size: int = 32) -> float:
-    """A minimal hand-written PyTorch loop on the same task, data and batch size."""
+class _HandPrecision:
+    """What a hand-written loop does for ``precision`` (fp32, bf16, fp16): autocast and, for fp16,
+    a GradScaler."""
+
+    def __init__(self, precision: str):
+        import torch
+
+        device = _device().type
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
+
+    def step(self, model, opt, compute_loss, batch) -> None:
+        opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            out = compute_loss(model, batch)
+        loss = out[0] if isinstance(out, tuple) else out
+        if self.scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def hand_rate_torch(task: str, steps: int, batch_size: int = 32, precision: str = "fp32") -> float:
+    """A minimal hand-written PyTorch loop on the same task, data, batch size and device."""
     import torch
 
     t, model, opt = _hand_task(task)
-    x, y = t.build_dataset({})[:2]
+    device = _device()
+    x, y = (a.to(device) for a in t.build_dataset({})[:2])
     sched = t.build_scheduler(opt, {}) if hasattr(t, "build_scheduler") else None
+    how = _HandPrecision(precision)
     model.train()
-    perm = torch.randperm(len(x))
+    perm = torch.randperm(len(x)).to(device)
     warm = steps // 5
     for step in range(steps):
         if step == warm:
+            _sync()
             start = time.perf_counter()
         lo = (step * batch_size) % (len(x) - batch_size)
         idx = perm[lo:lo + batch_size]
-        opt.zero_grad(set_to_none=True)
-        out = t.compute_loss(model, (x[idx], y[idx]))
-        (out[0] if isinstance(out, tuple) else out).backward()
-        opt.step()
+        how.step(model, opt, t.compute_loss, (x[idx], y[idx]))
         if sched is not None:
             sched.step()
+    _sync()
     return (steps - warm) / (time.perf_counter() - start)
 
 
 def hand_rate_loader(task: str, steps: int, workers: int, batch_size: int = 32) -> float:
-    """A minimal hand-written loop over a plain shuffled ``DataLoader`` with ``workers`` workers:
-    what PyTorch's own loader reaches on this machine, the ceiling for the pipeline's."""
+    """A minimal hand-written loop over a plain shuffled ``DataLoader`` with ``workers`` workers
+    (pinned memory and non-blocking copies on a GPU): what PyTorch's own loader reaches on this
+    machine, the ceiling for the pipeline's."""
     import torch
 
     t, model, opt = _hand_task(task)
+    device = _device()
+    pin = device.type == "cuda"
     loader = torch.utils.data.DataLoader(t.build_dataset({}), batch_size=batch_size, shuffle=True,
                                          num_workers=workers, prefetch_factor=4 if workers else None,
-                                         persistent_workers=workers > 0)
+                                         persistent_workers=workers > 0, pin_memory=pin)
+    how = _HandPrecision("fp32")
     warm, step = steps // 5, 0
     while step < steps:
         for batch in loader:
             if step == warm:
+                _sync()
                 start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            t.compute_loss(model, batch).backward()
-            opt.step()
+            how.step(model, opt, t.compute_loss, [b.to(device, non_blocking=pin) for b in batch])
             step += 1
             if step == steps:
                 break
+    _sync()
     return (steps - warm) / (time.perf_counter() - start)
 
 
