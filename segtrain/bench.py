@@ -181,8 +181,10 @@ class _HandPrecision:
     def __init__(self, precision: str):
         import torch
 
+        from .backends.torch_backend import AUTOCAST_DTYPES
+
         device = _device().type
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        dtype = AUTOCAST_DTYPES[precision]
         self.autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
 

@@ -56,13 +56,15 @@ class DataOrder:
             self._cached_epoch = epoch
         return self._perm
 
+    def _where(self, step: int) -> tuple[int, int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return epoch, k * self.batch_size
+
     def position(self, step: int) -> Position:
         """Position of the batch that global step ``step`` (0-based) trains on."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        return Position(epoch, k * self.batch_size)
+        return Position(*self._where(step))
 
     def batch(self, step: int) -> np.ndarray:
-        epoch, k = divmod(step, self.steps_per_epoch)  # position(step), without its object: every step
-        lo = k * self.batch_size
+        epoch, lo = self._where(step)  # no Position object: this runs every step
         picked = self.permutation(epoch)[lo : lo + self.batch_size]
         return picked if self.indices is None else self.indices[picked]

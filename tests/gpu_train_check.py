@@ -142,9 +142,12 @@ def throughput(steps: int, repeats: int) -> list[dict]:
                     runs[variant].append(rate)
             hand = runs["hand"]
             for variant, rates in runs.items():
-                paired = [a / b for a, b in zip(rates, hand)]
+                ok = [x for x in rates if x == x]  # a run that raised is NaN, and its error has a row
+                paired = [a / b for a, b in zip(rates, hand) if a == a and b == b]
+                if not ok or not paired:
+                    continue
                 rows.append({"case": case, "precision": precision, "variant": variant,
-                             "steps_per_s": statistics.median(rates), "vs_hand": statistics.median(paired),
+                             "steps_per_s": statistics.median(ok), "vs_hand": statistics.median(paired),
                              "runs": rates, "gpu_utilisation_percent": statistics.mean(busy) if busy and
                              variant == "pipeline" else None})
     return rows

@@ -89,6 +89,9 @@ def isolated_rng(seed: int):
             torch.cuda.set_rng_state_all(state[3])
 
 
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
+
+
 def configure(threads: int, deterministic) -> torch.device:
     """Threads and kernel choice for a job; returns the device it trains on.
 
@@ -336,7 +339,7 @@ class Backend:
         self.num_workers = int(training.get("num_workers", 0))
         deterministic = training.get("deterministic", True)
         self.device = configure(threads, deterministic)
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.autocast_dtype = AUTOCAST_DTYPES[self.precision]
         # fp16 gradients underflow without loss scaling; its scale and growth tracker are state
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         seed_everything(seed)
