@@ -261,6 +261,42 @@ def hand_rate_loader(task: str, steps: int, workers: int, batch_size: int = 32) 
     return (steps - warm) / (time.perf_counter() - start)
 
 
+def _fetch_items(task: str, count: int, ready, results) -> None:
+    import torch
+
+    from .taskfile import load_task
+
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    dataset = load_task(task).build_dataset({})
+    dataset[0]
+    ready.wait()
+    start = time.perf_counter()
+    for i in range(count):
+        dataset[i % len(dataset)]
+    results.put(time.perf_counter() - start)
+
+
+def parallel_fetch_ceiling(task: str, count: int, processes: int) -> float:
+    """How much faster ``processes`` processes fetch the task's items together than one alone
+    (each fetches ``count``): what the machine's cores give to decoding, whatever the loader."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+
+    def rate(n: int) -> float:
+        ready, results = ctx.Barrier(n + 1), ctx.Queue()
+        procs = [ctx.Process(target=_fetch_items, args=(task, count, ready, results)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        ready.wait()
+        slowest = max(results.get() for _ in procs)
+        for p in procs:
+            p.join()
+        return n * count / slowest
+
+    return rate(processes) / rate(1)
+
+
 def fit_rate_keras(task: str, steps: int, batch_size: int = 32) -> float:
     """model.fit with steps_per_execution=32 on the same task and batch size."""
     import keras
@@ -332,7 +368,9 @@ def bench_train(repeats: int, steps: int, quick: bool) -> str:
     cases["tiny model (loop overhead)"] = {"pipeline": lambda: pipeline_rate(str(tiny), 3 * steps),
                                            "hand loop": lambda: hand_rate_torch(str(tiny), 3 * steps)}
     results: dict[str, dict[str, list[float]]] = {c: {v: [] for v in vs} for c, vs in cases.items()}
-    for r in range(repeats):  # interleaved: every variant once per round, in reverse order every other round
+    cores, ceilings = len(os.sched_getaffinity(0)), []
+    for r in range(repeats):
+        ceilings.append(parallel_fetch_ceiling(str(png), 200 if quick else 800, cores))  # interleaved: every variant once per round, in reverse order every other round
         for case, variants in cases.items():
             order = list(variants) if r % 2 == 0 else list(variants)[::-1]
             for variant in order:
@@ -360,11 +398,11 @@ def bench_train(repeats: int, steps: int, quick: bool) -> str:
     lines.append(f"pipeline loop overhead: {overhead:.0f} us a step (tiny model, fastest run of each side); on the "
                  f"small CNN's fastest hand step ({cnn_step:.0f} us) that allows a ratio of "
                  f"{cnn_step / (cnn_step + max(overhead, 0.0)):.2f}")
-    cores = len(os.sched_getaffinity(0))
     png_runs = results["PNG files, PyTorch loader"]
     vs_plain = statistics.median(a / b for a, b in zip(png_runs["workers 4"], png_runs["plain DataLoader, workers 4"]))
-    lines.append(f"PNG, workers 4: pipeline / plain DataLoader = {vs_plain:.2f}; at most "
-                 f"{cores}x over workers 0 with {cores} cores, when decoding is all a step does")
+    lines.append(f"PNG, workers 4: pipeline / plain DataLoader = {vs_plain:.2f}; {cores} processes decoding "
+                 f"together fetch {statistics.median(ceilings):.2f}x the items of one (runs: "
+                 f"{' '.join(f'{c:.2f}' for c in ceilings)}): the most any loader can gain over workers 0 here")
     return "\n".join(lines)
 
 

@@ -261,6 +261,8 @@ class SegmentJob:
         self.data_note = ""  # why the data position of a resume is not exact, if it is not
         self.order = None  # the seeded data order, when the data goes through us
         self._row: dict = {}
+        self._rows: list[dict] | None = None  # the outputs of a call that trained several steps
+        self._call_seconds, self._call_steps = 0.0, 1  # the client's last call: its seconds and steps
         self.store = self.ledger = None
 
     def open(self) -> None:
@@ -353,6 +355,27 @@ class SegmentJob:
         """What the current step computed (loss, metrics; tensors are read only on logging steps)."""
         self._row.update(row)
 
+    def log_steps(self, rows: list[dict]) -> None:
+        """What each of the several steps trained in this call computed, in order (see ``free_steps``)."""
+        self._rows = list(rows)
+
+    def free_steps(self, limit: int, seconds: float = 1.0) -> int:
+        """How many steps, from the one ``steps()`` just yielded, a client may train in one call:
+        up to the next step that saves, evaluates or ends the segment (none of those may fall
+        inside a call), at most ``limit``, and about ``seconds`` of training at the last call's
+        pace, so that the stop flag and the deadline are still checked that often."""
+        run, segment, done = self.run, self.segment, self.step
+        run_end = int(run.get("total_steps") or segment.end)
+        events = [segment.end, (done // segment.interval + 1) * segment.interval,
+                  (done // segment.eval_every + 1) * segment.eval_every]
+        if run_end > done:
+            events.append(run_end)
+        pace = self._call_seconds / max(self._call_steps, 1)
+        by_time = int(seconds / pace) if pace > 0 else 1
+        count = max(1, min(limit, by_time, min(events) - done))
+        self._call_steps = count
+        return count
+
     def steps(self, state, evaluate=None, after_evaluation=None):
         """Yield the number of each step to train (the first is ``restored step + 1``), from the
         restored step to the segment's end; between them: evaluate, save, log, and stop in time.
@@ -375,71 +398,83 @@ class SegmentJob:
             writes = (e["persist_seconds"] for e in self.save_log if e["persist_seconds"] is not None)
             slowest = max(segment.save_seconds, max(self.saves, default=0.0), max(writes, default=0.0))
             in_flight = slowest if self.writer is not None and self.writer.busy else 0.0
-            upcoming = slowest + in_flight + max(self.evals, default=0.0)
+            # ... and the next call of the client's step, which may train several steps
+            upcoming = slowest + in_flight + max(self.evals, default=0.0) + self._call_seconds
             if STOP or time_left < upcoming * 1.5 + 0.5:
                 why = STOP.reason if STOP else (f"deadline: {time_left:.1f} s left, a save takes up to "
                                                 f"{max(self.saves, default=segment.save_seconds):.2f} s")
                 self._stop(state, why, state.as_numbers(row) if row else row)
             self.attempting = self.step + 1
-            self._row = {}
+            self._row, self._rows = {}, None
             t_step = time.perf_counter()
             yield self.step + 1
-            self.timing["train_seconds"] += time.perf_counter() - t_step
-            self.step += 1
-            step = self.step
-            raw = self._row
-            # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
-            # (every eval_every steps and the run's last step, not at segment ends), so neither the
-            # plan's cut points nor the measured costs can change what training draws.
-            evaluating = step % segment.eval_every == 0 or step == run_end
-            save_now = step % segment.interval == 0 or step == segment.end
+            self._call_seconds = time.perf_counter() - t_step
+            self.timing["train_seconds"] += self._call_seconds
+            raws = self._rows if self._rows is not None else (self._row,)
             now = self.clock()
-            report = now - last_progress >= 10 or step == segment.end
-            # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
-            # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
-            if save_now or evaluating or report or step % run["log_every"] == 0:
-                row = state.as_numbers(raw)
-                _check_finite(row, step, self.saved_step)
-            else:
-                row = raw
-            if evaluating and evaluate is not None:
-                t_eval = time.perf_counter()
-                with state.isolated_rng(evaluation_seed(run["seed"], step)):
-                    row = {**row, **state.as_numbers(evaluate())}
-                self.evals.append(time.perf_counter() - t_eval)
-                _check_finite(row, step, self.saved_step)
-                self.timing["eval_seconds"] += self.evals[-1]
-            if evaluating and after_evaluation is not None:
-                if segment.monitor not in row:
-                    raise ValueError(
-                        f"the task's scheduler steps on a metric (ReduceLROnPlateau) and the run monitors "
-                        f"'{segment.monitor}', which step {step} did not compute: set validation_split (or give "
-                        "the task build_validation), or monitor: loss")
-                after_evaluation(row, segment.monitor)
-            new_best = False
-            if evaluating and segment.monitor in row:
-                value = row[segment.monitor]
-                best = self.best
-                if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
-                    self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
-                    new_best = True
-            seconds = self._save(state, _row(segment, self.attempt, step, row),
-                                 wait=step == segment.end) if save_now else None
-            if new_best and self.writer is not None and self.writer.step == step:
-                self._best_after_write = (self._extra(step), self.best)  # linked once its files are written
-            elif new_best:
-                _save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
-            if save_now or evaluating or step % run["log_every"] == 0:
-                self.metrics.append({**_row(segment, self.attempt, step, row),
-                                     "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
-            if report:
-                rate = (step - first_step) / max(now - t0, 1e-9)
-                eta = (segment.end - step) / rate if rate > 0 else float("inf")
+            report_due = now - last_progress >= 10
+            for i, raw in enumerate(raws):
+                row = self._after_step(state, raw, evaluate, after_evaluation, run_end,
+                                       read=report_due and i == len(raws) - 1)
+            if report_due or self.step == segment.end:
+                rate = (self.step - first_step) / max(now - t0, 1e-9)
+                eta = (segment.end - self.step) / rate if rate > 0 else float("inf")
                 log.info("step %d/%d loss %s %.1f steps/s, segment ends in %.0f s, deadline in %.0f s",
-                         step, segment.end, f"{row['loss']:.4f}" if "loss" in row else "(not logged)", rate, eta,
-                         self.deadline - now)
+                         self.step, segment.end, f"{row['loss']:.4f}" if "loss" in row else "(not logged)", rate,
+                         eta, self.deadline - now)
                 last_progress = now
         self._finish()
+
+    def _after_step(self, state, raw: dict, evaluate, after_evaluation, run_end: int, read: bool) -> dict:
+        """Count one trained step, whose outputs are ``raw``; evaluate, save and log as its number
+        asks. Returns its row: numbers where it was read (``read`` asks for that in any case)."""
+        run, segment = self.run, self.segment
+        self.step += 1
+        step = self.step
+        # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
+        # (every eval_every steps and the run's last step, not at segment ends), so neither the
+        # plan's cut points nor the measured costs can change what training draws.
+        evaluating = step % segment.eval_every == 0 or step == run_end
+        save_now = step % segment.interval == 0 or step == segment.end
+        logging = save_now or evaluating or step % run["log_every"] == 0
+        # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
+        # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
+        if logging or read:
+            row = state.as_numbers(raw)
+            _check_finite(row, step, self.saved_step)
+        else:
+            row = raw
+        if evaluating and evaluate is not None:
+            t_eval = time.perf_counter()
+            with state.isolated_rng(evaluation_seed(run["seed"], step)):
+                row = {**row, **state.as_numbers(evaluate())}
+            self.evals.append(time.perf_counter() - t_eval)
+            _check_finite(row, step, self.saved_step)
+            self.timing["eval_seconds"] += self.evals[-1]
+        if evaluating and after_evaluation is not None:
+            if segment.monitor not in row:
+                raise ValueError(
+                    f"the task's scheduler steps on a metric (ReduceLROnPlateau) and the run monitors "
+                    f"'{segment.monitor}', which step {step} did not compute: set validation_split (or give "
+                    "the task build_validation), or monitor: loss")
+            after_evaluation(row, segment.monitor)
+        new_best = False
+        if evaluating and segment.monitor in row:
+            value = row[segment.monitor]
+            best = self.best
+            if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
+                self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
+                new_best = True
+        seconds = self._save(state, _row(segment, self.attempt, step, row),
+                             wait=step == segment.end) if save_now else None
+        if new_best and self.writer is not None and self.writer.step == step:
+            self._best_after_write = (self._extra(step), self.best)  # linked once its files are written
+        elif new_best:
+            _save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
+        if logging:
+            self.metrics.append({**_row(segment, self.attempt, step, row),
+                                 "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
+        return row
 
     def _extra(self, step: int) -> dict:
         extra = {"step": step, "segment": self.segment.index, "best": self.best}
@@ -581,9 +616,14 @@ def run_segment(
             def evaluate():
                 return backend.evaluate(training.validation_indices, run["batch_size"])
         batches = backend.batches(training.order, job.step, segment.end)  # fetched ahead by workers, if any
+        per_call = getattr(backend, "steps_per_call", 1)
         for _step in job.steps(backend, evaluate=evaluate,
                                after_evaluation=backend.after_evaluation if backend.steps_on_metric else None):
-            job.log(backend.train_step(next(batches)))
+            if per_call > 1:  # one call trains the steps up to the next save or evaluation
+                count = job.free_steps(per_call)
+                job.log_steps(backend.train_steps([next(batches) for _ in range(count)]))
+            else:
+                job.log(backend.train_step(next(batches)))
         return job.summary
 
 

@@ -90,3 +90,57 @@ def test_a_state_of_every_dtype_round_trips_and_trains_on_like_the_original(tmp_
     restored.train_on_batch(x, y[:, :3])
     for a, b in zip(model.variables + model.optimizer.variables, restored.variables + restored.optimizer.variables):
         assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_steps_grouped_into_one_graph_call_train_exactly_as_one_call_each(tmp_path):
+    """The pipeline trains the steps between two saves in one graph call (as fit's
+    steps_per_execution does). Dropout draws, the learning-rate schedule, the optimizer and the
+    metrics go on exactly as in one call per step: the same losses, rates and accuracies at every
+    step, and bitwise the same variables, however the steps are grouped."""
+    import numpy as np
+
+    from conftest import REPO
+
+    task = str(REPO / "examples" / "digits_cnn_keras.py")
+
+    def train(groups):
+        backend = Backend(task, {"lr_step": 20}, 0)  # the rate halves every 20 steps: inside calls
+        backend.build()
+        order, step, rows = DataOrder(backend.num_samples, 32, 0), 0, []
+        for count in groups:
+            batches = [order.batch(step + i) for i in range(count)]
+            rows += [backend.as_numbers(r) for r in backend.train_steps(batches)]
+            step += count
+        model = backend.model
+        return rows, [v.numpy() for v in model.variables + model.optimizer.variables]
+
+    one_rows, one_vars = train([1] * 90)
+    many_rows, many_vars = train([1, 5, 32, 7, 25, 20])
+    assert len(many_rows) == 90 and many_rows == one_rows
+    assert len({r["lr"] for r in one_rows}) == 5  # the schedule stepped inside the calls
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(one_vars, many_vars))
+
+
+def test_one_call_trains_up_to_the_next_save_or_evaluation_and_about_a_second(tmp_path):
+    """free_steps: a call never runs past a step that saves, evaluates or ends the segment or the
+    run, nor past the step budget, nor (at the last call's pace) much past a second."""
+    from conftest import KMLP, REPO
+
+    from segtrain import runner
+    from segtrain.config import resolve
+    from segtrain.planning import Segment
+
+    run = resolve({"runs": {"r": {**KMLP, "total_steps": 1000}}}, base=REPO)["r"]
+    seg = Segment(index=0, start=0, end=500, interval=50, time_limit=3600, save_seconds=0.01, eval_every=70)
+    job = runner.SegmentJob(run, seg, runner.RunPaths(tmp_path), None, tmp_path / "out")
+    assert job.free_steps(32) == 1  # the pace is not known before the first call
+    job._call_seconds, job._call_steps = 0.001, 1
+    for done, limit, expected in [(0, 32, 32), (40, 32, 10), (50, 32, 20), (63, 32, 7), (130, 8, 8),
+                                  (490, 32, 10), (499, 32, 1)]:
+        job.step = done
+        job._call_seconds, job._call_steps = 0.001, 1
+        assert job.free_steps(limit) == expected, (done, limit)
+    job.step, job._call_seconds, job._call_steps = 0, 0.25, 10  # 25 ms a step: 40 steps in a second
+    assert job.free_steps(100) == 40
+    job.step, job._call_seconds, job._call_steps = 0, 3.0, 1  # a step longer than a second: one at a time
+    assert job.free_steps(32) == 1

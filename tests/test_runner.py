@@ -43,14 +43,16 @@ def export(folder, tmp_path, name):
     return load_weights(out["pt"])
 
 
-def reference_and_stopped(tmp_path, run_settings):
-    """An uninterrupted segment, and the same segment stopped by its deadline part-way."""
+def reference_and_stopped(tmp_path, run_settings, interval=20, tick=0.5):
+    """An uninterrupted segment, and the same segment stopped by its deadline part-way (the clock
+    is read twice per call of the step: a backend that trains several steps per call needs a
+    larger tick)."""
     ref = runner.RunPaths(tmp_path / "ref")
-    runner.run_segment(run_settings, segment(), ref, None, ref.segment_dir(0))
+    runner.run_segment(run_settings, segment(interval=interval), ref, None, ref.segment_dir(0))
     paths = runner.RunPaths(tmp_path / "cut")
     with pytest.raises(runner.Stopped, match="deadline"):
-        runner.run_segment(run_settings, segment(time_limit=60), paths, None, paths.segment_dir(0),
-                           clock=FakeClock(0.5), job_start=0.0)
+        runner.run_segment(run_settings, segment(interval=interval, time_limit=60), paths, None,
+                           paths.segment_dir(0), clock=FakeClock(tick), job_start=0.0)
     return ref, paths
 
 
@@ -247,11 +249,11 @@ def test_keras_background_saves_and_a_deadline_stop_resume_bitwise(tmp_path):
 
     cfg = {"defaults": {"log_every": 5}, "runs": {"r": {**KMLP, "total_steps": 120, "async_save": True}}}
     run = resolve(cfg, base=REPO)["r"]
-    ref, paths = reference_and_stopped(tmp_path, run)
+    ref, paths = reference_and_stopped(tmp_path, run, interval=10, tick=4.0)  # calls of up to 10 steps
     stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
     assert 0 < stopped_at < 120
     assert (paths.store / runner.store_mod.step_dir_name(stopped_at) / "state.bin").exists()
-    runner.run_segment(run, segment(), paths, None, paths.segment_dir(0))
+    runner.run_segment(run, segment(interval=10), paths, None, paths.segment_dir(0))
     saves = json.loads((paths.segment_dir(0) / "segment.json").read_text())["saves"]
     assert any(s["persist_seconds"] != s["blocking_seconds"] for s in saves)  # written in the background
     a, b = final_state_in(ref.root), final_state_in(paths.root)

@@ -245,7 +245,7 @@ class Backend:
     def isolated_rng(self, seed: int):
         return self.state.isolated_rng(seed)
 
-    def _compiled_step(self, data):
+    def _step_function(self, data):
         """One graph call per step: reset the metrics (so the logs are this step's), read the
         learning rate this step uses, and run the model's own ``train_step``. ``train_on_batch``
         does the same in several eager calls, converts every log to a number (a device wait),
@@ -262,14 +262,59 @@ class Backend:
                 return {"loss": logs.pop("loss"), "lr": tf.cast(lr, tf.float32), **logs}
 
             self._step_fn = tf.function(one_step, jit_compile=bool(model.jit_compile), reduce_retracing=True)
-        return self._step_fn(data)
+        return self._step_fn
+
+    def _steps_function(self, data):
+        """Several steps in one graph call, as ``fit(steps_per_execution=N)`` runs them: a loop
+        over the leading axis of ``data`` (one batch per step) that calls the same step function
+        (compiled alone, as one step is), one iteration after the other, and stacks each step's
+        logs. The variables (weights, optimizer, seed generators) change as they would in as many
+        single calls, so results do not depend on how steps are grouped into calls."""
+        if getattr(self, "_steps_fn", None) is None:
+            step = self._step_function(tuple(part[0] for part in data))
+
+            def many_steps(batches):
+                count = tf.shape(batches[0])[0]
+                first = step(tuple(part[0] for part in batches))
+                logs = {key: tf.TensorArray(value.dtype, size=count).write(0, value) for key, value in first.items()}
+
+                def body(i, logs):
+                    out = step(tuple(part[i] for part in batches))
+                    return i + 1, {key: logs[key].write(i, out[key]) for key in logs}
+
+                _, logs = tf.while_loop(lambda i, _: i < count, body, (tf.constant(1), logs), parallel_iterations=1)
+                return {key: log.stack() for key, log in logs.items()}
+
+            self._steps_fn = tf.function(many_steps, reduce_retracing=True)
+        return self._steps_fn
+
+    def _batch(self, indices: np.ndarray) -> tuple:
+        x, y, *w = (a[indices] for a in self.arrays)
+        return (x, y, w[0]) if w else (x, y)
 
     def train_step(self, indices: np.ndarray) -> dict:
         """One step on the samples ``indices``; loss, lr and metrics come back as tensors, read as
         numbers (``as_numbers``) only on the steps that log."""
-        idx = np.asarray(indices, dtype=np.int64)
-        x, y, *w = (a[idx] for a in self.arrays)
-        return self._compiled_step((x, y, w[0]) if w else (x, y))
+        data = self._batch(np.asarray(indices, dtype=np.int64))
+        return self._step_function(data)(data)
+
+    @property
+    def steps_per_call(self) -> int:
+        """Steps in one graph call at most (``SegmentJob.free_steps`` ends a call earlier at a save or
+        evaluation): the model's ``steps_per_execution`` when it was compiled with one, else 32."""
+        chosen = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        return chosen if chosen > 1 else 32
+
+    def train_steps(self, index_batches: list) -> list[dict]:
+        """The steps on the samples of each of ``index_batches`` (equal sizes), in one graph call;
+        one dict of numbers per step."""
+        count = len(index_batches)
+        if count == 1 or len({len(b) for b in index_batches}) > 1:
+            return [self.train_step(b) for b in index_batches]
+        data = tuple(part.reshape(count, -1, *part.shape[1:])
+                     for part in self._batch(np.concatenate(index_batches).astype(np.int64)))
+        stacked = {key: value.numpy() for key, value in self._steps_function(data)(data).items()}
+        return [{key: values[i] for key, values in stacked.items()} for i in range(count)]
 
     @staticmethod
     def batches(order, start: int, end: int):
