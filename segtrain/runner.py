@@ -235,7 +235,9 @@ class SegmentJob:
                 job.log(state.train_step())   # what this step computed (tensors are read lazily)
             job.summary                       # the segment's output, written when the loop ended
 
-    A stop saves at the next step boundary and raises Stopped.
+    A client that trains several steps per call (Keras: one graph call) asks how many it may
+    train now, ``count = job.free_steps(limit)``, and hands over each one's outputs with
+    ``job.log_steps(rows)``. A stop saves at the next step boundary and raises Stopped.
     """
 
     def __init__(self, run: dict, segment: Segment, paths: RunPaths, previous: Path | None, out_dir: Path,
@@ -436,10 +438,10 @@ class SegmentJob:
         # plan's cut points nor the measured costs can change what training draws.
         evaluating = step % segment.eval_every == 0 or step == run_end
         save_now = step % segment.interval == 0 or step == segment.end
-        logging = save_now or evaluating or step % run["log_every"] == 0
+        logged = save_now or evaluating or step % run["log_every"] == 0
         # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
         # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
-        if logging or read:
+        if logged or read:
             row = state.as_numbers(raw)
             _check_finite(row, step, self.saved_step)
         else:
@@ -471,7 +473,7 @@ class SegmentJob:
             self._best_after_write = (self._extra(step), self.best)  # linked once its files are written
         elif new_best:
             _save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
-        if logging:
+        if logged:
             self.metrics.append({**_row(segment, self.attempt, step, row),
                                  "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
         return row

@@ -269,23 +269,24 @@ class Backend:
         over the leading axis of ``data`` (one batch per step) that calls the same step function
         (compiled alone, as one step is), one iteration after the other, and stacks each step's
         logs. The variables (weights, optimizer, seed generators) change as they would in as many
-        single calls, so results do not depend on how steps are grouped into calls."""
+        single calls, so results do not depend on how steps are grouped into calls. Traced once,
+        for any number of steps (the step function once more, inside the loop)."""
         if getattr(self, "_steps_fn", None) is None:
-            step = self._step_function(tuple(part[0] for part in data))
+            step, kinds = self._step_fn, self._log_dtypes
 
             def many_steps(batches):
                 count = tf.shape(batches[0])[0]
-                first = step(tuple(part[0] for part in batches))
-                logs = {key: tf.TensorArray(value.dtype, size=count).write(0, value) for key, value in first.items()}
+                logs = {key: tf.TensorArray(dtype, size=count) for key, dtype in kinds.items()}
 
                 def body(i, logs):
                     out = step(tuple(part[i] for part in batches))
                     return i + 1, {key: logs[key].write(i, out[key]) for key in logs}
 
-                _, logs = tf.while_loop(lambda i, _: i < count, body, (tf.constant(1), logs), parallel_iterations=1)
+                _, logs = tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), logs), parallel_iterations=1)
                 return {key: log.stack() for key, log in logs.items()}
 
-            self._steps_fn = tf.function(many_steps, reduce_retracing=True)
+            spec = tuple(tf.TensorSpec((None, *part.shape[1:]), tf.as_dtype(part.dtype)) for part in data)
+            self._steps_fn = tf.function(many_steps, input_signature=[spec])
         return self._steps_fn
 
     def _batch(self, indices: np.ndarray) -> tuple:
@@ -296,7 +297,10 @@ class Backend:
         """One step on the samples ``indices``; loss, lr and metrics come back as tensors, read as
         numbers (``as_numbers``) only on the steps that log."""
         data = self._batch(np.asarray(indices, dtype=np.int64))
-        return self._step_function(data)(data)
+        logs = self._step_function(data)(data)
+        if not hasattr(self, "_log_dtypes"):
+            self._log_dtypes = {key: value.dtype for key, value in logs.items()}  # what a call of several stacks
+        return logs
 
     @property
     def steps_per_call(self) -> int:
@@ -311,6 +315,8 @@ class Backend:
         count = len(index_batches)
         if count == 1 or len({len(b) for b in index_batches}) > 1:
             return [self.train_step(b) for b in index_batches]
+        if not hasattr(self, "_log_dtypes"):  # the first step alone tells what each step logs
+            return [self.train_step(index_batches[0])] + self.train_steps(index_batches[1:])
         data = tuple(part.reshape(count, -1, *part.shape[1:])
                      for part in self._batch(np.concatenate(index_batches).astype(np.int64)))
         stacked = {key: value.numpy() for key, value in self._steps_function(data)(data).items()}
