@@ -25,18 +25,20 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     training = prepare_training(run, backend_factory)
     backend, order = training.backend, training.order
     # A backend that trains several steps per call (Keras: one graph call up to the next save) is
-    # timed that way.
+    # timed that way, after both of its call shapes (a fixed and a varying step count) are traced.
     per_call = min(getattr(backend, "steps_per_call", 1), run["measure_steps"])
     calls = -(-run["measure_steps"] // per_call)
-    batches = backend.batches(order, 0, WARMUP_STEPS + (per_call if per_call > 1 else 0) + calls * per_call)
+    warmup = WARMUP_STEPS + (2 * per_call - 1 if per_call > 1 else 0)
+    batches = backend.batches(order, 0, warmup + calls * per_call)
     backend.train_step(next(batches))
-    if per_call > 1:  # its own graph, traced in every job
-        backend.train_steps([next(batches) for _ in range(per_call)])
     # What a job pays before its steady state: interpreter, framework import, building the task
     # and the first step (graph tracing, allocator warm-up), which every segment pays again.
     startup = process_age()
     for step in range(1, WARMUP_STEPS):
         backend.train_step(next(batches))
+    if per_call > 1:
+        for count in (per_call, per_call - 1):
+            backend.train_steps([next(batches) for _ in range(count)])
     step_times = []
     for _call in range(calls):
         t = time.perf_counter()
