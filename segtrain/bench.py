@@ -369,8 +369,8 @@ def bench_train(repeats: int, steps: int, quick: bool) -> str:
                                            "hand loop": lambda: hand_rate_torch(str(tiny), 3 * steps)}
     results: dict[str, dict[str, list[float]]] = {c: {v: [] for v in vs} for c, vs in cases.items()}
     cores, ceilings = len(os.sched_getaffinity(0)), []
-    for r in range(repeats):
-        ceilings.append(parallel_fetch_ceiling(str(png), 200 if quick else 800, cores))  # interleaved: every variant once per round, in reverse order every other round
+    for r in range(repeats):  # interleaved: every variant once per round, in reverse order every other round
+        ceilings.append(parallel_fetch_ceiling(str(png), 200 if quick else 800, cores))
         for case, variants in cases.items():
             order = list(variants) if r % 2 == 0 else list(variants)[::-1]
             for variant in order:
