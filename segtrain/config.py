@@ -62,10 +62,13 @@ def _format_schema_error(err, schema) -> str:
             err.instance.is_integer() else f"{where}: {err.instance!r} is not a whole number"
     if err.validator == "oneOf" and isinstance(err.instance, float):
         return f"{where}: {err.instance!r} is not a whole number (or 'auto')"
+    if where == "checkpoint_root":
+        return (f"checkpoint_root: {err.instance!r} is not a folder; give the folder that holds each run's "
+                "checkpoints (checkpoint_root: results, the default, or a path on the persistent volume)")
     if err.validator == "required":
         return f"{where}: {err.message}; add it (see config/README.md)"
     if err.validator in ("minProperties", "maxProperties") and where.endswith("checkpoint"):
-        return f"{where}: set exactly one of every, every_steps, max_overhead, mtbf"
+        return f"{where}: set exactly one of every, every_steps, every_epochs, max_overhead, mtbf"
     return f"{where}: {err.message}"
 
 
@@ -211,14 +214,17 @@ def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict
 
 
 def definitions_for_jobs(runs: dict[str, dict]) -> str:
-    """What jobs need beyond their params, as JSON for the environment (DEFINITIONS_ENV): params
-    must not change for runs started by earlier versions, or Snakemake would retrain them."""
-    return json.dumps({name: {k: run[k] for k in ("model_definition", "definition_hash", "total_steps") if k in run}
-                       for name, run in runs.items()}, sort_keys=True)
+    """Each run's resolved settings, as JSON for the environment (DEFINITIONS_ENV): every job
+    reads all of them from there, so every setting the config accepts reaches the job that uses
+    it (num_workers, async_save, grace_period, ...). A rule's params hold only the keys whose
+    change must rerun it: params must not change for runs started by earlier versions, or
+    Snakemake would retrain them."""
+    return json.dumps({name: run for name, run in runs.items()}, sort_keys=True, default=str)
 
 
 def with_definition(run: dict) -> dict:
-    """``run`` (a job's params) with its model definition and total_steps from the environment."""
+    """``run`` (a job's params) with the run's resolved settings from the environment (its
+    model definition included); the params win where both have a key."""
     entry = json.loads(os.environ.get(DEFINITIONS_ENV) or "{}").get(run.get("name"), {})
     return {**entry, **run}
 

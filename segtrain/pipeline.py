@@ -92,6 +92,7 @@ def check_monitor(run: dict, measured: dict) -> None:
 
 
 def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planning.Plan:
+    run = with_definition(run)
     measured = json.loads(Path(costs_file).read_text())
     check_monitor(run, measured)
     costs = planning.Costs.from_dict(measured)

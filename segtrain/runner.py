@@ -26,6 +26,7 @@ from .checkpointing import BackgroundWriter, Snapshots
 from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
 from .events import EventFile
+from .layout import CHECKPOINT_ROOT_ENV, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
 from .lifecycle import STOP, process_age
 from .planning import Segment
 from .taskfile import RunContext
@@ -58,7 +59,6 @@ def evaluation_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**62
 
 
-CHECKPOINT_ROOT_ENV = "SEGTRAIN_CHECKPOINT_ROOT"
 DEADLINE_ENV = "SEGTRAIN_DEADLINE"  # an absolute end (e.g. a DSRI booking's), ISO 8601
 
 
@@ -74,39 +74,6 @@ def absolute_deadline() -> float | None:
         raise ValueError(f"{DEADLINE_ENV}={text} has no time zone offset; a job cannot tell which 09:00 "
                          "is meant. Set the config key deadline with an offset, or timezone")
     return when.timestamp()
-
-
-@dataclass
-class RunPaths:
-    """Where one run keeps its files.
-
-    The periodic checkpoints live under ``checkpoint_root/<run>/ckpt`` (default: next to the
-    results). On Kubernetes a job's working directory is an emptyDir that dies with the pod, so
-    there the workflow points checkpoint_root at the persistent volume (env SEGTRAIN_CHECKPOINT_ROOT).
-    """
-
-    root: Path  # results/<run>
-    checkpoint_root: Path | None = None
-
-    @property
-    def store(self) -> Path:
-        base = self.checkpoint_root or os.environ.get(CHECKPOINT_ROOT_ENV)
-        return Path(base) / self.root.name / "ckpt" if base else self.root / "ckpt"
-
-    def working_metrics(self, segment: int) -> Path:
-        return self.store / "metrics" / f"segment-{segment:04d}.csv"
-
-    @property
-    def tensorboard(self) -> Path:
-        """TensorBoard's log folder for the run, beside its checkpoints: tensorboard --logdir <it>."""
-        return self.store.parent / "tensorboard"
-
-    @property
-    def attempts(self) -> Path:
-        return self.store / "attempts.jsonl"
-
-    def segment_dir(self, segment: int) -> Path:
-        return self.root / "segments" / f"{segment:04d}"
 
 
 @dataclass

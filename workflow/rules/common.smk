@@ -26,6 +26,8 @@ from segtrain.config import (
     resolve,
 )
 from segtrain.attempts import Ledger, retry_refusal
+from segtrain.layout import CHECKPOINT_ROOT_ENV, DEFAULT_CHECKPOINT_ROOT
+from segtrain.layout import checkpoint_folder as _checkpoint_folder
 from segtrain.store import CheckpointStore, recorded_manifest
 
 # Rules run `$SEGTRAIN_PYTHON $SEGTRAIN_SCRIPTS/<rule>.py`: this interpreter and this workflow's
@@ -37,7 +39,6 @@ from segtrain.store import CheckpointStore, recorded_manifest
 os.environ.update(
     SEGTRAIN_PYTHON=sys.executable,
     SEGTRAIN_SCRIPTS=str(Path(PROJECT_ROOT) / "scripts"),
-    SEGTRAIN_CHECKPOINT_ROOT=config.get("checkpoint_root", "results"),
     # the process whose jobs these are: a training job stops when it is gone (segtrain.lifecycle)
     SEGTRAIN_SNAKEMAKE_PID=str(os.getpid()),
 )
@@ -50,6 +51,9 @@ try:
     DEADLINE = deadline_of(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+# Checked by the schema (a non-empty string) before it reaches the jobs' environment
+CHECKPOINT_ROOT = config.get("checkpoint_root", DEFAULT_CHECKPOINT_ROOT)
+os.environ[CHECKPOINT_ROOT_ENV] = CHECKPOINT_ROOT
 if (
     DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
     and not config.get("container_image")
@@ -69,9 +73,9 @@ os.environ[DEFINITIONS_ENV] = definitions_for_jobs(RUNS)
 
 
 def checkpoint_folder(run):
-    """Where a run's periodic checkpoints and attempts ledger live (segtrain.runner.RunPaths.store,
-    without importing the runner at parse time)."""
-    return Path(config.get("checkpoint_root", "results")) / run / "ckpt"
+    """Where a run's periodic checkpoints and attempts ledger live: the jobs' folder
+    (segtrain.layout builds both)."""
+    return _checkpoint_folder(run, CHECKPOINT_ROOT)
 
 
 for _name, _run in RUNS.items():
@@ -91,7 +95,12 @@ for _name, _run in RUNS.items():
             f"run '{_name}' has checkpoints of a different model definition: "
             f"{'; '.join(_what) or 'its definition'} changed since they were written. "
             "Nothing was touched. Give the changed run a new name, or move "
-            f"results/{_name} away to start it over."
+            + (
+                f"results/{_name} away to start it over."
+                if checkpoint_folder(_name) == Path("results") / _name / "ckpt"
+                else f"results/{_name} and its checkpoints ({checkpoint_folder(_name)}) away "
+                "to start it over."
+            )
         )
 
 
