@@ -43,12 +43,8 @@ def read_arrays(path: Path, index: list) -> dict:
     arrays = {}
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
-        for name, dtype, shape, offset in index:
-            dt = _dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
-            if offset + count * dt.itemsize > size:
-                raise ValueError(f"{path}: {name} lies beyond the end of the file")
-            array = aligned_empty(tuple(shape), dt)
+        for name, dt, shape, offset in check_index(index, size, path):
+            array = aligned_empty(shape, dt)
             view, pos = memoryview(array.reshape(-1).view(np.uint8)), 0
             fh.seek(offset)
             while pos < len(view):
@@ -58,6 +54,44 @@ def read_arrays(path: Path, index: list) -> dict:
                 pos += n
             arrays[name] = array
     return arrays
+
+
+def check_index(index, size: int, path="the file") -> list:
+    """``index`` as (name, dtype, shape, offset) entries, checked against a file of ``size``
+    bytes before any memory is taken: well formed, unique names, and each array inside the file
+    and after the one before it, so the arrays together never need more memory than the file
+    holds (a crafted index of overlapping entries would otherwise multiply it). ValueError says
+    which entry is wrong."""
+    if not isinstance(index, list):
+        raise ValueError(f"{path}: the array index is not a list")
+    checked, names, end = [], set(), 0
+    for entry in index:
+        if not (isinstance(entry, list) and len(entry) == 4):
+            raise ValueError(f"{path}: malformed array index entry {entry!r}")
+        name, dtype, shape, offset = entry
+        if not isinstance(name, str) or name in names:
+            raise ValueError(f"{path}: array name {name!r} is not a string or appears twice")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                 for d in shape)):
+            raise ValueError(f"{path}: {name} has a malformed shape {shape!r}")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < end:
+            raise ValueError(f"{path}: {name} starts at {offset!r}, inside the array before it (or before the "
+                             "file's start)")
+        try:
+            dt = _dtype(dtype)
+        except (TypeError, AttributeError, ValueError):
+            raise ValueError(f"{path}: {name} has an unknown dtype {dtype!r}") from None
+        if dt.hasobject:
+            raise ValueError(f"{path}: {name} has an object dtype (that would need pickle)")
+        nbytes = dt.itemsize
+        for d in shape:
+            nbytes *= d
+        if offset + nbytes > size:
+            raise ValueError(f"{path}: {name} lies beyond the end of the file")
+        names.add(name)
+        end = offset + nbytes
+        checked.append((name, dt, tuple(shape), offset))
+    return checked
 
 
 def aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:

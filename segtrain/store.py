@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -58,12 +59,62 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:09d}"
 
 
+MANIFEST_MAX_BYTES = 64 << 20  # a manifest lists file names and digests: anything larger is not one
+
+
+def open_regular(path: Path):
+    """``path`` opened for reading if it is a regular file, not through a symlink: a checkpoint
+    never holds anything else, and a link to /dev/zero or a FIFO would make a reader wait or
+    read forever. (No O_NONBLOCK race: the descriptor itself is checked.) Raises
+    CorruptCheckpoint naming what the path is instead."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptCheckpoint(f"{path} is a symbolic link; a checkpoint holds regular files only") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        raise CorruptCheckpoint(f"{path} is {kind}; a checkpoint holds regular files only")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def regular_size(path: Path) -> int:
+    """The size of ``path`` if it is a regular file (not a symlink), else CorruptCheckpoint."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise CorruptCheckpoint(f"{path} is a symbolic link; a checkpoint holds regular files only")
+    if not stat.S_ISREG(info.st_mode):
+        raise CorruptCheckpoint(f"{path} is not a regular file; a checkpoint holds regular files only")
+    return info.st_size
+
+
+def read_manifest(folder: Path) -> dict:
+    """The parsed manifest of ``folder`` (a regular file of bounded size; not verified).
+    Raises FileNotFoundError when there is none and CorruptCheckpoint when it is not one."""
+    path = Path(folder) / MANIFEST
+    with open_regular(path) as fh:
+        data = fh.read(MANIFEST_MAX_BYTES + 1)
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise CorruptCheckpoint(f"{path}: larger than {MANIFEST_MAX_BYTES >> 20} MiB, not a manifest")
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise CorruptCheckpoint(f"{path}: unreadable {MANIFEST}: {exc}") from None
+
+
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     """The file's sha256, hashed straight from the page cache through a read-only mapping (no
     copy into a buffer); read in blocks where it cannot be mapped (an empty file, some FUSE
-    file systems)."""
+    file systems). Regular files only (``open_regular``)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         try:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):
@@ -178,12 +229,11 @@ def verify(path: Path, deferred: Collection[str] = ()) -> dict:
     Files named in ``deferred`` are checked for their size only: the caller reads them through
     ``load_verified``, which hashes them while they load (one pass over the disk, not two)."""
     path = Path(path)
-    mpath = path / MANIFEST
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = read_manifest(path)
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{path}: no {MANIFEST} (the save did not finish)") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise CorruptCheckpoint(f"{path}: unreadable {MANIFEST}: {exc}") from None
     if not isinstance(manifest, dict):
         raise CorruptCheckpoint(f"{path}: {MANIFEST} is a {type(manifest).__name__}, not an object")
@@ -192,12 +242,16 @@ def verify(path: Path, deferred: Collection[str] = ()) -> dict:
         raise CorruptCheckpoint(f"{path}: {MANIFEST} lists no files")
     if not isinstance(manifest.get("step"), int) or isinstance(manifest["step"], bool):
         raise CorruptCheckpoint(f"{path}: {MANIFEST} has no step number")
+    for entry in os.scandir(path):  # readers open files by name, listed or not: none may lead elsewhere
+        if entry.is_symlink() or not (entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)):
+            what = "a symbolic link" if entry.is_symlink() else "not a regular file"
+            raise CorruptCheckpoint(f"{path}: {entry.name} is {what}; a checkpoint holds regular files only")
     for name, meta in files.items():
         if not _is_file_entry(name, meta):
             raise CorruptCheckpoint(f"{path}: {MANIFEST} has a malformed entry {name!r}: {meta!r}")
         f = path / name
         try:
-            size = f.stat().st_size
+            size = regular_size(f)  # a symlink out of the folder, a device or a FIFO is damage
         except FileNotFoundError:
             raise CorruptCheckpoint(f"{path}: file {name} is missing") from None
         if size != meta["size"]:
@@ -217,9 +271,10 @@ def load_verified(folder: Path, name: str, load: Callable[[Path], Any]) -> Any:
     comes off the disk once, and hashing overlaps deserialising."""
     folder = Path(folder)
     try:
-        entry = json.loads((folder / MANIFEST).read_text())["files"][name]
+        regular_size(folder / name)
+        entry = read_manifest(folder)["files"][name]
         expected = entry["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, CorruptCheckpoint) as exc:
         raise CorruptCheckpoint(f"{folder}: {MANIFEST} has no usable entry for {name} ({exc})") from None
     found: dict = {}
 
@@ -321,7 +376,8 @@ class CheckpointStore:
         found = []
         for entry in self.root.iterdir():
             m = _STEP_DIR.match(entry.name)
-            if m and entry.name == step_dir_name(int(m.group(1))) and entry.is_dir():
+            # a symlinked step folder is not this store's (it could point anywhere): left alone
+            if m and entry.name == step_dir_name(int(m.group(1))) and entry.is_dir() and not entry.is_symlink():
                 found.append(int(m.group(1)))
         return sorted(found)
 
@@ -440,8 +496,8 @@ def recorded_manifest(root: Path | str) -> dict | None:
     store = CheckpointStore(root)
     for step in reversed(store.steps()):
         try:
-            manifest = json.loads((store.path(step) / MANIFEST).read_text())
-        except (OSError, ValueError):
+            manifest = read_manifest(store.path(step))
+        except (OSError, CorruptCheckpoint):
             continue
         if isinstance(manifest, dict) and isinstance(manifest.get("model_hash"), str):
             return manifest

@@ -399,3 +399,72 @@ sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 '''
     done = subprocess.run([sys.executable, "-c", script], timeout=120)
     assert done.returncode == 0
+
+
+def _crafted(folder: Path, make) -> None:
+    """Replace state.bin of a saved checkpoint with what ``make(path)`` puts there, and give the
+    manifest the size 0 that /dev/zero and a FIFO report (the probe's crafted checkpoint)."""
+    target = folder / "state.bin"
+    target.unlink()
+    make(target)
+    manifest = json.loads((folder / st.MANIFEST).read_text())
+    manifest["files"]["state.bin"]["size"] = 0
+    (folder / st.MANIFEST).write_text(json.dumps(manifest))
+
+
+CRAFTED = {
+    "a symlink to /dev/zero": lambda p: p.symlink_to("/dev/zero"),
+    "a FIFO": lambda p: os.mkfifo(p),
+    "a symlink out of the folder": lambda p: p.symlink_to(p.parent.parent.parent / "outside.bin"),
+}
+
+
+@pytest.mark.parametrize("what", CRAFTED)
+def test_a_state_file_that_is_not_a_regular_file_is_damage_and_read_never(tmp_path, what):
+    """Verification and the verified load neither read nor wait on it; the one before is used."""
+    (tmp_path / "outside.bin").write_bytes(b"")
+    s = st.CheckpointStore(tmp_path / "store", keep=3)
+    s.save(2, write_payload(b"two"))
+    s.save(3, write_payload(b"three"))
+    _crafted(s.path(3), CRAFTED[what])
+    t = time.monotonic()
+    skipped = []
+    assert s.newest_valid(on_skip=lambda step, why: skipped.append(why)).step == 2
+    assert "regular files only" in skipped[0] and "state.bin" in skipped[0]
+    for deferred in ((), ("state.bin",)):
+        with pytest.raises(st.CorruptCheckpoint, match="regular files only"):
+            st.verify(s.path(3), deferred)
+    with pytest.raises(st.CorruptCheckpoint, match="regular files only"):
+        st.load_verified(s.path(3), "state.bin", lambda path: path.read_bytes())
+    assert time.monotonic() - t < 5  # nothing read without end or blocked in open()
+
+
+def test_a_manifest_that_is_a_device_or_too_large_is_damage(tmp_path):
+    s = st.CheckpointStore(tmp_path, keep=3)
+    s.save(2, write_payload(b"two"), {"model_hash": "m"})
+    s.save(3, write_payload(b"three"), {"model_hash": "m"})
+    (s.path(3) / st.MANIFEST).unlink()
+    (s.path(3) / st.MANIFEST).symlink_to("/dev/zero")
+    assert s.newest_valid().step == 2
+    assert st.recorded_manifest(tmp_path)["step"] == 2  # the parse-time reader skips it too
+    (s.path(3) / st.MANIFEST).unlink()
+    with open(s.path(3) / st.MANIFEST, "wb") as fh:
+        fh.truncate(st.MANIFEST_MAX_BYTES + 1)
+    with pytest.raises(st.CorruptCheckpoint, match="not a manifest"):
+        st.verify(s.path(3))
+
+
+def test_an_array_index_whose_entries_overlap_or_exceed_the_file_is_refused_before_reading(tmp_path):
+    from segtrain.arrays import read_arrays, write_arrays
+
+    with open(tmp_path / "a.bin", "wb") as fh:
+        index = write_arrays(fh, {"w": np.zeros(1000, np.float32), "b": np.ones(10, np.float32)})
+    size = (tmp_path / "a.bin").stat().st_size
+    overlapping = [[f"w{i}", "float32", [1000], 0] for i in range(75)]  # 75 views of one region
+    bad = {"overlapping": overlapping, "a name twice": [index[0], index[0]],
+           "past the end": [["w", "float32", [size], 0]], "a negative dimension": [["w", "float32", [-1], 0]],
+           "an object dtype": [["w", "object", [1], 0]], "not a list": {"w": 0}}
+    for what, entries in bad.items():
+        with pytest.raises(ValueError):
+            read_arrays(tmp_path / "a.bin", entries)
+    assert set(read_arrays(tmp_path / "a.bin", index)) == {"w", "b"}
