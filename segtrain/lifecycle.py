@@ -8,10 +8,16 @@ job's result, and a rerun would find the run locked by it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+
+
+class StopRequested(BaseException):
+    """Raised by a stop signal inside ``StopFlag.interrupting()``: what ran there (a restore) is cut
+    short, since nothing of it needs saving. A BaseException, so no ``except Exception`` swallows it."""
 
 # Set by the workflow (common.smk) in every Snakemake process: the one whose jobs we are.
 PARENT_ENV = "SEGTRAIN_SNAKEMAKE_PID"
@@ -47,6 +53,7 @@ class StopFlag:
         self.signal: int | None = None
         self.reason: str = ""
         self.installed = False
+        self._interrupting = 0
 
     def install(self):
         """Catch the stop signals from now on; call it before slow imports, since a signal that
@@ -58,6 +65,21 @@ class StopFlag:
 
     def _handler(self, signum, frame):
         self.request(f"signal {signal.Signals(signum).name}", signum)
+        if self._interrupting:
+            raise StopRequested(self.reason)
+
+    @contextlib.contextmanager
+    def interrupting(self):
+        """Within it, a stop signal raises StopRequested at once (in the main thread, which a
+        blocking read or a long load then leaves) instead of waiting for the next step boundary;
+        a stop requested before it is raised on entry."""
+        if self:
+            raise StopRequested(self.reason)
+        self._interrupting += 1
+        try:
+            yield
+        finally:
+            self._interrupting -= 1
 
     def request(self, reason: str, signum: int | None = None) -> None:
         if not self.reason:

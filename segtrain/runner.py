@@ -27,7 +27,7 @@ from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
 from .events import EventFile
 from .layout import CHECKPOINT_ROOT_ENV, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
-from .lifecycle import STOP, process_age
+from .lifecycle import STOP, StopRequested, process_age
 from .planning import Segment
 from .taskfile import RunContext
 
@@ -286,8 +286,21 @@ class SegmentJob:
         segment = self.segment
         skipped: list[dict] = []
         t_restore = time.perf_counter()
-        self.source, self.step, restored, clean = _restore(self.run, segment, self.store, self.previous, state,
-                                                           skipped)
+        try:
+            with STOP.interrupting():  # a stop during a restore ends the job at once: nothing to save yet
+                self.source, self.step, restored, clean = _restore(self.run, segment, self.store, self.previous,
+                                                                   state, skipped)
+        except StopRequested as stop:
+            self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
+                              process_start_time=self.process_start, train_start_time=time.time(),
+                              resumed_from=segment.start, source="(stopped while restoring)",
+                              restore_seconds=time.perf_counter() - t_restore, skipped=skipped)
+            self.started = True
+            self.ledger.end(segment.index, self.attempt, segment.start, "stopped", f"{stop} (while restoring)",
+                            saved_step=segment.start, **self.timing)
+            self.stopped = (f"segment {segment.index} stopped while restoring its checkpoint ({stop}); "
+                            "run again to continue")
+            raise Stopped(self.stopped) from None
         if not clean and self.step == 0:
             self._skipped = skipped
             return False

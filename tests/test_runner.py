@@ -301,3 +301,39 @@ def _flat(tree, prefix=""):
     else:
         others[prefix] = tree
     return tensors, others
+
+
+def test_a_stop_signal_during_a_slow_restore_ends_the_job_at_once(tmp_path, run_settings):
+    """A restore that would take a minute (a slow or hung read) is cut short by SIGTERM: the job
+    stops within a second, records why, and the next attempt resumes normally."""
+    import threading
+    import time
+
+    class SlowReads(Backend):
+        def read_state(self, folder):
+            time.sleep(60)  # a read that never seems to end
+            return super().read_state(folder)
+
+    paths = runner.RunPaths(tmp_path / "run")
+    with pytest.raises(runner.Stopped):  # a checkpoint at step 40 to restore from
+        runner.run_segment(run_settings, segment(time_limit=60), paths, None, paths.segment_dir(0),
+                           clock=FakeClock(0.5), job_start=0.0)
+    old = signal.getsignal(signal.SIGTERM)
+    runner.STOP.clear()
+    runner.STOP.installed = False
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        t = time.monotonic()
+        with pytest.raises(runner.Stopped, match="while restoring"):
+            runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0), backend_factory=SlowReads)
+        assert time.monotonic() - t < 10
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, old)
+        runner.STOP.clear()
+        runner.STOP.installed = False
+    ends = [r for r in runner.Ledger(paths.attempts).records(0) if "status" in r]
+    assert ends[-1]["status"] == "stopped" and "SIGTERM" in ends[-1]["reason"]
+    summary = runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
+    assert summary["started_from"].startswith("periodic checkpoint")
