@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 
 from . import backends
 from .durations import DurationError, parse_duration, parse_percent
+from .planning import MAX_SEGMENTS
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -65,6 +67,9 @@ def _format_schema_error(err, schema) -> str:
     if where == "checkpoint_root":
         return (f"checkpoint_root: {err.instance!r} is not a folder; give the folder that holds each run's "
                 "checkpoints (checkpoint_root: results, the default, or a path on the persistent volume)")
+    if err.validator == "maximum" and where.endswith(".total_steps"):
+        return (f"{where}: {err.instance:,} steps is implausible (more than {err.validator_value:,}); check it "
+                "for a typo (10^6 is 1000000)")
     if err.validator == "required":
         return f"{where}: {err.message}; add it (see config/README.md)"
     if err.validator in ("minProperties", "maxProperties") and where.endswith("checkpoint"):
@@ -429,6 +434,11 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
         elif run.get("margin_seconds", 0) >= run.get("time_limit_seconds", float("inf")):
             problems.append(f"{where}.safety_margin: leaves no time in a {run['time_limit']} job; lower it")
 
+        per = run.get("steps_per_segment")
+        if isinstance(per, int) and math.ceil(run["total_steps"] / per) > MAX_SEGMENTS:
+            problems.append(f"{where}.total_steps: {run['total_steps']:,} steps in segments of {per} make "
+                            f"{math.ceil(run['total_steps'] / per):,} jobs, more than {MAX_SEGMENTS:,}; check "
+                            "total_steps for a typo, or raise steps_per_segment")
         if run["framework"] == "keras":
             for key, instead in KERAS_EQUIVALENT.items():
                 if run.get(key, TRAINING_DEFAULTS[key]) != TRAINING_DEFAULTS[key]:

@@ -283,6 +283,11 @@ def max_steps_per_segment(
     return steps, steps
 
 
+# More segments than this is a typo, not a training (100,000 jobs of a day each: 270 years); the plan,
+# the DAG and every input function grow with the count, so it is refused before any is built.
+MAX_SEGMENTS = 100_000
+
+
 def make_plan(
     *,
     total_steps: int,
@@ -353,6 +358,12 @@ def make_plan(
         raise PlanError(
             f"total_steps {total_steps} is below the {done} steps this run has already trained; "
             "raise total_steps, or give the run a new name to start over"
+        )
+    count = len(segments) + math.ceil((total_steps - done) / per_segment)
+    if count > MAX_SEGMENTS:
+        raise PlanError(
+            f"total_steps {total_steps} in segments of {per_segment} steps makes {count:,} jobs, more than "
+            f"{MAX_SEGMENTS:,}: check total_steps for a typo, or raise steps_per_segment (or time_limit)"
         )
     start = done
     while start < total_steps:

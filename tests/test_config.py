@@ -89,6 +89,8 @@ def test_model_hash_ignores_length_and_time_limit_but_not_hyperparameters():
     ({"time_limit": "-3h"}, "runs.r.time_limit"),
     ({"time_limit": "eleven"}, "cannot read 'eleven'"),
     ({"task": "missing.py"}, "'missing.py' not found"),
+    ({"total_steps": 10**12}, "implausible (more than 1,000,000,000)"),  # a typo for 10^6
+    ({"total_steps": 10**9, "steps_per_segment": 1000}, "more than 100,000"),
 ])
 def test_snakemake_stops_before_any_job_on_bad_input(project, change, expected):
     project.write_config({"r": {**MLP, "total_steps": 10, **change}})
@@ -239,3 +241,54 @@ def test_a_script_run_refuses_the_pipeline_loop_settings(tmp_path):
           "runs.r.accumulate: a script run does this in its own loop",
           "runs.r.validation_split: a script run does this in its own loop")
     check({"runs": {"r": {**run, "framework": "keras", "accumulate": 2}}}, "runs.r.accumulate: a script run does")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("root", ["", " ", 5])
+def test_a_checkpoint_root_that_is_no_folder_is_refused_before_any_job(project, root):
+    import yaml
+
+    path = project.write_config({"r": {**MLP, "total_steps": 10}})
+    path.write_text(yaml.safe_dump({"checkpoint_root": root, **yaml.safe_load(path.read_text())}))
+    r = project.snakemake("-n", check=False)
+    assert r.returncode != 0 and f"checkpoint_root: {root!r} is not a folder" in r.stderr + r.stdout
+    assert not (project.root / "results").exists()
+
+
+@pytest.mark.e2e
+def test_a_changed_definition_is_refused_where_its_checkpoints_really_are(project):
+    """With checkpoint_root elsewhere, the parse-time check reads the folder the jobs wrote, so a
+    changed run is refused before Snakemake deletes anything, and the refusal names that folder."""
+    project.write_config({"r": {**MLP, "total_steps": 20}}, checkpoint={"every_steps": 10})
+    config = project.root / "config" / "config.yaml"
+    import yaml
+
+    data = {"checkpoint_root": "shared", **yaml.safe_load(config.read_text())}
+    config.write_text(yaml.safe_dump(data))
+    project.snakemake()
+    assert (project.root / "shared" / "r" / "ckpt").is_dir()
+    data["runs"]["r"]["params"] = {**MLP["params"], "lr": 0.01}
+    config.write_text(yaml.safe_dump(data))
+    r = project.snakemake(check=False)
+    assert r.returncode != 0 and "different model definition" in r.stderr
+    assert "shared/r/ckpt" in r.stderr  # the folder to move away is named
+    assert (project.run_dir("r") / "segments" / "0000" / "segment.json").exists()  # nothing deleted
+
+
+def test_every_setting_reaches_the_jobs_through_their_environment(monkeypatch):
+    """Jobs get only the keys whose change must rerun them as params; every other resolved
+    setting (num_workers, async_save, grace_period, ...) comes from the environment the workflow
+    sets, exactly as resolved (num_workers never reached a training job)."""
+    import json
+
+    from segtrain.config import DEFINITIONS_ENV, definitions_for_jobs, with_definition
+
+    runs = resolve({"defaults": {"async_save": False, "grace_period": "45s"},
+                    "runs": {"r": {"task": "tests/tasks/augment_digits_torch.py", "total_steps": 100,
+                                   "num_workers": 2}}}, base=REPO)
+    monkeypatch.setenv(DEFINITIONS_ENV, definitions_for_jobs(runs))
+    params = {k: runs["r"][k] for k in ("name", "framework", "task", "params", "seed", "batch_size")}
+    job = with_definition(json.loads(json.dumps(params)))
+    for key, value in runs["r"].items():
+        assert job[key] == json.loads(json.dumps(value)), key
+    assert job["num_workers"] == 2 and job["async_save"] is False and job["grace_period_seconds"] == 45

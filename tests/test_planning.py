@@ -251,3 +251,20 @@ def test_auto_keeps_tiny_states_synchronous_and_a_write_bounds_the_interval():
     fixed = planning.make_plan(total_steps=100_000, time_limit=3600, costs=slow_write,
                                policy=planning.Policy(every_steps=100))
     assert fixed.interval_steps == 100 and "shorter than a background write" in fixed.warnings[0]
+
+
+def test_a_plan_of_implausibly_many_jobs_is_refused_before_it_is_built():
+    """total_steps 10^12 (a typo for 10^6) in 1000-step segments (here 500) grew plan_segments by 100 MB/s."""
+    import resource
+    import time
+
+    before, t = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    for per in (500, None):  # fixed, and 'auto' (what fits in the time limit)
+        with pytest.raises(planning.PlanError, match="check total_steps for a typo"):
+            planning.make_plan(total_steps=10**12, time_limit=100, costs=costs(), steps_per_segment=per,
+                               policy=planning.Policy(every_steps=50))
+    assert time.monotonic() - t < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: nothing was built
+    plan = planning.make_plan(total_steps=planning.MAX_SEGMENTS * 10, time_limit=100, costs=costs(),
+                              steps_per_segment=10, policy=planning.Policy(every_steps=5))
+    assert len(plan.segments) == planning.MAX_SEGMENTS  # the limit itself is allowed
