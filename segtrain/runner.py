@@ -245,7 +245,8 @@ class SegmentJob:
         if not STOP.installed:
             STOP.install()
         self.store = store_mod.CheckpointStore(self.paths.store, keep=self.run["keep"])
-        self.store.lock()
+        # a previous attempt's process may still be saving after its job was declared failed
+        self.store.lock(wait=min(float(self.run.get("grace_period_seconds", 30)), 120.0))
         self.ledger = Ledger(self.paths.attempts)
         self.attempt = self.ledger.next_attempt(self.segment.index)
         self.ledger.launch(self.segment.index, self.attempt)

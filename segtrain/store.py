@@ -318,6 +318,9 @@ def _disk_full(root: Path, exc: BaseException) -> bool:
     return usage.free < min(1 << 20, 0.05 * usage.total)
 
 
+_HELD_LOCKS: set[str] = set()  # lock files this process holds (POSIX locks do not exclude their own process)
+
+
 class CheckpointStore:
     """``step-<N>`` folders under ``root``; keeps the newest ``keep`` (at least 2) by step number."""
 
@@ -330,29 +333,57 @@ class CheckpointStore:
         self._lock_fh = None
 
     # -- housekeeping -------------------------------------------------------------------------
-    def lock(self) -> None:
-        """Take an exclusive lock so two jobs never train the same run at once."""
+    def lock(self, wait: float = 0.0) -> None:
+        """Take an exclusive lock so two jobs never train the same run at once.
+
+        A POSIX record lock (``lockf``): it belongs to this process alone, so processes it forks
+        (loader workers, a script's own multiprocessing) never hold it, and it ends with the
+        process however the process ends: a lock whose holder is gone is free, and taking it over
+        is logged. ``wait`` seconds are given to a holder that is still stopping (a killed job's
+        shell leaves its training process to save and exit) before the lock is refused."""
         self.root.mkdir(parents=True, exist_ok=True)
+        key = str((self.root / ".lock").resolve())
+        if key in _HELD_LOCKS:
+            raise StoreError(f"{self.root} is already locked by this process; two jobs cannot train the same run "
+                             "at once")
         fh = open(self.root / ".lock", "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        give_up, told = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    fh.close()
+                    raise
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            fh.close()
-            raise StoreError(
-                f"{self.root} is in use by {holder}; two jobs cannot train the same run at once"
-            ) from None
+            if time.monotonic() >= give_up:
+                fh.close()
+                raise StoreError(
+                    f"{self.root} is in use by {holder}; two jobs cannot train the same run at once"
+                ) from None
+            if not told:
+                log.info("%s is locked by %s; waiting up to %.0f s for it to stop", self.root, holder, wait)
+                told = True
+            time.sleep(0.2)
+        fh.seek(0)
+        before = fh.read().split()
+        if len(before) == 2 and before[0] == "pid" and before[1].isdigit() and int(before[1]) != os.getpid():
+            log.info("took over the lock of %s, left by pid %s, which is gone", self.root, before[1])
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}\n")
         fh.flush()
         self._lock_fh = fh
+        _HELD_LOCKS.add(key)
+        self._lock_key = key
 
     def unlock(self) -> None:
         if self._lock_fh is not None:
-            self._lock_fh.close()
+            self._lock_fh.close()  # closing the file ends the lock
             self._lock_fh = None
+            _HELD_LOCKS.discard(self._lock_key)
 
     def clean_partials(self) -> list[str]:
         """Remove temporary folders left by saves that were killed; return their names."""

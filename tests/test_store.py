@@ -468,3 +468,47 @@ def test_an_array_index_whose_entries_overlap_or_exceed_the_file_is_refused_befo
         with pytest.raises(ValueError):
             read_arrays(tmp_path / "a.bin", entries)
     assert set(read_arrays(tmp_path / "a.bin", index)) == {"w", "b"}
+
+
+def test_a_child_the_holder_forked_does_not_hold_the_lock_once_the_holder_is_killed(tmp_path, caplog):
+    """Loader workers (forked, ignoring SIGTERM) lived on for seconds after an out-of-memory kill of
+    their training process and kept the run locked: the retry failed twice and the run stopped."""
+    code = (f"import os, signal, time; from segtrain.store import CheckpointStore; "
+            f"s = CheckpointStore({str(tmp_path)!r}); s.lock(); "
+            "child = os.fork()\n"
+            "if child == 0:\n    signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60); os._exit(0)\n"
+            "print(child, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(st.StoreError, match="in use by pid"):
+            st.CheckpointStore(tmp_path).lock()
+        holder.kill()
+        holder.wait()
+        assert os.path.exists(f"/proc/{child}")  # the forked child lives on
+        caplog.set_level("INFO")
+        s = st.CheckpointStore(tmp_path)
+        s.lock()
+        assert f"left by pid {holder.pid}, which is gone" in caplog.text
+        s.unlock()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_the_lock_waits_for_a_holder_that_is_stopping_and_excludes_this_process_too(tmp_path):
+    code = (f"import time; from segtrain.store import CheckpointStore; s = CheckpointStore({str(tmp_path)!r}); "
+            "s.lock(); print('locked', flush=True); time.sleep(1.5); s.unlock(); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(st.StoreError, match="in use by pid"):
+            st.CheckpointStore(tmp_path).lock()
+        t = time.monotonic()
+        s = st.CheckpointStore(tmp_path)
+        s.lock(wait=20)  # the holder lets go after 1.5 s (a job that saved and exited)
+        assert time.monotonic() - t < 10
+        with pytest.raises(st.StoreError, match="already locked by this process"):
+            st.CheckpointStore(tmp_path).lock()
+        s.unlock()
+    finally:
+        holder.kill()

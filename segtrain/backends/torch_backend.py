@@ -148,6 +148,22 @@ def _worker_ignores_stops(worker_id: int) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the one that forked it ends (Linux): a training
+    process killed by SIGKILL (out of memory) must not leave workers behind. Elsewhere, nothing."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call: nobody would signal us
+        os._exit(0)
 
 
 class _SeededItems(torch.utils.data.Dataset):
