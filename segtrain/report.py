@@ -82,11 +82,24 @@ def _best(run: dict) -> dict | None:
     return next((seg.get("best") for seg in reversed(run["segments"]) if seg.get("best")), None)
 
 
+def _logged(frame, col: str):
+    """The rows of ``frame`` that logged ``col``, with the column (empty when nothing logged it:
+    a script that never calls seg.log, a trainer whose own logging never fired)."""
+    if col not in frame:
+        return frame.iloc[0:0].assign(**{col: pd.Series(dtype=float)})
+    return frame.dropna(subset=[col])
+
+
+def _missing_note(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} was logged", transform=ax.transAxes, ha="center", va="center",
+            color="#b71c1c", fontsize=9)
+
+
 def plot_training(run: dict, out: Path, name: str) -> None:
     """Loss (training and validation), task metrics (training and validation) and the learning
     rate over global steps; segment boundaries, resumes and the best checkpoint marked."""
     metrics = run["metrics"].drop_duplicates("step", keep="last").sort_values("step")
-    m = metrics.dropna(subset=["loss"])
+    m = _logged(metrics, "loss")
     skip = {"segment", "attempt", "step", "loss", "lr", "time", "save_seconds", "val_loss"}
     task = [c for c in metrics.columns if c not in skip and not c.startswith("val_")]
     val_task = [c for c in metrics.columns if c.startswith("val_") and c != "val_loss"]
@@ -94,11 +107,14 @@ def plot_training(run: dict, out: Path, name: str) -> None:
     fig, axes = plt.subplots(panels, 1, figsize=(9, 2.8 * panels), sharex=True)
     ax = axes[0]
     ax.plot(m["step"], m["loss"], linewidth=1, color="#1565c0", label="training loss")
+    if m.empty:
+        _missing_note(ax, "training loss (a script logs it with seg.log(loss=...))")
     if "val_loss" in metrics:
         v = metrics.dropna(subset=["val_loss"])  # evaluated at checkpoints only: points, joined
         ax.plot(v["step"], v["val_loss"], color=VAL_COLORS["val_loss"], marker="o", markersize=3, linewidth=1.2,
                 label="validation loss")
-    ax.set_yscale("log")
+    if not m.empty or "val_loss" in metrics:
+        ax.set_yscale("log")
     ax.set_ylabel("loss (log)")
     ax.set_title(f"{name}: training across {len(run['plan']['segments'])} segments")
     lines = {"stop": ("#ef6c00", "resume after a stop (deadline or signal, saved)"),
@@ -121,13 +137,17 @@ def plot_training(run: dict, out: Path, name: str) -> None:
     ax.legend(loc="upper right", fontsize=7)
     if task or val_task:
         for col in task:
-            axes[1].plot(m["step"], m[col], linewidth=1, label=f"training {col}")
+            t = _logged(metrics, col)
+            axes[1].plot(t["step"], t[col], linewidth=1, label=f"training {col}")
         for col in val_task:
             v = metrics.dropna(subset=[col])
             axes[1].plot(v["step"], v[col], marker="o", markersize=3, linewidth=1.2, label=f"validation {col[4:]}")
         axes[1].set_ylabel("task metrics")
         axes[1].legend(loc="lower right", fontsize=7)
-    axes[-1].plot(m["step"], m["lr"], color="#6a1b9a", linewidth=1)
+    rates = _logged(metrics, "lr")
+    axes[-1].plot(rates["step"], rates["lr"], color="#6a1b9a", linewidth=1)
+    if rates.empty:
+        _missing_note(axes[-1], "learning rate")
     axes[-1].set_ylabel("learning rate")
     axes[-1].set_xlabel("global step")
     for a in axes:
@@ -302,8 +322,9 @@ def compare_runs(names: list[str], metrics_csvs: list[Path], out: Path) -> None:
     ax = axes[0][0]
     for i, (name, m) in enumerate(frames.items()):
         color = f"C{i}"
-        t = m.dropna(subset=["loss"])
-        ax.plot(t["step"], t["loss"], linewidth=1, color=color, alpha=0.6, label=f"{name} training")
+        t = _logged(m, "loss")
+        ax.plot(t["step"], t["loss"], linewidth=1, color=color, alpha=0.6,
+                label=f"{name} training" if not t.empty else f"{name}: no training loss logged")
         if "val_loss" in m:
             v = m.dropna(subset=["val_loss"])
             ax.plot(v["step"], v["val_loss"], color=color, marker="o", markersize=3, linewidth=1.2,
