@@ -209,10 +209,7 @@ def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None
     backend = load_backend(run["framework"])
     run = with_definition(run)
     for which in ("last", "best"):
-        folder = Path(segment_dir) / ("state" if which == "last" else "best")
-        if which == "best" and not folder.exists():
-            log.warning("no best checkpoint (nothing was evaluated); exporting the last one as best")
-            folder = Path(segment_dir) / "state"
+        folder = Path(segment_dir) / "state" if which == "last" else best_folder(run, Path(segment_dir))
         store_mod.verify(folder)
         out = {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS}
         if is_script(run) and run["framework"] == "keras":  # only the script knows how to build its model
@@ -222,6 +219,51 @@ def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None
         else:
             backend.export(run, folder, out)
         log.info("exported the %s checkpoint (%s)", which, folder)
+
+
+def tell_user(text: str) -> None:
+    """A notice for the person running the workflow: a job's standard output reaches Snakemake's
+    output (its standard error goes to the job's log), and the log gets it too."""
+    log.warning("%s", text)
+    print(f"segtrain: {text}", flush=True)
+
+
+def best_folder(run: dict, last_segment: Path) -> Path:
+    """The best checkpoint to export: the last segment's, else (damaged) the best that verifies
+    among the earlier segments' and the run's best store, newest first; else the last state,
+    with a notice in Snakemake's output when something had been evaluated."""
+    last_segment = Path(last_segment)
+    recorded = None
+    summary = last_segment / "segment.json"
+    if summary.exists():
+        recorded = json.loads(summary.read_text()).get("best")
+    candidates = [last_segment / "best"]
+    earlier = [f for f in last_segment.parent.glob("[0-9]*/best") if f.parent.name.isdigit()
+               and int(f.parent.name) < int(last_segment.name)] if last_segment.name.isdigit() else []
+    candidates += sorted(earlier, key=lambda f: int(f.parent.name), reverse=True)
+    best_store = store_mod.CheckpointStore(RunPaths(last_segment.parent.parent).store / "best")
+    candidates += [best_store.path(step) for step in reversed(best_store.steps())]
+    damaged = []
+    for folder in candidates:
+        if not folder.exists():
+            continue
+        try:
+            manifest = store_mod.verify(folder)
+        except store_mod.CorruptCheckpoint as exc:
+            damaged.append(str(exc))
+            continue
+        if damaged:
+            found = manifest.get("best") or {}
+            tell_user(f"run {run['name']}: the best checkpoint is damaged ({damaged[0]}); exporting the best one "
+                      f"that verifies instead: {found.get('monitor', '?')} {found.get('value', '?')} at step "
+                      f"{manifest.get('step')} ({folder})")
+        return folder
+    if recorded or damaged:
+        tell_user(f"run {run['name']}: no best checkpoint verifies ({'; '.join(damaged) or 'none was kept'}); "
+                  "model.best.* is the LAST model, not the best")
+    else:
+        log.warning("no best checkpoint (nothing was evaluated); exporting the last one as best")
+    return last_segment / "state"
 
 
 def merge_metrics(segment_dirs: list[Path], out: Path) -> None:

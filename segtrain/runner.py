@@ -557,6 +557,10 @@ class SegmentJob:
                         **self.timing)
         history = self.ledger.records(segment.index)
         best_ckpt = self.best_store.newest_valid(max_step=segment.end)
+        if self.best is not None and (best_ckpt is None or best_ckpt.step != self.best["step"]):
+            log.warning("the best checkpoint (%s %s at step %s) does not verify; the segment keeps %s", self.best["monitor"],
+                        self.best["value"], self.best["step"],
+                        f"the best one that does (step {best_ckpt.step})" if best_ckpt else "no best checkpoint")
         self.summary = _write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
                                      self.saves, self.started_wall, history, best_ckpt, self.save_log)
 
@@ -686,7 +690,8 @@ def _restore(run, segment, store, previous, backend, skipped):
     if segment.start > 0:
         raise RuntimeError(
             f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "
-            "retrain the previous segment (snakemake --forcerun train_segment for it)"
+            f"retrain the previous segment (and so the ones after it), not the whole run: snakemake --forcerun "
+            f"results/{run['name']}/segments/{segment.index - 1:04d}"
         )
     return "a freshly seeded model", 0, {}, clean
 

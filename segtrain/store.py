@@ -215,6 +215,16 @@ def write_json_atomic(path: Path, data) -> None:
     fsync_path(path.parent)
 
 
+class _Everything:
+    """``deferred`` for a size-only verification: contains every name."""
+
+    def __contains__(self, name) -> bool:
+        return True
+
+
+_ALL_FILES = _Everything()
+
+
 def _is_file_entry(name, meta) -> bool:
     return (isinstance(name, str) and name and "/" not in name and name not in (".", "..", MANIFEST)
             and isinstance(meta, dict) and isinstance(meta.get("size"), int) and not isinstance(meta["size"], bool)
@@ -505,10 +515,29 @@ class CheckpointStore:
             raise
         return Checkpoint(step, final, manifest)
 
+    def _sound(self, step: int) -> bool:
+        """A quick check for pruning: the manifest reads and every file it lists is there, regular,
+        of its size (truncation, a missing file, a lost manifest); digests are checked on resume."""
+        try:
+            verify(self.path(step), deferred=_ALL_FILES)
+            return True
+        except CorruptCheckpoint:
+            return False
+
     def prune(self, protect: set[int] = frozenset()) -> list[int]:
-        """Delete all but the newest ``keep`` checkpoints (numeric order) and those in ``protect``."""
+        """Delete all but the newest ``keep`` sound checkpoints (numeric order) and those in
+        ``protect``: a damaged checkpoint does not count toward ``keep``, so the valid ones before
+        it stay (it is itself left for a look until it is older than all of them)."""
         steps = self.steps()
-        doomed = [s for s in steps[: -self.keep] if s not in protect]
+        kept = 0
+        for i in reversed(range(len(steps))):
+            if kept >= self.keep:
+                break
+            if self._sound(steps[i]):
+                kept += 1
+        else:
+            i = -1
+        doomed = [s for s in steps[: i + 1] if s not in protect]
         for s in doomed:
             aside = self.root / f".old-step-{s}-{os.getpid()}"
             os.rename(self.path(s), aside)  # rename first: a kill mid-delete leaves no half folder

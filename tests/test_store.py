@@ -512,3 +512,45 @@ def test_the_lock_waits_for_a_holder_that_is_stopping_and_excludes_this_process_
         s.unlock()
     finally:
         holder.kill()
+
+
+def test_pruning_counts_only_sound_checkpoints(tmp_path):
+    """With keep 2 and a truncated newest checkpoint, pruning deleted the last valid one."""
+    s = st.CheckpointStore(tmp_path, keep=2)
+    for step in (10, 20):
+        s.save(step, write_payload(str(step).encode() * 100))
+    s.save(30, write_payload(b"30" * 100))
+    with open(s.path(30) / "state.bin", "r+b") as fh:
+        fh.truncate(7)
+    s.prune(protect={30})
+    assert s.steps() == [10, 20, 30]  # 10 and 20 are the two sound ones
+    assert s.newest_valid().step == 20
+    s.save(40, write_payload(b"40" * 100))
+    s.prune(protect={40})
+    assert s.steps() == [20, 30, 40]  # 30 is not counted; 10 goes
+    s.save(50, write_payload(b"50" * 100))
+    s.prune(protect={50})
+    assert s.steps() == [40, 50]  # the damaged one goes once it is older than the kept ones
+
+
+def test_a_damaged_best_checkpoint_exports_the_best_that_verifies_and_says_so(tmp_path, capsys):
+    """A truncated best gave model.best.pt = model.pt with 'nothing was evaluated' and exit 0."""
+    from segtrain.pipeline import best_folder
+
+    segments = tmp_path / "results" / "r" / "segments"
+    for index, value in ((0, 0.9), (1, 0.5)):
+        best = {"monitor": "val_loss", "mode": "min", "value": value, "step": 10 * (index + 1)}
+        folder = st.CheckpointStore(segments / f"{index:04d}").save(best["step"], write_payload(b"x" * 50),
+                                                                   {"best": best})
+        folder.path.rename(segments / f"{index:04d}" / "best")
+        st.write_json_atomic(segments / f"{index:04d}" / "segment.json", {"best": best})
+    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / "best"
+    with open(segments / "0001" / "best" / "state.bin", "r+b") as fh:
+        fh.truncate(3)
+    assert best_folder({"name": "r"}, segments / "0001") == segments / "0000" / "best"
+    out = capsys.readouterr().out
+    assert "the best checkpoint is damaged" in out and "val_loss 0.9 at step 10" in out
+    with open(segments / "0000" / "best" / "state.bin", "r+b") as fh:
+        fh.truncate(3)
+    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / "state"
+    assert "model.best.* is the LAST model, not the best" in capsys.readouterr().out
