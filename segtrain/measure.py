@@ -19,6 +19,19 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 5
 
 
+def remove_stale_scratch(store_root: Path) -> list[str]:
+    """Remove the scratch folders of measure jobs that were killed (``.measure-<pid>`` whose
+    process is gone); a live one's is left alone."""
+    removed = []
+    for folder in Path(store_root).glob(".measure-*"):
+        pid = folder.name.split("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+            log.info("removed %s, left by a measure job that was killed", folder.name)
+    return removed
+
+
 def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     """Time ``measure_steps`` steps and ``measure_saves`` saves and loads in a scratch store
     next to the run's real checkpoints. Returns the costs as a plain dict (seconds, bytes)."""
@@ -83,6 +96,7 @@ def time_checkpoints(state, run: dict, store_root: Path) -> dict:
     per job) and persist (the writer thread's work, timed here in the foreground)."""
     # its own folder: two runs sharing a checkpoint_root and name must not race on it
     scratch = Path(store_root) / f".measure-{os.getpid()}"
+    remove_stale_scratch(Path(store_root))
     shutil.rmtree(scratch, ignore_errors=True)
     store = store_mod.CheckpointStore(scratch, keep=max(2, run["measure_saves"]))
     timed = {"save": [], "load": [], "sizes": [], "snapshot": [], "persist": []}

@@ -554,3 +554,14 @@ def test_a_damaged_best_checkpoint_exports_the_best_that_verifies_and_says_so(tm
         fh.truncate(3)
     assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / "state"
     assert "model.best.* is the LAST model, not the best" in capsys.readouterr().out
+
+
+def test_a_killed_measure_jobs_scratch_folder_is_removed_by_the_next_one(tmp_path):
+    from segtrain.measure import remove_stale_scratch
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".measure-{dead.pid}").mkdir()
+    (tmp_path / f".measure-{os.getppid()}").mkdir()  # a live process's: left alone
+    assert remove_stale_scratch(tmp_path) == [f".measure-{dead.pid}"]
+    assert (tmp_path / f".measure-{os.getppid()}").is_dir()
