@@ -266,6 +266,10 @@ class Session:
             yield from self._standalone_steps(loader)
             return
         job = self._job
+        if job.started:
+            raise RuntimeError("seg.steps() is called a second time in one job; call it once, for the whole "
+                               "training (it yields every step of the job, epochs included: see README, "
+                               "'Bringing your training')")
         if not job.restore(state):
             raise RuntimeError("a damaged checkpoint was partly loaded into the tracked objects before it failed; "
                                "it has been set aside: run again to start from the next usable one")

@@ -45,3 +45,14 @@ def test_all_finite_finds_nan_and_infinity_and_accepts_huge_finite_values():
         assert not all_finite([*ok, t])
     huge = torch.full((1000,), 3e38)  # every value finite, their sum overflows
     assert all_finite([huge, torch.full((10,), 60000.0, dtype=torch.float16)])
+
+
+def test_a_second_call_of_seg_steps_in_one_job_is_an_error_not_zero_steps():
+    """It trained 0 steps silently and recorded 'completed' twice."""
+    import torch
+
+    seg = session_mod.Session({"seed": 0, "total_steps": 1, "framework": "torch"})
+    seg._job = type("Job", (), {"started": True})()  # a job whose steps() already ran
+    seg.track(model=torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="called a second time"):
+        next(seg.steps([1]))
