@@ -12,6 +12,7 @@ at the next step boundary and exits with EXIT_STOPPED so that the scheduler's re
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import math
 import os
@@ -245,11 +246,20 @@ class SegmentJob:
         if not STOP.installed:
             STOP.install()
         self.store = store_mod.CheckpointStore(self.paths.store, keep=self.run["keep"])
-        # a previous attempt's process may still be saving after its job was declared failed
-        self.store.lock(wait=min(float(self.run.get("grace_period_seconds", 30)), 120.0))
-        self.ledger = Ledger(self.paths.attempts)
-        self.attempt = self.ledger.next_attempt(self.segment.index)
-        self.ledger.launch(self.segment.index, self.attempt)
+        try:
+            # a previous attempt's process may still be saving after its job was declared failed
+            self.store.lock(wait=min(float(self.run.get("grace_period_seconds", 30)), 120.0))
+            self.ledger = Ledger(self.paths.attempts)
+            self.attempt = self.ledger.next_attempt(self.segment.index)
+            self.ledger.launch(self.segment.index, self.attempt)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.ledger = None  # nothing can be recorded
+            raise store_mod.StoreError(
+                f"no space left in {self.paths.store} to start segment {self.segment.index} (its lock and attempts "
+                "record cannot be written); the checkpoints there are intact. Free space (or raise the volume's "
+                "size) and run again") from exc
         self.process_start = self.started_wall - process_age()
         self.store.clean_partials()
         self.best_store = store_mod.CheckpointStore(self.paths.store / "best", keep=2)

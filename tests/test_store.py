@@ -565,3 +565,27 @@ def test_a_killed_measure_jobs_scratch_folder_is_removed_by_the_next_one(tmp_pat
     (tmp_path / f".measure-{os.getppid()}").mkdir()  # a live process's: left alone
     assert remove_stale_scratch(tmp_path) == [f".measure-{dead.pid}"]
     assert (tmp_path / f".measure-{os.getppid()}").is_dir()
+
+
+def test_a_job_on_a_completely_full_disk_says_so_and_keeps_the_checkpoints(small_disk, tmp_path):
+    """A retry on a full disk failed with a bare OSError: [Errno 28]."""
+    from segtrain import runner
+    from segtrain.planning import Segment
+
+    paths = runner.RunPaths(tmp_path / "results" / "r", checkpoint_root=small_disk)
+    s = st.CheckpointStore(paths.store, keep=2)
+    s.save(300, write_payload(b"x" * 1000))
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill every block
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    segment = Segment(index=1, start=300, end=600, interval=100, time_limit=3600, save_seconds=0.01)
+    run = {"keep": 2, "name": "r", "grace_period_seconds": 1}
+    with pytest.raises(st.StoreError, match="no space left .* to start segment 1.*intact"):
+        with runner.SegmentJob(run, segment, paths, None, tmp_path / "out"):
+            pass
+    assert st.verify(s.path(300))["step"] == 300
