@@ -96,8 +96,7 @@ STOP = StopFlag()  # one per process: signals are process-wide
 
 
 def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 0.5) -> threading.Thread | None:
-    """Request a stop when the Snakemake process that started this job is gone, or the job's
-    own parent (the shell that runs it: Snakemake kills it to cancel the job) is.
+    """Request a stop when the Snakemake process that started this job is gone.
 
     ``kill -9`` of Snakemake leaves its jobs running with no one to collect them; the local
     executor does not pass its death on. The PID comes from the environment the workflow set;
@@ -111,15 +110,11 @@ def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 
     born = _start_ticks(pid)
     if born is None:
         return None
-    shell = os.getppid()  # the job's own shell (or Snakemake itself): killed, it leaves us orphaned
 
     def watch():
         while not stop:
             if _start_ticks(pid) != born:
                 stop.request(f"the Snakemake process {pid} that started this job is gone")
-                return
-            if shell > 1 and os.getppid() != shell:
-                stop.request(f"the process {shell} that started this job (its shell) is gone")
                 return
             time.sleep(period)
 

@@ -46,29 +46,3 @@ def test_two_workers_run_as_two_children_and_a_kill_of_their_trainer_is_resumed(
     assert len(attempts) == 2 and attempts[1]["resumed_from"] >= 50  # retried at once, from the checkpoint
     assert_bitwise_equal(final_state(project, "w2"), final_state(project, "w0"))
 
-
-def test_a_killed_job_shell_stops_its_training_process_and_the_retry_resumes(project):
-    """Killing only the job's bash wrapper left the training process running with the lock held,
-    and both retries failed on the lock: now it sees its shell gone, saves, exits, and the retry
-    (which waits for the lock) resumes from that save."""
-    project.write_config({"s": {**TASK, "steps_per_segment": 400}}, checkpoint={"every_steps": 100})
-    proc = project.popen("--retries", "2")
-    store_root = project.run_dir("s") / "ckpt"
-    metrics = store_root / "metrics" / "segment-0000.csv"
-    deadline = time.time() + 300
-    while last_logged_step(metrics) < 30:
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    trainer = int((store_root / ".lock").read_text().split()[1])
-    shell = int(open(f"/proc/{trainer}/stat").read().rsplit(")", 1)[1].split()[1])
-    os.kill(shell, signal.SIGKILL)
-    gone = time.time()
-    while os.path.exists(f"/proc/{trainer}") and time.time() - gone < 20:
-        time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{trainer}"), "the training process outlived its job's shell"
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    attempts = [a for a in project.attempts("s") if "status" in a]
-    assert attempts[0]["status"] == "stopped" and "its shell" in attempts[0]["reason"]
-    starts = [a for a in project.attempts("s") if "resumed_from" in a]
-    assert len(starts) == 2 and starts[1]["resumed_from"] == attempts[0]["end_step"] > 30
