@@ -61,6 +61,23 @@ class Ledger:
                      "status": status, "reason": reason, **fields})
 
 
+def record_exit_without_output(ledger: Ledger, segment: int, output: str) -> str:
+    """Record that the training process of ``segment`` exited with status 0 but left no finished
+    output (a script calling ``os._exit``, a callback ending the process): the newest attempt
+    without an end record ends as an error, at the step it resumed from, so the retry rule sees a
+    repeating failure rather than a kill. Returns the message for the job's log."""
+    reason = (f"the training process exited with status 0 before it finished segment {segment} ({output} has "
+              "no segment.json): something ended the process early (os._exit, or a script or callback that "
+              "exits by itself). Let the script return, or end it with an exception")
+    records = ledger.records(segment)
+    ended = {r.get("attempt") for r in records if "status" in r}
+    open_ = [r for r in records if "resumed_from" in r and r.get("attempt") not in ended]
+    if open_:
+        a = open_[-1]
+        ledger.end(segment, a["attempt"], a["resumed_from"], "error", reason)
+    return reason
+
+
 def attempts_of(records: list[dict]) -> list[dict]:
     """The attempts of one segment, in order: each start record merged with its end record
     (``status`` is ``killed`` when there is none: the process had no chance to write it)."""
@@ -71,6 +88,17 @@ def attempts_of(records: list[dict]) -> list[dict]:
         end = ends.get(start.get("attempt"), {"status": "killed", "reason": "killed (no chance to save)"})
         merged.append({**start, **end})
     return merged
+
+
+BEFORE_TRAINING = "(failed before training)"  # the source of an attempt that failed before its restore
+
+
+def _where(a: dict) -> str:
+    """Where an attempt ended, in words: at its step, or before training (a failure that came before
+    its restore knows no step; "at step 0" would be wrong for a run already at step 300)."""
+    if a.get("source") == BEFORE_TRAINING:
+        return "before training started"
+    return f"at step {a.get('end_step', a['resumed_from'])}"
 
 
 def _progressed(attempts: list[dict], saved_step: int | None) -> bool:
@@ -115,7 +143,7 @@ def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | N
     errors = [a for a in last if a["status"] == "error"]
     if len(errors) == NO_PROGRESS_LIMIT and len({a.get("end_step") for a in errors}) == 1:
         a = errors[-1]
-        return (f"segment {a['segment']} failed {NO_PROGRESS_LIMIT} times at step {a['end_step']} with the same "
+        return (f"segment {a['segment']} failed {NO_PROGRESS_LIMIT} times {_where(a)} with the same "
                 f"error, so it is not tried again: {a.get('reason', '')}. Fix the cause, then run the same "
                 "command again: it resumes from the newest checkpoint")
 
@@ -136,7 +164,7 @@ def retry_refusal(records: list[dict], this_invocation: int, saved_step: int | N
                  (a["status"] == "stopped" and str(a.get("reason", "")).startswith("deadline"))]
     if len(own_fault) >= NO_PROGRESS_LIMIT or len(stuck) >= NO_PROGRESS_KILLS:
         shown = stuck[:NO_PROGRESS_KILLS][::-1]
-        how = "; ".join(f"attempt {a['attempt']} {a['status']} at step {a.get('end_step', a['resumed_from'])}"
+        how = "; ".join(f"attempt {a['attempt']} {a['status']} {_where(a)}"
                         + (f" ({a['reason']})" if a.get("reason") else "") for a in shown)
         return (f"segment {shown[-1]['segment']} made no progress in its last {len(stuck)} attempts ({how}), so "
                 "it is not tried again. If the attempts stopped at their deadline, time_limit is too short for "

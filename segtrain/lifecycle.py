@@ -54,6 +54,7 @@ class StopFlag:
         self.reason: str = ""
         self.installed = False
         self._interrupting = 0
+        self._from_watch = False
 
     def install(self):
         """Catch the stop signals from now on; call it before slow imports, since a signal that
@@ -82,11 +83,20 @@ class StopFlag:
             self._interrupting -= 1
 
     def request(self, reason: str, signum: int | None = None) -> None:
-        if not self.reason:
+        """The first reason wins, except that a signal names the cause better than a vanished
+        parent does: a scheduler's signal (SLURM's SIGUSR1 to every process of the job) ends the
+        job's Snakemake in the same instant, and the watch may see that first."""
+        if not self.reason or (signum is not None and self.signal is None and self._from_watch):
             self.signal, self.reason = signum, reason
+            self._from_watch = False
+
+    def request_from_watch(self, reason: str) -> None:
+        if not self.reason:
+            self.request(reason)
+            self._from_watch = True
 
     def clear(self) -> None:
-        self.signal, self.reason = None, ""
+        self.signal, self.reason, self._from_watch = None, "", False
 
     def __bool__(self):
         return bool(self.reason)
@@ -95,13 +105,15 @@ class StopFlag:
 STOP = StopFlag()  # one per process: signals are process-wide
 
 
-def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 0.5) -> threading.Thread | None:
+def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 0.5,
+                 grace: float = 1.0) -> threading.Thread | None:
     """Request a stop when the Snakemake process that started this job is gone.
 
     ``kill -9`` of Snakemake leaves its jobs running with no one to collect them; the local
     executor does not pass its death on. The PID comes from the environment the workflow set;
     its start time guards against the PID being reused. Returns the watching thread, or None
-    when there is nothing to watch."""
+    when there is nothing to watch. A signal that arrives within ``grace`` seconds of the
+    parent's end names the stop instead (it is what ended the parent too)."""
     if pid is None:
         text = os.environ.get(PARENT_ENV, "")
         pid = int(text) if text.isdigit() else None
@@ -114,7 +126,8 @@ def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 
     def watch():
         while not stop:
             if _start_ticks(pid) != born:
-                stop.request(f"the Snakemake process {pid} that started this job is gone")
+                time.sleep(grace)
+                stop.request_from_watch(f"the Snakemake process {pid} that started this job is gone")
                 return
             time.sleep(period)
 

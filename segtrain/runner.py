@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store as store_mod
-from .attempts import Ledger
+from .attempts import BEFORE_TRAINING, Ledger
 from .checkpointing import BackgroundWriter, Snapshots
 from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
@@ -582,7 +582,7 @@ class SegmentJob:
         if not self.started:
             self.ledger.start(self.segment.index, self.attempt, start_time=self.started_wall,
                               process_start_time=self.process_start, train_start_time=time.time(),
-                              resumed_from=self.step, source="(failed before training)", restore_seconds=0.0,
+                              resumed_from=self.step, source=BEFORE_TRAINING, restore_seconds=0.0,
                               skipped=[])
         reason = f"{type(exc).__name__}: {exc}".strip()
         self.ledger.end(self.segment.index, self.attempt, self.attempting, "error", reason[:2000],

@@ -35,6 +35,17 @@ def test_the_same_error_at_the_same_step_twice_is_not_tried_again():
     assert retry_refusal(moving, 2, saved_step=250) is None
 
 
+def test_errors_before_training_started_do_not_claim_step_0():
+    # a run already at step 300 whose jobs fail before their restore (a full disk): segment 0's start
+    # step is 0, but the messages must not say the run was at step 0
+    records = ledger_of((0, "error", 0, "StoreError: no space left", None), (0, "error", 0, "StoreError: no space left", None))
+    for r in records:
+        if "resumed_from" in r:
+            r["source"] = "(failed before training)"
+    why = retry_refusal(records, 2, saved_step=300)
+    assert "failed 2 times before training started" in why and "at step 0" not in why
+
+
 def test_two_deadline_stops_without_progress_are_not_tried_again():
     records = ledger_of((100, "stopped", 100, "deadline: 0.4 s left", 100), (100, "stopped", 100, "deadline: 0.3 s", 100))
     why = retry_refusal(records, 2, saved_step=100)
@@ -93,6 +104,28 @@ def test_watch_parent_requests_a_stop_when_the_parent_dies():
     finally:
         parent.kill()
     assert watch_parent(StopFlag(), pid=os.getpid()) is None  # a process is never its own parent
+
+
+def test_a_signal_with_the_parents_end_names_the_stop_not_the_vanished_parent():
+    # SLURM's SIGUSR1 goes to every process of a job: its Snakemake dies of it while the training
+    # process catches it; whichever the process notices first, the signal is the reason
+    for signal_first in (True, False):
+        parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        stop = StopFlag()
+        watch_parent(stop, pid=parent.pid, period=0.05, grace=0.3)
+        if signal_first:
+            stop.request("signal SIGUSR1", 10)
+        parent.kill()
+        parent.wait()
+        time.sleep(0.5 if signal_first else 0.1)
+        if not signal_first:
+            stop.request("signal SIGUSR1", 10)  # within the grace, or just after the watch spoke
+        time.sleep(0.5)
+        assert stop.reason == "signal SIGUSR1" and stop.signal == 10
+    stop = StopFlag()
+    stop.request_from_watch("the Snakemake process 1 that started this job is gone")
+    stop.request("the deadline")  # not a signal: the first reason stays
+    assert stop.reason.startswith("the Snakemake process")
 
 
 def test_only_attempts_since_the_workflow_started_count():

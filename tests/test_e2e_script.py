@@ -142,6 +142,19 @@ def test_a_script_that_leaves_the_loop_early_fails_with_the_reason(project):
     assert "seg.steps() must run to its end (no break out of it)" in log
 
 
+def test_a_script_that_ends_its_process_with_status_0_fails_with_the_reason_not_as_missing_files(project):
+    project.write_config({"x": script_run("--exit-at 30", total_steps=100, steps_per_segment=100)})
+    r = project.snakemake("--retries", "5", check=False)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "latency" not in out.lower(), out[-3000:]
+    assert "exited with status 0 before it finished segment 0" in out and "os._exit" in out
+    attempts = [a for a in project.attempts("x") if "status" in a]
+    # the same early exit twice: not tried again (not 6 attempts of missing files)
+    assert 2 <= len(attempts) <= 3 and all(a["status"] == "error" for a in attempts), attempts
+    assert "failed 2 times at step" in out and "with the same error" in out
+
+
 def test_the_script_runs_alone_without_the_pipeline(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, str(REPO / "tests" / SCRIPT), "--steps", "120"], cwd=tmp_path, env=env,

@@ -54,7 +54,8 @@ def test_segments_killed_by_slurm_walltime_resume_by_retries_and_end_bitwise_ide
         attempts = p.attempts(name)
         stops = [a for a in attempts if a.get("status") == "stopped"]
         assert stops, f"{name}: SLURM never stopped a segment: {attempts}"
-        assert all("SIGTERM" in a["reason"] or "SIGUSR1" in a["reason"] for a in stops)
+        assert all("SIGTERM" in a["reason"] or "SIGUSR1" in a["reason"] for a in stops), \
+            f"{name}: a stop not caused by SLURM's signal: {[a['reason'] for a in stops]}"
         resumed = [a for a in attempts if a.get("attempt", 1) > 1 and "resumed_from" in a]
         assert resumed and all(a["source"].startswith("periodic checkpoint") for a in resumed)
         assert_bitwise_equal(load_weights(model_file(ref, name)), load_weights(model_file(p, name)))

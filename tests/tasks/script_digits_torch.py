@@ -1,9 +1,11 @@
 """A plain PyTorch training script for the tests: an MLP with dropout on the digits, its loop
 handed to segtrain.session(). --step-sleep slows each step (kills land where a test wants them,
 the result does not change); --own-loader uses a torch DataLoader instead of seg.dataloader;
---break-at leaves the loop early (a script bug the job must report)."""
+--break-at leaves the loop early (a script bug the job must report); --exit-at ends the process
+with os._exit(0) at that step (a script that quits by itself)."""
 
 import argparse
+import os
 import time
 
 import torch
@@ -18,6 +20,7 @@ p.add_argument("--step-sleep", type=float, default=0.0)
 p.add_argument("--own-loader", action="store_true")
 p.add_argument("--workers", type=int, default=0)
 p.add_argument("--break-at", type=int, default=0)
+p.add_argument("--exit-at", type=int, default=0)
 p.add_argument("--steps", type=int, default=None)
 args = p.parse_args()
 
@@ -56,3 +59,5 @@ for step, (xb, yb) in seg.steps(loader, evaluate=evaluate):
         time.sleep(args.step_sleep)
     if step == args.break_at:
         break
+    if step == args.exit_at:
+        os._exit(0)

@@ -24,4 +24,8 @@ rule train_segment:
     shell:
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/train_segment.py '
         "--run {params.model:q} --segment {params.segment:q} "
-        "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}"
+        "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}; "
+        # exit 0 without a finished output (a script's os._exit): fail with the reason, not as missing files
+        "test -e {output:q}/segment.json || "
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/check_segment_output.py '
+        "--output {output:q} --log {log:q}"
