@@ -8,7 +8,7 @@ TENSORFLOW ?= tensorflow-cpu==2.21.0
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: install run test test-fast lint profiles bench-dag bench-train clean
+.PHONY: install run test test-fast lint lint-code profiles bench-dag bench-train clean
 
 DSRI_PLUGIN := plugins/snakemake-executor-plugin-dsri
 $(VENV)/.installed: pyproject.toml Makefile $(wildcard $(DSRI_PLUGIN)/pyproject.toml $(DSRI_PLUGIN)/*/*.py)
@@ -29,7 +29,7 @@ run: install
 	@$(PY) -m segtrain.summary results
 
 ## test: the whole suite (unit + end-to-end with the real snakemake)
-test: install
+test: install lint-code
 	$(PY) -m pytest -q tests
 
 ## test-fast: unit tests only (seconds)
@@ -43,10 +43,14 @@ profiles:
 	for p in dsri dsri-jobs slurm local; do ln -sfn "$(CURDIR)/profiles/$$p" "$(PROFILE_HOME)/$$p"; done
 	@echo "linked dsri, dsri-jobs, slurm and local into $(PROFILE_HOME)"
 
-## lint: Snakemake's linter and snakefmt (both also run as tests)
-lint: install
-	$(SNAKEMAKE) --lint || true
+## lint: ruff (configured in pyproject.toml; make test runs it first and fails on a finding),
+## snakefmt and Snakemake's own linter (both also run as tests)
+lint: lint-code
 	$(VENV)/bin/snakefmt --check Snakefile workflow
+	$(SNAKEMAKE) --lint || true
+
+lint-code: install
+	$(VENV)/bin/ruff check .
 
 ## bench-dag: time and peak memory of `snakemake -n` on long chains (make bench-dag SEGMENTS="2000 10000")
 SEGMENTS ?= 200 2000 10000

@@ -27,7 +27,8 @@ class DigitsData(L.LightningDataModule):
         d = load_digits()
         x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
         y = torch.tensor(d.target)
-        self.train, self.val = torch.utils.data.TensorDataset(x[:1500], y[:1500]), torch.utils.data.TensorDataset(x[1500:], y[1500:])
+        self.train = torch.utils.data.TensorDataset(x[:1500], y[:1500])
+        self.val = torch.utils.data.TensorDataset(x[1500:], y[1500:])
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(self.train, batch_size=32, shuffle=True, drop_last=True)

@@ -28,9 +28,8 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import numpy as np  # noqa: E402
-
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def _take(data, idx):
@@ -163,9 +162,8 @@ def fit(model, x, y=None, *, batch_size: int = 32, sample_weight=None, validatio
 
 def _measure(seg, model, state, arrays, order, evaluate, callbacks, verbose):
     """A measure job: time steps, evaluations and saves; write the costs; end the script."""
-    from .measure import WARMUP_STEPS
-
     from .lifecycle import process_age
+    from .measure import WARMUP_STEPS
 
     count = WARMUP_STEPS + seg.run["measure_steps"]
     marks: list[float] = []

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT_ROOT_ENV = "SEGTRAIN_CHECKPOINT_ROOT"
-DEFAULT_CHECKPOINT_ROOT = "results"
+RESULTS = "results"  # every run's outputs: results/<run>
+DEFAULT_CHECKPOINT_ROOT = RESULTS
+
+
+def run_root(run: str) -> Path:
+    """``results/<run>``: the run's plan, segments, exports, metrics and report."""
+    return Path(RESULTS) / run
 
 
 def checkpoint_folder(run: str, checkpoint_root: str | os.PathLike | None = None) -> Path:
@@ -31,6 +37,8 @@ class RunPaths:
     root: Path  # results/<run>
     checkpoint_root: Path | None = None
 
+    ATTEMPTS = "attempts.jsonl"  # in the checkpoint folder
+    SEGMENT_SUMMARY = "segment.json"  # in a segment's output folder, written last
     @property
     def store(self) -> Path:
         base = self.checkpoint_root or os.environ.get(CHECKPOINT_ROOT_ENV)
@@ -46,7 +54,10 @@ class RunPaths:
 
     @property
     def attempts(self) -> Path:
-        return self.store / "attempts.jsonl"
+        return self.store / self.ATTEMPTS
 
     def segment_dir(self, segment: int) -> Path:
         return self.root / "segments" / f"{segment:04d}"
+
+    def segment_summary(self, segment: int) -> Path:
+        return self.segment_dir(segment) / self.SEGMENT_SUMMARY

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from . import store as store_mod
-from .lifecycle import process_age
 from .checkpointing import Snapshots
+from .lifecycle import process_age
 from .runner import prepare_training
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import store as store_mod
+from .admission import definition_mismatch, seconds_to_start_and_save
 from .attempts import BEFORE_TRAINING, Ledger
 from .checkpointing import BackgroundWriter, Snapshots
 from .config import TRAINING_DEFAULTS, find_task
@@ -240,7 +241,7 @@ class SegmentJob:
         end = absolute_deadline()
         if end is not None:  # e.g. the end of a GPU booking: whichever comes first
             self.deadline = min(self.deadline, self.clock() + end - time.time())
-            if end - time.time() < 2 * self.segment.save_seconds + 1:
+            if end - time.time() < seconds_to_start_and_save(self.segment.save_seconds):  # started: saves left
                 raise Stopped(f"the deadline {os.environ[DEADLINE_ENV]} has passed or is too close to train; "
                               "set a later deadline (config key deadline) to continue")
         if not STOP.installed:
@@ -641,19 +642,6 @@ def _candidates(segment, store, previous, note, deferred=()):
             note(segment.start, str(exc))
     for ck in store.valid(max_step=segment.start, min_step=segment.start, on_skip=note, deferred=deferred):
         yield ck, "store copy of the previous segment's end"
-
-
-def definition_mismatch(run: dict, manifest: dict) -> str | None:
-    """Why a checkpoint was written for another model definition than ``run``'s, or None."""
-    from .config import definition_changes
-
-    if "definition_hash" in manifest and "definition_hash" in run:
-        if manifest["definition_hash"] != run["definition_hash"]:
-            return "; ".join(definition_changes(manifest.get("model_definition", {}), run["model_definition"]))
-        return None
-    if manifest.get("model_hash") != run["model_hash"]:  # written by a version without definitions
-        return "framework, task, params, batch_size or seed"
-    return None
 
 
 def _meta(run: dict, segment, **more) -> dict:

@@ -5,11 +5,9 @@ prints its figures. The plan is made by the real measure and plan rules. Target:
 under 10 s for the whole process.
 """
 
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -4,10 +4,10 @@ import time
 
 import pytest
 
-from conftest import MLP, REPO
-
 from segtrain import backends
 from segtrain.config import ConfigError, definition_changes, resolve
+
+from conftest import MLP, REPO
 
 
 def cfg(run=None, **defaults):

@@ -6,10 +6,9 @@ import time
 
 import pytest
 
-from conftest import MLP
-from test_e2e_resume import wait_for_checkpoint
-
 from segtrain import store as st
+
+from support import wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 

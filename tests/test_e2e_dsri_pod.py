@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import SNAKEMAKE, assert_bitwise_equal, final_state, final_state_in, last_logged_step, load_weights
 from k8s_standin import StandIn
 from pod import GRACE, Kubelet, unshare_available
+
+from conftest import SNAKEMAKE, assert_bitwise_equal, final_state, final_state_in, last_logged_step, load_weights
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not unshare_available(), reason="needs unshare (util-linux) to make PID namespaces")]

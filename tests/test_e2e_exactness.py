@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from conftest import KMLP, assert_bitwise_equal, final_state
-
 from segtrain import store as st
+
+from conftest import KMLP, assert_bitwise_equal, final_state
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,7 @@ import time
 import pytest
 
 from conftest import CNN, last_logged_step
-from test_e2e_resume import wait_for_checkpoint
-
+from support import wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ to 1 segment."""
 import pytest
 
 from conftest import Project, assert_bitwise_equal, final_state, load_weights, model_file
-from test_e2e_script import three_failures
+from support import three_failures
 
 pytestmark = pytest.mark.e2e
 

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 import yaml
+from k8s_standin import StandIn
 
 from conftest import MLP, REPO, SNAKEMAKE
-from k8s_standin import StandIn
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from test_e2e_resume import wait_for_checkpoint
+from support import wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 

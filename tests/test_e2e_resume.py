@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import TASKS, assert_bitwise_equal, best_record, final_state, load_weights, model_file
-
-from segtrain import store as st
+from support import newest_after_kill, wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +40,9 @@ def test_torch_exports_load_with_plain_apis_and_predict_like_the_final_state(bas
     import torch
     from safetensors.torch import load_file
 
-    from conftest import REPO
     from segtrain.taskfile import load_task
+
+    from conftest import REPO
 
     task = load_task(REPO / "examples/digits_cnn_torch.py")
     params = TASKS["cnn"][0]["params"]
@@ -67,9 +67,10 @@ def test_keras_exports_load_with_plain_apis_and_predict_like_the_final_state(bas
     import keras
     import numpy as np
 
-    from conftest import REPO
     from segtrain.backends.keras_backend import Backend
     from segtrain.taskfile import load_task
+
+    from conftest import REPO
 
     params = TASKS["kcnn"][0]["params"]
     task_path = REPO / "examples/digits_cnn_keras.py"
@@ -87,23 +88,6 @@ def test_keras_exports_load_with_plain_apis_and_predict_like_the_final_state(bas
     assert np.array_equal(reference, loaded.predict(x, verbose=0))
     assert np.array_equal(reference, weights_only.predict(x, verbose=0))
     assert (reference.argmax(1) == y).mean() > 0.9
-
-
-def wait_for_checkpoint(store_root, min_step, proc, timeout=120):
-    store = st.CheckpointStore(store_root)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if any(s >= min_step for s in store.steps()):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"snakemake ended before step {min_step}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.005)
-    raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
-
-
-def newest_after_kill(store_root):
-    ck = st.CheckpointStore(store_root).newest_valid()
-    return ck.step
 
 
 @pytest.mark.parametrize("task", ["cnn", "kcnn"])

@@ -4,17 +4,14 @@ SIGKILL of Snakemake itself all end bitwise identical."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REPO, Project, assert_bitwise_equal, final_state, last_logged_step
-from test_e2e_resume import newest_after_kill, wait_for_checkpoint
-from test_events import read_scalars
+from conftest import REPO, Project, assert_bitwise_equal, final_state
+from support import read_scalars, three_failures
 
 pytestmark = pytest.mark.e2e
 
@@ -79,49 +76,6 @@ def test_a_script_with_its_own_loader_resumes_at_the_right_step_and_says_the_dat
     assert json.loads((scripted.run_dir("own-2") / "costs.json").read_text())["data_loader"] == "the script's own"
     plan = (scripted.run_dir("own-2") / "plan.txt").read_text()
     assert "resume: NOT bitwise identical" in plan and "seg.dataloader" in plan
-
-
-def three_failures(p, run, segment_steps, interval):
-    """Train ``run`` of project ``p`` through a SIGKILL of the training process in segment 1, a
-    SIGTERM in segment 2 past its first periodic save (the retry resumes at once) and a SIGKILL of
-    Snakemake in segment 3 (then --unlock and --rerun-incomplete). Checks what each failure left
-    and returns the attempts ledger."""
-    store_root = p.run_dir(run) / "ckpt"
-    # 1. SIGKILL of the training process in segment 1
-    proc = p.popen()
-    wait_for_checkpoint(store_root, segment_steps + interval, proc)
-    os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGKILL)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
-    killed_at = newest_after_kill(store_root)
-    assert segment_steps + interval <= killed_at < 2 * segment_steps
-
-    # 2. SIGTERM in segment 2, past its first save: saves at the step it finds, the retry resumes there
-    proc = p.popen("--retries", "2")
-    first_save = 2 * segment_steps + interval
-    wait_for_checkpoint(store_root, first_save, proc)
-    while last_logged_step(store_root / "metrics" / "segment-0002.csv") < first_save + 10:
-        time.sleep(0.005)
-    os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGTERM)
-
-    # 3. SIGKILL of Snakemake in segment 3
-    wait_for_checkpoint(store_root, 3 * segment_steps + interval, proc)
-    pid = int((store_root / ".lock").read_text().split()[1])
-    proc.kill()
-    proc.wait(timeout=60)
-    deadline = time.time() + 60  # the job sees its Snakemake gone, saves and ends (segtrain.lifecycle)
-    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
-        time.sleep(0.05)
-    p.snakemake("--unlock")
-    p.snakemake("--rerun-incomplete")
-
-    attempts = p.attempts(run)
-    stopped = [a for a in attempts if a.get("status") == "stopped" and "SIGTERM" in a.get("reason", "")]
-    assert stopped and stopped[0]["end_step"] > first_save + 10 and stopped[0]["end_step"] % interval != 0
-    starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
-    assert (1, killed_at) in starts and (2, stopped[0]["end_step"]) in starts
-    assert sum(1 for segment, _ in starts if segment == 3) == 2  # segment 3 ran again after Snakemake's kill
-    return attempts
 
 
 def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):

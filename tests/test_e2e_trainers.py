@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import Project, last_logged_step
-from test_e2e_resume import wait_for_checkpoint
+from support import wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 

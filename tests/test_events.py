@@ -5,19 +5,7 @@ import pytest
 from segtrain.events import EventFile, crc32c
 from segtrain.runner import MetricsLog
 
-
-def read_scalars(folder):
-    """(step, tag) -> value from every event file in ``folder``, with TensorFlow's reader (which
-    checks each record's CRCs); a step logged twice for a tag fails."""
-    tf = pytest.importorskip("tensorflow")
-    found = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                key = (event.step, value.tag)
-                assert key not in found, f"step {event.step} of {value.tag} appears twice"
-                found[key] = value.simple_value
-    return found
+from support import read_scalars
 
 
 def test_crc32c_matches_the_standard_check_value():

@@ -3,9 +3,10 @@
 import pytest
 from kubernetes import client
 
-from conftest import REPO
 from segtrain.k8s import PodSpecError, patch_job
 from segtrain.shipping import missing_from_archive, needed_by_jobs, refusal
+
+from conftest import REPO
 
 
 def stock_job(command: str) -> client.V1Job:

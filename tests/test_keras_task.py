@@ -97,7 +97,6 @@ def test_steps_grouped_into_one_graph_call_train_exactly_as_one_call_each(tmp_pa
     steps_per_execution does). Dropout draws, the learning-rate schedule, the optimizer and the
     metrics go on exactly as in one call per step: the same losses, rates and accuracies at every
     step, and bitwise the same variables, however the steps are grouped."""
-    import numpy as np
 
     from conftest import REPO
 
@@ -124,11 +123,11 @@ def test_steps_grouped_into_one_graph_call_train_exactly_as_one_call_each(tmp_pa
 def test_one_call_trains_up_to_the_next_save_or_evaluation_and_about_a_second(tmp_path):
     """free_steps: a call never runs past a step that saves, evaluates or ends the segment or the
     run, nor past the step budget, nor (at the last call's pace) much past a second."""
-    from conftest import KMLP, REPO
-
     from segtrain import runner
     from segtrain.config import resolve
     from segtrain.planning import Segment
+
+    from conftest import KMLP, REPO
 
     run = resolve({"runs": {"r": {**KMLP, "total_steps": 1000}}}, base=REPO)["r"]
     seg = Segment(index=0, start=0, end=500, interval=50, time_limit=3600, save_seconds=0.01, eval_every=70)

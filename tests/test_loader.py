@@ -3,9 +3,10 @@ of workers and wherever a segment starts."""
 
 import torch
 
-from conftest import REPO
 from segtrain.backends.torch_backend import Backend
 from segtrain.data import DataOrder
+
+from conftest import REPO
 
 TASK = str(REPO / "tests" / "tasks" / "augment_digits_torch.py")
 

@@ -6,12 +6,12 @@ import signal
 
 import pytest
 
-from conftest import MLP, REPO, load_weights, assert_bitwise_equal
-
 from segtrain import runner
 from segtrain.backends.torch_backend import Backend
 from segtrain.config import resolve
 from segtrain.planning import Segment
+
+from conftest import MLP, REPO, assert_bitwise_equal, load_weights
 
 pytestmark = pytest.mark.e2e  # trains for real (in-process): not in the fast lane
 

@@ -22,10 +22,9 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import keras  # noqa: E402
 from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
 from ..arrays import ALIGN, read_arrays, write_arrays  # noqa: E402

@@ -3,7 +3,6 @@
 Unseeded draws come from Keras' global SeedGenerator, which is not among model.variables."""
 
 import keras
-import numpy as np
 from sklearn.datasets import load_digits
 
 

@@ -1,4 +1,5 @@
-# Config loading and validation, and the input functions of the rules. Nothing else.
+# Config loading and validation, and the input functions of the rules. The decisions they
+# apply (a rerun over recorded checkpoints, another attempt, the deadline) are segtrain.admission's.
 import json
 import math
 import os
@@ -21,14 +22,17 @@ from segtrain.config import (
     DEFINITIONS_ENV,
     ConfigError,
     deadline_of,
-    definition_changes,
     definitions_for_jobs,
     resolve,
 )
-from segtrain.attempts import Ledger, retry_refusal
-from segtrain.layout import CHECKPOINT_ROOT_ENV, DEFAULT_CHECKPOINT_ROOT
+from segtrain.admission import deadline_refusal, rerun_refusal, retry_refusal_of
+from segtrain.layout import (
+    CHECKPOINT_ROOT_ENV,
+    DEFAULT_CHECKPOINT_ROOT,
+    RunPaths,
+    run_root,
+)
 from segtrain.layout import checkpoint_folder as _checkpoint_folder
-from segtrain.store import CheckpointStore, recorded_manifest
 
 # Rules run `$SEGTRAIN_PYTHON $SEGTRAIN_SCRIPTS/<rule>.py`: this interpreter and this workflow's
 # scripts, wherever the working directory is (inside the job image under apptainer, the image's
@@ -79,29 +83,9 @@ def checkpoint_folder(run):
 
 
 for _name, _run in RUNS.items():
-    _recorded = recorded_manifest(checkpoint_folder(_name))
-    if _recorded is None:
-        continue
-    if "definition_hash" in _recorded:
-        _changed = _recorded["definition_hash"] != _run["definition_hash"]
-        _what = definition_changes(
-            _recorded.get("model_definition", {}), _run["model_definition"]
-        )
-    else:  # written by a version that hashed the config keys only
-        _changed = _recorded.get("model_hash") != _run["model_hash"]
-        _what = ["framework, task, params, batch_size or seed"]
-    if _changed:
-        raise WorkflowError(
-            f"run '{_name}' has checkpoints of a different model definition: "
-            f"{'; '.join(_what) or 'its definition'} changed since they were written. "
-            "Nothing was touched. Give the changed run a new name, or move "
-            + (
-                f"results/{_name} away to start it over."
-                if checkpoint_folder(_name) == Path("results") / _name / "ckpt"
-                else f"results/{_name} and its checkpoints ({checkpoint_folder(_name)}) away "
-                "to start it over."
-            )
-        )
+    _refusal = rerun_refusal(_name, _run, checkpoint_folder(_name))
+    if _refusal:
+        raise WorkflowError(_refusal)
 
 
 wildcard_constraints:
@@ -169,34 +153,26 @@ def runtime_minutes(wildcards, attempt):
                 "not tried again; run the same command to resume it"
             )
         plan = load_plan(run)
+        why = None
+        # a new attempt must start up, restore and save before the deadline
         if DEADLINE is not None:
-            # a new attempt must start up, restore and save before the deadline to be worth a job
-            costs = plan.get("costs", {})
-            needed = (
-                costs.get("startup_seconds", 0)
-                + costs.get("load_seconds", 0)
-                + 2 * costs.get("save_seconds_max", costs.get("save_seconds", 0))
-                + 1
+            why = deadline_refusal(
+                run,
+                index,
+                plan.get("costs", {}),
+                DEADLINE.isoformat(),
+                DEADLINE.timestamp() - time.time(),
             )
-            left = DEADLINE.timestamp() - time.time()
-            if left < needed:
-                raise WorkflowError(
-                    f"run {run}: segment {index} stopped before the deadline {DEADLINE.isoformat()} "
-                    f"({max(left, 0):.0f} s left, a job needs {needed:.0f} s to start and save). It "
-                    "is continued by the same command with a later deadline (the next booking: "
-                    "--config booking_last_day=...)."
-                )
-        ckpt = checkpoint_folder(run)
-        end = plan["segments"][index]["end"]
-        saved = [s for s in CheckpointStore(ckpt, keep=2).steps() if s <= end]
-        why = retry_refusal(
-            Ledger(ckpt / "attempts.jsonl").records(index),
-            attempt - 1,
-            max(saved, default=None),
-            since=STARTED,
+        why = why or retry_refusal_of(
+            run,
+            index,
+            attempt,
+            checkpoint_folder(run),
+            plan["segments"][index]["end"],
+            STARTED,
         )
         if why:
-            raise WorkflowError(f"run {run}: {why}")
+            raise WorkflowError(why)
     return max(1, math.ceil(RUNS[wildcards.run]["time_limit_seconds"] / 60))
 
 
@@ -225,7 +201,7 @@ def load_plan(run):
 
 
 def segment_dir(run, index):
-    return f"results/{run}/segments/{index:04d}"
+    return str(RunPaths(run_root(run)).segment_dir(index))
 
 
 def previous_segment(wildcards):

@@ -1,0 +1,73 @@
+"""Whether work may go on: a run over checkpoints already recorded, another attempt of a failed
+segment, a job this close to the deadline.
+
+Framework-free, so the workflow asks these questions before any job starts (common.smk) and the
+job asks the same ones as it starts (runner): one formula each, in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .attempts import Ledger, retry_refusal
+from .config import definition_changes
+from .layout import RunPaths, run_root
+from .store import CheckpointStore, recorded_manifest
+
+
+def seconds_to_start_and_save(save_seconds: float, load_seconds: float = 0.0, startup_seconds: float = 0.0) -> float:
+    """What a job needs before a deadline to be worth starting: its start-up and restore (when
+    they are still ahead of it), then two saves (the periodic one it may be in, and its stop's),
+    and a second of slack."""
+    return startup_seconds + load_seconds + 2 * save_seconds + 1
+
+
+def definition_mismatch(run: dict, manifest: dict) -> str | None:
+    """Why a checkpoint was written for another model definition than ``run``'s, or None."""
+    if "definition_hash" in manifest and "definition_hash" in run:
+        if manifest["definition_hash"] != run["definition_hash"]:
+            changed = definition_changes(manifest.get("model_definition", {}), run["model_definition"])
+            return "; ".join(changed) or "its definition"
+        return None
+    if manifest.get("model_hash") != run.get("model_hash"):  # written by a version without definitions
+        return "framework, task, params, batch_size or seed"
+    return None
+
+
+def rerun_refusal(name: str, run: dict, checkpoints: Path) -> str | None:
+    """Why run ``name`` must not start over the checkpoints in ``checkpoints`` (they hold another
+    model definition), naming what changed and the folders to move; None when it may."""
+    recorded = recorded_manifest(checkpoints)
+    if recorded is None:
+        return None
+    changed = definition_mismatch(run, recorded)
+    if not changed:
+        return None
+    results = run_root(name)
+    if Path(checkpoints) == results / "ckpt":
+        move = f"{results} away to start it over."
+    else:
+        move = f"{results} and its checkpoints ({checkpoints}) away to start it over."
+    return (f"run '{name}' has checkpoints of a different model definition: {changed} changed since they "
+            f"were written. Nothing was touched. Give the changed run a new name, or move {move}")
+
+
+def deadline_refusal(run: str, index: int, costs: dict, deadline_iso: str, seconds_left: float) -> str | None:
+    """Why another attempt of segment ``index`` must not start ``seconds_left`` before the deadline."""
+    needed = seconds_to_start_and_save(costs.get("save_seconds_max", costs.get("save_seconds", 0)),
+                                       costs.get("load_seconds", 0), costs.get("startup_seconds", 0))
+    if seconds_left >= needed:
+        return None
+    return (f"run {run}: segment {index} stopped before the deadline {deadline_iso} ({max(seconds_left, 0):.0f} s "
+            f"left, a job needs {needed:.0f} s to start and save). It is continued by the same command with a "
+            "later deadline (the next booking: --config booking_last_day=...).")
+
+
+def retry_refusal_of(run: str, index: int, attempt: int, checkpoints: Path, segment_end: int,
+                     started: float) -> str | None:
+    """Why attempt ``attempt`` of segment ``index`` should not run, from the run's ledger and the
+    checkpoints it left (those past the segment's end do not count), or None to go on."""
+    saved = [s for s in CheckpointStore(checkpoints, keep=2).steps() if s <= segment_end]
+    ledger = Ledger(Path(checkpoints) / RunPaths.ATTEMPTS)
+    why = retry_refusal(ledger.records(index), attempt - 1, max(saved, default=None), since=started)
+    return f"run {run}: {why}" if why else None
