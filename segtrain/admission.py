@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .attempts import Ledger, retry_refusal
 from .config import definition_changes
-from .layout import RunPaths, run_root
+from .layout import DEFAULT_CHECKPOINT_ROOT, RunPaths, checkpoint_folder, run_root
 from .store import CheckpointStore, recorded_manifest
 
 
@@ -44,7 +44,7 @@ def rerun_refusal(name: str, run: dict, checkpoints: Path) -> str | None:
     if not changed:
         return None
     results = run_root(name)
-    if Path(checkpoints) == results / "ckpt":
+    if Path(checkpoints) == checkpoint_folder(name, DEFAULT_CHECKPOINT_ROOT):
         move = f"{results} away to start it over."
     else:
         move = f"{results} and its checkpoints ({checkpoints}) away to start it over."

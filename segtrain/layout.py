@@ -12,6 +12,12 @@ RESULTS = "results"  # every run's outputs: results/<run>
 DEFAULT_CHECKPOINT_ROOT = RESULTS
 
 
+# the files of a run's folder and of each segment's output folder
+PLAN = "plan.json"
+SEGMENT_SUMMARY = "segment.json"  # written last: a segment folder without it is unfinished
+SEGMENT_METRICS = "metrics.csv"
+
+
 def run_root(run: str) -> Path:
     """``results/<run>``: the run's plan, segments, exports, metrics and report."""
     return Path(RESULTS) / run
@@ -38,7 +44,6 @@ class RunPaths:
     checkpoint_root: Path | None = None
 
     ATTEMPTS = "attempts.jsonl"  # in the checkpoint folder
-    SEGMENT_SUMMARY = "segment.json"  # in a segment's output folder, written last
     @property
     def store(self) -> Path:
         base = self.checkpoint_root or os.environ.get(CHECKPOINT_ROOT_ENV)
@@ -60,4 +65,8 @@ class RunPaths:
         return self.root / "segments" / f"{segment:04d}"
 
     def segment_summary(self, segment: int) -> Path:
-        return self.segment_dir(segment) / self.SEGMENT_SUMMARY
+        return self.segment_dir(segment) / SEGMENT_SUMMARY
+
+    @property
+    def plan(self) -> Path:
+        return self.root / PLAN

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import planning
 from . import store as store_mod
 from .config import TRAINING_DEFAULTS, with_definition
+from .layout import SEGMENT_METRICS, SEGMENT_SUMMARY
 from .runner import RunPaths, Stopped, run_segment
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def frozen_segments(run_root: Path) -> list[planning.Segment]:
     done = []
     paths = RunPaths(Path(run_root))
     while True:
-        summary = paths.segment_dir(len(done)) / "segment.json"
+        summary = paths.segment_summary(len(done))
         if not summary.exists():
             break
         seg = planning.Segment(**json.loads(summary.read_text())["segment"])
@@ -234,7 +235,7 @@ def best_folder(run: dict, last_segment: Path) -> Path:
     with a notice in Snakemake's output when something had been evaluated."""
     last_segment = Path(last_segment)
     recorded = None
-    summary = last_segment / "segment.json"
+    summary = last_segment / SEGMENT_SUMMARY
     if summary.exists():
         recorded = json.loads(summary.read_text()).get("best")
     candidates = [last_segment / "best"]
@@ -270,6 +271,6 @@ def merge_metrics(segment_dirs: list[Path], out: Path) -> None:
     """Concatenate every segment's metrics, in segment order."""
     import pandas as pd
 
-    merged = pd.concat([pd.read_csv(Path(d) / "metrics.csv") for d in segment_dirs], ignore_index=True)
+    merged = pd.concat([pd.read_csv(Path(d) / SEGMENT_METRICS) for d in segment_dirs], ignore_index=True)
     merged.to_csv(out, index=False)
     log.info("merged %d metrics rows from %d segments into %s", len(merged), len(segment_dirs), out)

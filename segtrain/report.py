@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from .attempts import attempts_of  # noqa: E402
+from .layout import SEGMENT_SUMMARY  # noqa: E402
 from .planning import Costs, segment_seconds  # noqa: E402
 
 STATUS_COLORS = {"completed": "#2e7d32", "stopped": "#ef6c00", "killed": "#c62828", "error": "#6a1b9a",
@@ -31,7 +32,7 @@ VAL_COLORS = {"val_loss": "#ef6c00"}
 def load_run(plan_json: Path, metrics_csv: Path, segment_dirs: list[Path]) -> dict:
     plan = json.loads(Path(plan_json).read_text())
     metrics = pd.read_csv(metrics_csv)
-    segments = [json.loads((Path(d) / "segment.json").read_text()) for d in segment_dirs]
+    segments = [json.loads((Path(d) / SEGMENT_SUMMARY).read_text()) for d in segment_dirs]
     return {"plan": plan, "metrics": metrics, "segments": segments, "attempts": attempts_table(segments)}
 
 

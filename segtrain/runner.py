@@ -28,7 +28,7 @@ from .checkpointing import BackgroundWriter, Snapshots
 from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
 from .events import EventFile
-from .layout import CHECKPOINT_ROOT_ENV, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
+from .layout import CHECKPOINT_ROOT_ENV, SEGMENT_METRICS, SEGMENT_SUMMARY, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
 from .lifecycle import STOP, StopRequested, process_age
 from .planning import Segment
 from .taskfile import RunContext
@@ -722,7 +722,7 @@ def _write_output(segment, final, metrics, out_dir, source, attempt, saves, star
     if best_ckpt is not None:
         store_mod.link_or_copy(best_ckpt.path, out_dir / "best")
     rows = [r for r in metrics.rows if segment.start < int(r["step"]) <= segment.end]
-    with open(out_dir / "metrics.csv", "w", newline="") as fh:
+    with open(out_dir / SEGMENT_METRICS, "w", newline="") as fh:
         w = csv.DictWriter(fh, metrics.fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -738,5 +738,5 @@ def _write_output(segment, final, metrics, out_dir, source, attempt, saves, star
         "history": history,
         "best": best_ckpt.manifest.get("best") if best_ckpt is not None else None,
     }
-    store_mod.write_json_atomic(out_dir / "segment.json", summary)  # written last: the output is complete
+    store_mod.write_json_atomic(out_dir / SEGMENT_SUMMARY, summary)  # written last: the output is complete
     return summary

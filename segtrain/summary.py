@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .attempts import attempts_of
 from .durations import format_duration as fd
+from .layout import PLAN, SEGMENT_METRICS, SEGMENT_SUMMARY, RunPaths
 from .planning import Costs, segment_seconds
 
 
@@ -27,7 +28,7 @@ def measured_attempts(segment_json: dict) -> list[dict]:
 
 
 def summarize(run_dir: Path) -> str:
-    plan = json.loads((run_dir / "plan.json").read_text())
+    plan = json.loads((RunPaths(run_dir).plan).read_text())
     costs = Costs.from_dict(plan["costs"])
     jobs = plan.get("jobs") or {}
     lines = [
@@ -41,12 +42,12 @@ def summarize(run_dir: Path) -> str:
     ]
     saves, all_attempts, seg_lines = [], [], []
     for seg in plan["segments"]:
-        out = run_dir / "segments" / f"{seg['index']:04d}"
-        if not (out / "segment.json").exists():
+        out = RunPaths(run_dir).segment_dir(seg["index"])
+        if not (out / SEGMENT_SUMMARY).exists():
             seg_lines.append(f"  segment {seg['index']}: not trained yet")
             continue
-        info = json.loads((out / "segment.json").read_text())
-        with open(out / "metrics.csv", newline="") as fh:
+        info = json.loads((out / SEGMENT_SUMMARY).read_text())
+        with open(out / SEGMENT_METRICS, newline="") as fh:
             rows = list(csv.DictReader(fh))
         saves += [float(r["save_seconds"]) for r in rows if r.get("save_seconds")]
         attempts = measured_attempts(info)
@@ -75,7 +76,7 @@ def summarize(run_dir: Path) -> str:
 
 def main(argv=None) -> int:
     root = Path((argv or sys.argv[1:] or ["results"])[0])
-    runs = sorted(p for p in root.iterdir() if (p / "plan.json").exists()) if root.is_dir() else []
+    runs = sorted(p for p in root.iterdir() if (p / PLAN).exists()) if root.is_dir() else []
     if not runs:
         print(f"no planned runs in {root}")
         return 1
