@@ -147,9 +147,14 @@ def final_state_in(run_dir: Path) -> dict:
     if (last / "state.npz").exists():
         with np.load(last / "state.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+    return torch_state_arrays(last / "state.pt")
+
+
+def torch_state_arrays(path: Path) -> dict:
+    """Every array of a PyTorch checkpoint file: the model's, its optimizers' state, the RNG."""
     import torch
 
-    state = torch.load(last / "state.pt", weights_only=True)
+    state = torch.load(path, weights_only=True)
     arrays = {f"model.{k}": v.numpy() for k, v in state["model"].items()}
     # a script's checkpoint holds each tracked object's state (segtrain.session): its optimizers'
     optimizers = {n: o for n, o in state.get("tracked", {"optimizer": state.get("optimizer")}).items()
