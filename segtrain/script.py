@@ -21,7 +21,6 @@ resumes at the right step, its data restarts at the loader's beginning, and the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import runpy
 import sys
@@ -72,85 +71,6 @@ def finite(modules) -> bool:
 def as_numbers(row: dict) -> dict:
     """A step's logged values as Python floats (tensors are read from the device here)."""
     return {k: float(v) for k, v in row.items()}
-
-
-class TorchState:
-    """The tracked objects and the random streams, as the job saves and restores them.
-
-    One ``state.pt`` per checkpoint: each tracked object's ``state_dict()``, the RNG streams and
-    the job's extra (step, data position, best); the model's weights also under ``model``, where
-    the export reads them. It loads with ``torch.load(weights_only=True)``."""
-
-    def __init__(self, objects: dict):
-        self.objects = objects
-
-    def _state(self, extra: dict) -> dict:
-        from .backends.torch_backend import rng_state
-
-        tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
-        return {"model": tracked["model"], "tracked": tracked, "rng": rng_state(), "extra": extra}
-
-    def write_state(self, folder: Path, extra: dict) -> None:
-        from .backends.torch_backend import write_state_file
-
-        write_state_file(folder, self._state(extra))
-
-    def snapshot(self, extra: dict):
-        """Copy the tracked state into this job's host buffers (an async save writes it later)."""
-        from .backends.torch_backend import TorchSnapshot
-        from .checkpointing import HostCopy
-
-        if not hasattr(self, "_host"):
-            self._host = HostCopy()
-        return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
-
-    verified_reads = ("state.pt",)  # read_state hashes it while it loads (store.load_verified)
-
-    def read_state(self, folder: Path) -> dict:
-        import torch
-
-        from .backends.torch_backend import read_state_file, set_rng_state
-        from .store import IncompatibleCheckpoint
-
-        modules = {("tracked", name) for name, obj in self.objects.items() if isinstance(obj, torch.nn.Module)}
-        state = read_state_file(folder, mapped={("model",), *modules})  # modules copy what they load
-        tracked = state.get("tracked", {})
-        if set(tracked) != set(self.objects):
-            raise IncompatibleCheckpoint(
-                f"the checkpoint in {folder} holds {sorted(tracked)} and the script tracks {sorted(self.objects)}; "
-                "track the same objects, or give the run a new name to start over")
-        for name, obj in self.objects.items():
-            try:
-                obj.load_state_dict(tracked[name])
-            except (RuntimeError, KeyError, ValueError) as exc:
-                raise IncompatibleCheckpoint(
-                    f"the checkpoint in {folder} does not fit the tracked '{name}' ({exc}); the script changed "
-                    "what it builds: give the run a new name to start over") from None
-        set_rng_state(state["rng"])
-        return state["extra"]
-
-    def all_finite(self) -> bool:
-        import torch
-
-        return finite([obj for obj in self.objects.values() if isinstance(obj, torch.nn.Module)])
-
-    @contextlib.contextmanager
-    def isolated_rng(self, seed: int):
-        """An evaluation draws from streams of its own, and the modules' train/eval modes are put back."""
-        import torch
-
-        from .backends.torch_backend import isolated_rng
-
-        modes = [(m, m.training) for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
-                 for m in obj.modules()]
-        try:
-            with isolated_rng(seed), torch.no_grad():
-                yield
-        finally:
-            for module, training in modes:
-                module.training = training
-
-    as_numbers = staticmethod(as_numbers)
 
 
 class SegmentLoader:
@@ -282,7 +202,10 @@ class Session:
         self._check_ended(job)
 
     # -- the rest is the job's --
-    def _state(self) -> TorchState:
+    def _state(self):
+        """The tracked objects in the one PyTorch state format (backends.torch_backend.TorchState)."""
+        from .backends.torch_backend import TorchState
+
         if "model" not in self._objects:
             raise ValueError("seg.steps(): track the model first, as seg.track(model=model, optimizer=...): its "
                              "weights are what a checkpoint restores and what the run exports")

@@ -49,7 +49,7 @@ def test_resume_across_segments_is_bitwise_identical(trained, variant):
 
 def test_fp16_checkpoints_hold_the_loss_scale(trained):
     last = sorted((trained.run_dir("fp16-3") / "segments").iterdir())[-1] / "state" / "state.pt"
-    scaler = torch.load(last, weights_only=True)["scaler"]
+    scaler = torch.load(last, weights_only=True)["tracked"]["scaler"]
     assert scaler["scale"] > 0 and "_growth_tracker" in scaler
 
 

@@ -273,8 +273,9 @@ def test_two_optimizers_with_a_step_and_a_plateau_schedule_resume_bitwise(tmp_pa
     run = resolve({"defaults": {"log_every": 5}, "runs": {"r": spec}}, base=REPO)["r"]
     ref, paths = reference_and_stopped(tmp_path, run)
     runner.run_segment(run, segment(), paths, None, paths.segment_dir(0))
-    a = torch.load(ref.segment_dir(0) / "state" / "state.pt", weights_only=True)
-    b = torch.load(paths.segment_dir(0) / "state" / "state.pt", weights_only=True)
+    a = torch.load(ref.segment_dir(0) / "state" / "state.pt", weights_only=True)["tracked"]
+    b = torch.load(paths.segment_dir(0) / "state" / "state.pt", weights_only=True)["tracked"]
+    assert set(a) == {"model", "optimizer", "scheduler"}  # the one format: what the run has, by name
     assert set(a["optimizer"]) == {"hidden", "head"} and set(a["scheduler"]) == {"0", "1"}
     assert a["scheduler"]["0"]["last_epoch"] == 120  # stepped once per step
     head_lr = a["optimizer"]["head"]["param_groups"][0]["lr"]

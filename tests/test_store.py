@@ -307,8 +307,7 @@ def test_a_torch_state_loads_mapped_and_only_module_weights_stay_views_of_the_fi
     damaged file changes nothing, and nothing kept afterwards refers to the file."""
     import torch
 
-    from segtrain.backends.torch_backend import read_state_file, write_state_file
-    from segtrain.script import TorchState
+    from segtrain.backends.torch_backend import TorchState, read_state_file, write_state_file
 
     def build():
         torch.manual_seed(0)

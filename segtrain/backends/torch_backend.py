@@ -335,6 +335,83 @@ class TorchSnapshot:
         write_state_file(folder, self.state)
 
 
+LEGACY_LOOP_KEYS = ("model", "optimizer", "scheduler", "scaler")  # the loop's format before "tracked"
+
+
+class TorchState:
+    """Named objects with ``state_dict``/``load_state_dict`` (modules, optimizers, schedulers, a
+    grad scaler) and the random streams, as a job saves and restores them: the one PyTorch state
+    format, for the pipeline's loop and for a user's script.
+
+    One ``state.pt`` per checkpoint: each object's ``state_dict()`` under ``tracked``, the model's
+    weights also under ``model`` (where the export reads them; one copy in the file), the RNG
+    streams and the job's extra (step, data position, best). It loads with
+    ``torch.load(weights_only=True)``. ``owner`` names who builds the objects in messages ("the
+    task", "the script")."""
+
+    verified_reads = (STATE_FILE,)  # read_state hashes it while it loads (store.load_verified)
+
+    def __init__(self, objects: dict, owner: str = "the script"):
+        self.objects = {name: obj for name, obj in objects.items() if obj is not None}
+        self.owner = owner
+
+    def _state(self, extra: dict) -> dict:
+        tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
+        return {"model": tracked.get("model"), "tracked": tracked, "rng": rng_state(), "extra": extra}
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        write_state_file(folder, self._state(extra))
+
+    def snapshot(self, extra: dict) -> "TorchSnapshot":
+        """Copy the whole state into this job's host buffers; ``.write(folder)`` writes ``state.pt``."""
+        if not hasattr(self, "_host"):
+            self._host = HostCopy()
+        return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
+
+    def read_state(self, folder: Path) -> dict:
+        """Restore what ``write_state`` or a snapshot wrote (or the loop's earlier format, its
+        objects at the top level); returns its ``extra``."""
+        modules = {("tracked", n) for n, obj in self.objects.items() if isinstance(obj, torch.nn.Module)}
+        state = read_state_file(folder, mapped={("model",), *modules})  # modules copy what they load
+        tracked = state.get("tracked")
+        if tracked is None:
+            tracked = {k: state[k] for k in LEGACY_LOOP_KEYS if state.get(k) is not None}
+        if set(tracked) != set(self.objects):
+            raise IncompatibleCheckpoint(
+                f"the checkpoint in {folder} holds {sorted(tracked)} and {self.owner} now builds "
+                f"{sorted(self.objects)}; build the same objects, or give the run a new name to start over")
+        for name, obj in self.objects.items():
+            try:
+                obj.load_state_dict(tracked[name])
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise IncompatibleCheckpoint(
+                    f"the checkpoint in {folder} does not fit the '{name}' {self.owner} builds now ({exc}); "
+                    "its definition changed: give the run a new name to start over") from None
+        set_rng_state(state["rng"])
+        return state["extra"]
+
+    def all_finite(self) -> bool:
+        return all_finite(p for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
+                          for p in obj.parameters())
+
+    @contextlib.contextmanager
+    def isolated_rng(self, seed: int):
+        """An evaluation draws from streams of its own, and the modules' train/eval modes are put back."""
+        modes = [(m, m.training) for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
+                 for m in obj.modules()]
+        try:
+            with isolated_rng(seed), torch.no_grad():
+                yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    @staticmethod
+    def as_numbers(row: dict) -> dict:
+        """A step's logged values as Python floats (tensors are read from the device here)."""
+        return {k: float(v) for k, v in row.items()}
+
+
 class Backend:
     """Trains a PyTorch task one step at a time; see README 'Bringing your training' for the interface."""
 
@@ -530,45 +607,28 @@ class Backend:
             return [self._to_device(v, non_blocking) for v in batch]
         return batch
 
-    def _state(self, extra: dict) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng_state(),
-            "extra": extra,
-        }
+    @property
+    def checkpointed(self) -> TorchState:
+        """What a checkpoint holds: the model, optimizer, scheduler and grad scaler (those the run
+        has), in the one PyTorch state format."""
+        if not hasattr(self, "_tracked"):
+            self._tracked = TorchState({"model": self.model, "optimizer": self.optimizer,
+                                        "scheduler": self.scheduler, "scaler": self.scaler}, owner="the task")
+        return self._tracked
 
     def write_state(self, folder: Path, extra: dict) -> None:
         """Write the full training state into ``folder`` (one ``state.pt``)."""
-        write_state_file(folder, self._state(extra))
+        self.checkpointed.write_state(folder, extra)
 
     def snapshot(self, extra: dict) -> "TorchSnapshot":
         """Copy the full state into this job's host buffers; ``.write(folder)`` writes ``state.pt``."""
-        if not hasattr(self, "_host"):
-            self._host = HostCopy()
-        return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
+        return self.checkpointed.snapshot(extra)
 
-    verified_reads = (STATE_FILE,)  # read_state hashes it while it loads (store.load_verified)
+    verified_reads = TorchState.verified_reads
 
     def read_state(self, folder: Path) -> dict:
         """Restore everything written by ``write_state``; returns its ``extra``."""
-        state = read_state_file(folder, mapped={("model",)})
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise IncompatibleCheckpoint(
-                f"the checkpoint in {folder} does not fit the model the task builds now ({exc}); "
-                "the model definition changed: give the run a new name to start over"
-            ) from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        return state["extra"]
+        return self.checkpointed.read_state(folder)
 
     EXPORTS = ("pt", "safetensors")
 
