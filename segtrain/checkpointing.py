@@ -22,6 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol, runtime_checkable
 
 
+def as_numbers(row: dict) -> dict:
+    """A step's logged values as Python floats: every state's ``as_numbers`` (a tensor of any
+    framework is read from its device here, so only logging steps wait for it)."""
+    return {k: float(v) for k, v in row.items()}
+
+
 class TrainingState(Protocol):
     """The contract between a job (``runner.SegmentJob``) and what it trains: the pipeline's
     backends, a script's ``segtrain.session()`` state, the Lightning and Hugging Face callbacks."""

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .script import TrainerHook, as_numbers, finite
+from .checkpointing import as_numbers
+from .script import TrainerHook, finite
 
 EXTRA = "segtrain.json"
 

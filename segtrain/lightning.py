@@ -27,7 +27,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .script import TrainerHook, as_numbers, finite
+from .checkpointing import as_numbers
+from .script import TrainerHook, finite
 
 CHECKPOINT = "lightning.ckpt"
 EXTRA = "segtrain.json"

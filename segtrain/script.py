@@ -68,11 +68,6 @@ def finite(modules) -> bool:
     return all_finite(p for m in modules for p in m.parameters())
 
 
-def as_numbers(row: dict) -> dict:
-    """A step's logged values as Python floats (tensors are read from the device here)."""
-    return {k: float(v) for k, v in row.items()}
-
-
 class SegmentLoader:
     """Batches in the pipeline's seeded order (a function of the seed and the global step), so a
     resume at any step reads exactly the batch an uninterrupted run would. Made by

@@ -28,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
 from ..arrays import ALIGN, read_arrays, write_arrays  # noqa: E402
+from ..checkpointing import as_numbers  # noqa: E402
 from ..store import IncompatibleCheckpoint, hashed_file, load_verified  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
@@ -200,9 +201,7 @@ class KerasState:
         np.random.set_state((key, keys, pos, has_gauss, cached))
         return meta["extra"]
 
-    @staticmethod
-    def as_numbers(row: dict) -> dict:
-        return {k: float(v) for k, v in row.items()}
+    as_numbers = staticmethod(as_numbers)
 
 
 class Backend:
@@ -326,9 +325,7 @@ class Backend:
         for step in range(start, end):
             yield order.batch(step)
 
-    @staticmethod
-    def as_numbers(row: dict) -> dict:
-        return {k: float(v) for k, v in row.items()}
+    as_numbers = staticmethod(as_numbers)
 
     def after_evaluation(self, metrics: dict, monitor: str) -> None:
         """Keras schedules live in the optimizer; a plateau rule is the task's callback business."""

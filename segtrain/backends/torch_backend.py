@@ -18,7 +18,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for determ
 
 import torch  # noqa: E402
 
-from ..checkpointing import HostCopy  # noqa: E402
+from ..checkpointing import HostCopy, as_numbers  # noqa: E402
 from ..store import IncompatibleCheckpoint, hashed_file, load_verified  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
@@ -406,10 +406,7 @@ class TorchState:
             for module, training in modes:
                 module.training = training
 
-    @staticmethod
-    def as_numbers(row: dict) -> dict:
-        """A step's logged values as Python floats (tensors are read from the device here)."""
-        return {k: float(v) for k, v in row.items()}
+    as_numbers = staticmethod(as_numbers)
 
 
 class Backend:
@@ -544,10 +541,7 @@ class Backend:
             scheduler.step()
         return {"loss": total, "lr": lr, **sums}
 
-    @staticmethod
-    def as_numbers(row: dict) -> dict:
-        """``train_step``'s row as Python floats (one device synchronisation)."""
-        return {k: float(v) for k, v in row.items()}
+    as_numbers = staticmethod(as_numbers)  # train_step's row as floats (one device synchronisation)
 
     def after_evaluation(self, metrics: dict, monitor: str) -> None:
         """Step a metric-driven scheduler (ReduceLROnPlateau) on the monitored value."""
