@@ -24,7 +24,6 @@ whichever is later (the weights do not depend on them).
 from __future__ import annotations
 
 import os
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -162,22 +161,16 @@ def fit(model, x, y=None, *, batch_size: int = 32, sample_weight=None, validatio
 
 def _measure(seg, model, state, arrays, order, evaluate, callbacks, verbose):
     """A measure job: time steps, evaluations and saves; write the costs; end the script."""
-    from .lifecycle import process_age
-    from .measure import WARMUP_STEPS
+    from .measure import StepMarks
 
-    count = WARMUP_STEPS + seg.run["measure_steps"]
-    marks: list[float] = []
+    marks = StepMarks(seg.run)
     names: set = {"lr"}
-    startup = []
 
     class Timer(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             names.update((logs or {}).keys())
-            marks.append(time.perf_counter())
-            if not startup:  # interpreter, imports, the script's set-up and the first step (tracing)
-                startup.append(process_age())
+            marks.mark()
 
-    model.fit(_StepBatches(arrays, order, 0, count), epochs=1, callbacks=[Timer(), *callbacks], verbose=verbose,
-              shuffle=False)
-    step_times = np.diff(marks[WARMUP_STEPS - 1:]).tolist()
-    seg._finish_measure(state, step_times, names, evaluate, order.steps_per_epoch, "segtrain", startup[0])
+    model.fit(_StepBatches(arrays, order, 0, marks.count), epochs=1, callbacks=[Timer(), *callbacks],
+              verbose=verbose, shuffle=False)
+    seg._finish_measure(state, marks.step_times(), names, evaluate, order.steps_per_epoch, "segtrain", marks.startup)

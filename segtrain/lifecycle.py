@@ -105,15 +105,15 @@ class StopFlag:
 STOP = StopFlag()  # one per process: signals are process-wide
 
 
-def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 0.5,
-                 grace: float = 1.0) -> threading.Thread | None:
+def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 0.5) -> threading.Thread | None:
     """Request a stop when the Snakemake process that started this job is gone.
 
     ``kill -9`` of Snakemake leaves its jobs running with no one to collect them; the local
     executor does not pass its death on. The PID comes from the environment the workflow set;
     its start time guards against the PID being reused. Returns the watching thread, or None
-    when there is nothing to watch. A signal that arrives within ``grace`` seconds of the
-    parent's end names the stop instead (it is what ended the parent too)."""
+    when there is nothing to watch. A signal that arrives after the parent's end still names the
+    stop (it is what ended the parent too; ``StopFlag.request``). The stop itself is not delayed:
+    an orphaned job must save and end at once."""
     if pid is None:
         text = os.environ.get(PARENT_ENV, "")
         pid = int(text) if text.isdigit() else None
@@ -126,7 +126,6 @@ def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 
     def watch():
         while not stop:
             if _start_ticks(pid) != born:
-                time.sleep(grace)
                 stop.request_from_watch(f"the Snakemake process {pid} that started this job is gone")
                 return
             time.sleep(period)

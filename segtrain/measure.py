@@ -32,6 +32,31 @@ def remove_stale_scratch(store_root: Path) -> list[str]:
     return removed
 
 
+class StepMarks:
+    """The times a measure job marks as each step ends, for a loop it does not run itself (a
+    script's, Keras ``fit``, a Trainer's): the first mark's process age is the start-up
+    (interpreter, imports, set-up and the first step, which every segment pays again); the steps
+    after ``WARMUP_STEPS`` are the step times."""
+
+    def __init__(self, run: dict):
+        self.count = WARMUP_STEPS + run["measure_steps"]  # steps to train in all
+        self.marks: list[float] = []
+        self.startup: float | None = None
+
+    def mark(self) -> None:
+        self.marks.append(time.perf_counter())
+        if self.startup is None:
+            self.startup = process_age()
+
+    @property
+    def done(self) -> bool:
+        return len(self.marks) >= self.count
+
+    def step_times(self) -> list[float]:
+        steady = self.marks[WARMUP_STEPS - 1:]
+        return [b - a for a, b in zip(steady, steady[1:])]
+
+
 def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     """Time ``measure_steps`` steps and ``measure_saves`` saves and loads in a scratch store
     next to the run's real checkpoints. Returns the costs as a plain dict (seconds, bytes)."""

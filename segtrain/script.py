@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import runpy
 import sys
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -239,28 +238,20 @@ class Session:
 
     def _measure_steps(self, state, loader, evaluate):
         """A measure job: time steps, evaluations and checkpoints, write the costs, end the script."""
-        from .lifecycle import process_age
-        from .measure import WARMUP_STEPS
+        from .measure import StepMarks
 
-        run = self.run
-        count = WARMUP_STEPS + run["measure_steps"]
-        batches = iter(loader.batches(0, count)) if isinstance(loader, SegmentLoader) else _foreign_batches(loader, 0)
-        step_times, names, startup = [], set(), 0.0
-        optimizer = self._optimizer()
-        for step in range(1, count + 1):
-            t = time.perf_counter()
+        marks = StepMarks(self.run)
+        batches = (iter(loader.batches(0, marks.count)) if isinstance(loader, SegmentLoader)
+                   else _foreign_batches(loader, 0))
+        names = {"lr"} if self._optimizer() is not None else set()
+        for step in range(1, marks.count + 1):
             self._row = {}
             yield step, next(batches)
-            row = state.as_numbers(self._row)  # waits for the device
-            if step == 1:
-                # what a job pays before its steady state: interpreter, imports, the script's set-up
-                # and the first step, which every segment pays again
-                startup = process_age()
-            elif step > WARMUP_STEPS:
-                step_times.append(time.perf_counter() - t)
-            names |= set(row) | ({"lr"} if optimizer is not None else set())
-        self._finish_measure(state, step_times, names, evaluate, len(loader) if hasattr(loader, "__len__") else 0,
-                             "segtrain" if isinstance(loader, SegmentLoader) else "the script's own", startup)
+            names |= set(state.as_numbers(self._row))  # waits for the device
+            marks.mark()
+        self._finish_measure(state, marks.step_times(), names, evaluate,
+                             len(loader) if hasattr(loader, "__len__") else 0,
+                             "segtrain" if isinstance(loader, SegmentLoader) else "the script's own", marks.startup)
 
     def _finish_measure(self, state, step_times, names, evaluate, steps_per_epoch, data_loader, startup):
         """Time evaluations and saves and loads, write the costs, end the script."""
@@ -305,8 +296,10 @@ class TrainerHook:
         self.state, self.data_position = state, data_position
         self.job = self.seg._job
         self._steps = None
-        self._marks: list[float] = []
-        self._startup = 0.0
+        if self.seg.measuring:
+            from .measure import StepMarks
+
+            self._marks = StepMarks(self.seg.run)
         if self.job is not None and not self.job.restore(state):
             raise RuntimeError("a damaged checkpoint was set aside: run again to start from the next usable one")
 
@@ -315,9 +308,7 @@ class TrainerHook:
         """The trainer's max_steps: the run's total (a schedule built from it spans the whole run);
         the job stops the trainer at its segment's end."""
         if self.seg.measuring:
-            from .measure import WARMUP_STEPS
-
-            return WARMUP_STEPS + self.seg.run["measure_steps"]
+            return self._marks.count
         return self.seg.total_steps
 
     def start(self, global_step: int) -> bool:
@@ -353,16 +344,10 @@ class TrainerHook:
         return False
 
     def _measure(self, global_step: int) -> bool:
-        from .lifecycle import process_age
-        from .measure import WARMUP_STEPS
-
-        self._marks.append(time.perf_counter())
-        if len(self._marks) == 1:
-            self._startup = process_age()
+        self._marks.mark()
         if global_step >= self.max_steps:
-            step_times = [b - a for a, b in zip(self._marks[WARMUP_STEPS - 1:], self._marks[WARMUP_STEPS:])]
-            self.seg._finish_measure(self.state, step_times, {"loss", "lr"}, None, 0, self.data_position,
-                                     self._startup)
+            self.seg._finish_measure(self.state, self._marks.step_times(), {"loss", "lr"}, None, 0,
+                                     self.data_position, self._marks.startup)
         return False
 
 
