@@ -356,20 +356,9 @@ def _prepare_process(run: dict) -> None:
     deterministic = run.get("model_definition", {}).get("deterministic", True)
     threads, seed = int(run.get("threads", 1)), int(run["seed"])
     if run.get("framework", "torch") == "keras":
-        import os
+        from .backends.keras_backend import configure as configure_keras
 
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        import keras
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            pass  # already initialised in this process
-        keras.utils.set_random_seed(seed)
-        if deterministic is not False:
-            tf.config.experimental.enable_op_determinism()
+        configure_keras(threads, seed, deterministic)
         return
     from .backends.torch_backend import configure, seed_everything
 

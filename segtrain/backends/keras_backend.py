@@ -204,6 +204,20 @@ class KerasState:
     as_numbers = staticmethod(as_numbers)
 
 
+def configure(threads: int, seed: int, deterministic) -> None:
+    """Threads, seeds and kernels for a job, for the pipeline's loop and a script alike:
+    ``threads`` for TensorFlow's pools, Python's, NumPy's and the backend's seeds from ``seed``,
+    and deterministic ops unless ``deterministic`` is False (TensorFlow has no warn-only mode)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # already initialised in this process (tests build several backends)
+    keras.utils.set_random_seed(seed)
+    if deterministic is not False:
+        tf.config.experimental.enable_op_determinism()
+
+
 class Backend:
     """Trains a compiled Keras model one batch at a time; see README 'Bringing your training'."""
 
@@ -212,14 +226,7 @@ class Backend:
     def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1, training: dict | None = None):
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()!r}; this backend needs 'tensorflow'")
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            pass  # already initialised in this process (tests build several backends)
-        keras.utils.set_random_seed(seed)  # python, numpy and the backend's global seed
-        if (training or {}).get("deterministic", True) is not False:  # TensorFlow has no warn-only mode
-            tf.config.experimental.enable_op_determinism()
+        configure(threads, seed, (training or {}).get("deterministic", True))
         self.task = load_task(task_path)
         self.task_path = task_path
         self.params = dict(params)
