@@ -120,9 +120,7 @@ def fit(model, x, y=None, *, batch_size: int = 32, sample_weight=None, validatio
         model.fit(_StepBatches(arrays, order, 0, steps), epochs=1, callbacks=user_callbacks, verbose=verbose or 2)
         return
     job = seg._job
-    if not job.restore(state):
-        raise RuntimeError("a damaged checkpoint was partly loaded into the model before it failed; it has been "
-                           "set aside: run again to start from the next usable one")
+    job.restore_once(state)
     job.order = order
     if user_callbacks and job.step > 0:
         import logging

@@ -290,6 +290,14 @@ class SegmentJob:
         finally:
             self.close()
 
+    def restore_once(self, state, into: str = "the model") -> None:
+        """``restore`` for a client that cannot build its state again (a script, Keras ``fit``, a
+        trainer): a damaged checkpoint half-loaded into ``into`` ends the job with the reason;
+        the next attempt starts from the next usable checkpoint."""
+        if not self.restore(state):
+            raise RuntimeError(f"a damaged checkpoint was partly loaded into {into} before it failed; it has been "
+                               "set aside: run again to start from the next usable one")
+
     def restore(self, state) -> bool:
         """Load the newest usable checkpoint into ``state`` (or keep its fresh build at step 0).
 

@@ -184,9 +184,7 @@ class Session:
             raise RuntimeError("seg.steps() is called a second time in one job; call it once, for the whole "
                                "training (it yields every step of the job, epochs included: see README, "
                                "'Bringing your training')")
-        if not job.restore(state):
-            raise RuntimeError("a damaged checkpoint was partly loaded into the tracked objects before it failed; "
-                               "it has been set aside: run again to start from the next usable one")
+        job.restore_once(state, into="the tracked objects")
         batches = self._batches(loader, job)
         optimizer = self._optimizer()
         for step in job.steps(state, evaluate=evaluate):
@@ -300,8 +298,8 @@ class TrainerHook:
             from .measure import StepMarks
 
             self._marks = StepMarks(self.seg.run)
-        if self.job is not None and not self.job.restore(state):
-            raise RuntimeError("a damaged checkpoint was set aside: run again to start from the next usable one")
+        if self.job is not None:
+            self.job.restore_once(state, into="the trainer's model")
 
     @property
     def max_steps(self) -> int:
