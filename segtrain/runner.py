@@ -1,36 +1,36 @@
 """The train-segment runner: restore, train to the planned end step, save periodically, stop in time.
 
-Resume contract, in one place:
-1. the newest verified periodic checkpoint of this segment (a previous attempt was interrupted),
-2. else the previous segment's final checkpoint (the job's input),
-3. else, for segment 0, a freshly seeded model.
-The data order is a function of the seed and the step, so training continues exactly where the
-restored checkpoint left it. A stop request (SIGTERM, SIGUSR1) or the approaching deadline saves
-at the next step boundary and exits with EXIT_STOPPED so that the scheduler's retry resumes.
+``SegmentJob`` is the order of a job's events (open, restore, steps with their saves and
+evaluations, stop or finish); which checkpoint it resumes from is ``segtrain.resume``'s, the
+metrics log ``segtrain.metrics``'s, the output folder ``segtrain.segment_output``'s. The data
+order is a function of the seed and the step, so training continues exactly where the restored
+checkpoint left it. A stop request (SIGTERM, SIGUSR1) or the approaching deadline saves at the
+next step boundary and exits with EXIT_STOPPED so that the scheduler's retry resumes.
 """
 
 from __future__ import annotations
 
-import csv
 import errno
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import resume
 from . import store as store_mod
-from .admission import definition_mismatch, seconds_to_start_and_save
+from .admission import seconds_to_start_and_save
 from .attempts import BEFORE_TRAINING, Ledger
 from .checkpointing import BackgroundWriter, Snapshots
 from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
 from .events import EventFile
-from .layout import CHECKPOINT_ROOT_ENV, SEGMENT_METRICS, SEGMENT_SUMMARY, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
+from .layout import CHECKPOINT_ROOT_ENV, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
 from .lifecycle import STOP, StopRequested, process_age
+from .metrics import MetricsLog
 from .planning import Segment
+from .segment_output import checkpoint_meta, save_best, write_output
 from .taskfile import RunContext
 
 log = logging.getLogger(__name__)
@@ -110,84 +110,6 @@ def prepare_training(run: dict, backend_factory=None) -> Training:
     backend.build(RunContext(name=run.get("name", ""), total_steps=int(run.get("total_steps") or 0),
                              steps_per_epoch=order.steps_per_epoch, batch_size=run["batch_size"], seed=run["seed"]))
     return Training(backend, order, has_val, val_idx)
-
-
-class MetricsLog:
-    """The segment's metrics rows, kept in the store so they survive kills; cut back on resume."""
-
-    def __init__(self, path: Path, events=None):
-        self.path = path
-        self.events = events  # a TensorBoard mirror of the rows (segtrain.events.EventFile), or None
-        self.fields: list[str] | None = None
-        self.rows: list[dict] = []
-        if path.exists():
-            with open(path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                self.fields = reader.fieldnames
-                rows = list(reader)
-            # a kill after an append that was not yet synced can leave a torn last row: dropped
-            self.rows = [r for r in rows if self._whole(r)]
-            if len(self.rows) != len(rows):
-                log.warning("%s: dropped %d torn metrics row(s)", path, len(rows) - len(self.rows))
-
-    @staticmethod
-    def _whole(row: dict) -> bool:
-        if None in row or any(v is None for v in row.values()):
-            return False  # too few or too many fields
-        try:
-            int(row["step"])
-            float(row["time"])
-        except (KeyError, TypeError, ValueError):
-            return False
-        return True
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows after ``step``: they will be trained again and logged again."""
-        self.rows = [r for r in self.rows if int(r["step"]) <= step]
-        self._rewrite()
-
-    def _rewrite(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.events is not None:
-            self.events.rewrite(self.rows)
-        if self.fields is None:
-            self.path.unlink(missing_ok=True)
-            return
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, self.path)
-
-    def append(self, row: dict) -> None:
-        if self.fields is None:
-            self.fields = list(row)
-            self._rewrite()
-        elif any(k not in self.fields for k in row):  # e.g. the first validation metrics
-            self.fields = self.fields + [k for k in row if k not in self.fields]
-            self._rewrite()
-        self.rows.append(row)
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
-        if self.events is not None:
-            self.events.append(row)
-
-    def log_step(self, row: dict) -> None:
-        """Append ``row``, or complete the last row when it is of the same step (a stop saves a
-        step that was already logged): each step is in the log once."""
-        last = self.rows[-1] if self.rows else None
-        if last is None or int(last["step"]) != int(row["step"]):
-            self.append(row)
-            return
-        last.update({k: v for k, v in row.items() if v != "" or k not in last})
-        if any(k not in self.fields for k in row):
-            self.fields = self.fields + [k for k in row if k not in self.fields]
-        self._rewrite()
-
-    def sync(self) -> None:
-        if self.path.exists():
-            store_mod.fsync_path(self.path)
 
 
 class SegmentJob:
@@ -308,7 +230,7 @@ class SegmentJob:
         t_restore = time.perf_counter()
         try:
             with STOP.interrupting():  # a stop during a restore ends the job at once: nothing to save yet
-                self.source, self.step, restored, clean = _restore(self.run, segment, self.store, self.previous,
+                self.source, self.step, restored, clean = resume.restore(self.run, segment, self.store, self.previous,
                                                                    state, skipped)
         except StopRequested as stop:
             self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
@@ -472,7 +394,7 @@ class SegmentJob:
         if new_best and self.writer is not None and self.writer.step == step:
             self._best_after_write = (self._extra(step), self.best)  # linked once its files are written
         elif new_best:
-            _save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
+            save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
         if logged:
             self.metrics.append({**_row(segment, self.attempt, step, row),
                                  "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
@@ -508,7 +430,7 @@ class SegmentJob:
                     entry["persist_seconds"] = seconds
             best, self._best_after_write = self._best_after_write, None
             if best is not None and best[0]["step"] == step:
-                _save_best(self.run, self.segment, self.store, self.best_store, None, *best)
+                save_best(self.run, self.segment, self.store, self.best_store, None, *best)
 
     def _settle_quietly(self) -> None:
         """``_settle`` on the way out of a job that already failed or stopped: a failed write is logged."""
@@ -534,7 +456,7 @@ class SegmentJob:
                             "clip gradients or check the data, then run again")
         extra = {**self._extra(step), "row": row}
         position = {k: extra[k] for k in ("epoch", "index") if k in extra}
-        meta = _meta(self.run, self.segment, data_position=position or self.data_note or "not ours")
+        meta = checkpoint_meta(self.run, self.segment, data_position=position or self.data_note or "not ours")
         if self.writer is not None and not wait:
             snap = state.snapshot(extra)
             self.writer.submit(step, lambda: self._persist(step, snap.write, meta))
@@ -580,7 +502,7 @@ class SegmentJob:
             log.warning("the best checkpoint (%s %s at step %s) does not verify; the segment keeps %s", self.best["monitor"],
                         self.best["value"], self.best["step"],
                         f"the best one that does (step {best_ckpt.step})" if best_ckpt else "no best checkpoint")
-        self.summary = _write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
+        self.summary = write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
                                      self.saves, self.started_wall, history, best_ckpt, self.save_log)
 
     def fail(self, exc: BaseException) -> None:
@@ -633,118 +555,7 @@ def run_segment(
         return job.summary
 
 
-def _candidates(segment, store, previous, note, deferred=()):
-    """Checkpoints to resume from, best first: this segment's newest periodic one, then the
-    previous segment's output, then the store's copy of that step. The files in ``deferred`` are
-    hashed by the state as it reads them (``store.load_verified``)."""
-    for ck in store.valid(max_step=segment.end, min_step=segment.start + 1, on_skip=note, deferred=deferred):
-        yield ck, f"periodic checkpoint {ck.path.name}"
-    if segment.start == 0:
-        return
-    if previous is not None:
-        try:
-            manifest = store_mod.verify(previous, deferred)
-            yield store_mod.Checkpoint(manifest["step"], Path(previous), manifest), f"previous segment ({previous})"
-        except store_mod.CorruptCheckpoint as exc:
-            log.warning("previous segment's checkpoint is damaged (%s); looking in the store", exc)
-            note(segment.start, str(exc))
-    for ck in store.valid(max_step=segment.start, min_step=segment.start, on_skip=note, deferred=deferred):
-        yield ck, "store copy of the previous segment's end"
-
-
-def _meta(run: dict, segment, **more) -> dict:
-    meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
-            "segment": segment.index, **more}
-    if "definition_hash" in run:
-        meta.update(definition_hash=run["definition_hash"], model_definition=run["model_definition"])
-    return meta
-
-
-def _restore(run, segment, store, previous, backend, skipped):
-    """(source, step, extra, clean): the state restored into ``backend``; ``clean`` is False when
-    a checkpoint failed half-way through loading (the backend must then be built again)."""
-    def note(step, why):
-        skipped.append({"step": step, "reason": why})
-
-    clean = True
-    for ck, source in _candidates(segment, store, previous, note, getattr(backend, "verified_reads", ())):
-        changed = definition_mismatch(run, ck.manifest)
-        if changed:
-            raise RuntimeError(
-                f"{ck.path} was written for a different model definition ({changed} changed); refusing to "
-                "resume. Give the run a new name to train the new definition; nothing was changed"
-            )
-        try:
-            extra = backend.read_state(ck.path)
-            if not isinstance(extra, dict) or extra.get("step") != ck.step:
-                raise store_mod.CorruptCheckpoint(f"holds step {extra.get('step') if isinstance(extra, dict) else '?'}")
-        except store_mod.IncompatibleCheckpoint:
-            raise
-        except store_mod.CorruptCheckpoint as exc:  # hashed as it loaded: skipped before anything was applied
-            log.warning("skipping checkpoint at step %d: %s", ck.step, exc)
-            note(ck.step, str(exc))
-            continue
-        except Exception as exc:  # it verified, so the bytes are what was written, but they do not load
-            why = f"{ck.path}: verifies but does not load ({type(exc).__name__}: {exc})"
-            log.warning("skipping checkpoint at step %d: %s", ck.step, why)
-            note(ck.step, why)
-            clean = False
-            if Path(ck.path).parent == store.root:
-                store.quarantine(ck.step, why)
-            continue
-        return source, ck.step, extra, clean
-    if segment.start > 0:
-        raise RuntimeError(
-            f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "
-            f"retrain the previous segment (and so the ones after it), not the whole run: snakemake --forcerun "
-            f"results/{run['name']}/segments/{segment.index - 1:04d}"
-        )
-    return "a freshly seeded model", 0, {}, clean
-
-
 def _row(segment, attempt, step, train_row) -> dict:
     return {"segment": segment.index, "attempt": attempt, "step": step, **train_row, "time": time.time()}
 
 
-def _save_best(run, segment, store, best_store, state, extra, best) -> None:
-    """Keep the best state so far apart from the rotation: linked from the periodic checkpoint
-    of the same step when there is one, else written."""
-    step = extra["step"]
-    meta = _meta(run, segment, best=best)
-    if store.path(step).exists():
-        def write(folder):
-            store_mod.link_or_copy(store.path(step), folder, skip={store_mod.MANIFEST})
-    else:
-        def write(folder):
-            state.write_state(folder, extra)
-    best_store.save(step, write, meta)
-    best_store.prune(protect={step})
-
-
-def _write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,
-                  best_ckpt=None, save_log=()) -> dict:
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    store_mod.link_or_copy(final, out_dir / "state")
-    if best_ckpt is not None:
-        store_mod.link_or_copy(best_ckpt.path, out_dir / "best")
-    rows = [r for r in metrics.rows if segment.start < int(r["step"]) <= segment.end]
-    with open(out_dir / SEGMENT_METRICS, "w", newline="") as fh:
-        w = csv.DictWriter(fh, metrics.fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    summary = {
-        "segment": vars(segment),
-        "attempts": attempt,
-        "started_from": source,
-        "saves_this_attempt": len(saves),
-        "save_seconds_max": max(saves, default=0.0),
-        # this attempt's saves: what each blocked training and how long its write took
-        "saves": list(save_log),
-        "wall_seconds_this_attempt": time.time() - started_wall,
-        "history": history,
-        "best": best_ckpt.manifest.get("best") if best_ckpt is not None else None,
-    }
-    store_mod.write_json_atomic(out_dir / SEGMENT_SUMMARY, summary)  # written last: the output is complete
-    return summary

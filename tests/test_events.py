@@ -3,7 +3,7 @@
 import pytest
 
 from segtrain.events import EventFile, crc32c
-from segtrain.runner import MetricsLog
+from segtrain.metrics import MetricsLog
 
 from support import read_scalars
 

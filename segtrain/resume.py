@@ -1,0 +1,81 @@
+"""Which checkpoint a segment resumes from, in one place:
+
+1. the newest verified periodic checkpoint of this segment (a previous attempt was interrupted),
+2. else the previous segment's final checkpoint (the job's input), then the store's copy of it,
+3. else, for segment 0, a freshly seeded model.
+
+A checkpoint of another model definition is refused; a damaged one is skipped with the reason
+(and set aside when it verified but did not load).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import store as store_mod
+from .admission import definition_mismatch
+from .layout import RunPaths, run_root
+
+log = logging.getLogger(__name__)
+
+
+def candidates(segment, store, previous, note, deferred=()):
+    """Checkpoints to resume from, best first: this segment's newest periodic one, then the
+    previous segment's output, then the store's copy of that step. The files in ``deferred`` are
+    hashed by the state as it reads them (``store.load_verified``)."""
+    for ck in store.valid(max_step=segment.end, min_step=segment.start + 1, on_skip=note, deferred=deferred):
+        yield ck, f"periodic checkpoint {ck.path.name}"
+    if segment.start == 0:
+        return
+    if previous is not None:
+        try:
+            manifest = store_mod.verify(previous, deferred)
+            yield store_mod.Checkpoint(manifest["step"], Path(previous), manifest), f"previous segment ({previous})"
+        except store_mod.CorruptCheckpoint as exc:
+            log.warning("previous segment's checkpoint is damaged (%s); looking in the store", exc)
+            note(segment.start, str(exc))
+    for ck in store.valid(max_step=segment.start, min_step=segment.start, on_skip=note, deferred=deferred):
+        yield ck, "store copy of the previous segment's end"
+
+
+def restore(run, segment, store, previous, backend, skipped):
+    """(source, step, extra, clean): the state restored into ``backend``; ``clean`` is False when
+    a checkpoint failed half-way through loading (the backend must then be built again)."""
+    def note(step, why):
+        skipped.append({"step": step, "reason": why})
+
+    clean = True
+    for ck, source in candidates(segment, store, previous, note, getattr(backend, "verified_reads", ())):
+        changed = definition_mismatch(run, ck.manifest)
+        if changed:
+            raise RuntimeError(
+                f"{ck.path} was written for a different model definition ({changed} changed); refusing to "
+                "resume. Give the run a new name to train the new definition; nothing was changed"
+            )
+        try:
+            extra = backend.read_state(ck.path)
+            if not isinstance(extra, dict) or extra.get("step") != ck.step:
+                raise store_mod.CorruptCheckpoint(f"holds step {extra.get('step') if isinstance(extra, dict) else '?'}")
+        except store_mod.IncompatibleCheckpoint:
+            raise
+        except store_mod.CorruptCheckpoint as exc:  # hashed as it loaded: skipped before anything was applied
+            log.warning("skipping checkpoint at step %d: %s", ck.step, exc)
+            note(ck.step, str(exc))
+            continue
+        except Exception as exc:  # it verified, so the bytes are what was written, but they do not load
+            why = f"{ck.path}: verifies but does not load ({type(exc).__name__}: {exc})"
+            log.warning("skipping checkpoint at step %d: %s", ck.step, why)
+            note(ck.step, why)
+            clean = False
+            if Path(ck.path).parent == store.root:
+                store.quarantine(ck.step, why)
+            continue
+        return source, ck.step, extra, clean
+    if segment.start > 0:
+        raise RuntimeError(
+            f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "
+            "retrain the previous segment (and so the ones after it), not the whole run: snakemake --forcerun "
+            f"{RunPaths(run_root(run['name'])).segment_dir(segment.index - 1)}"
+        )
+    return "a freshly seeded model", 0, {}, clean
