@@ -474,9 +474,8 @@ def bench_checkpoint(size: int, folder: Path, repeats: int, keras_too: bool) -> 
         import torch.distributed.checkpoint as dcp
 
         if not dist.is_initialized():
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29533")
-            dist.init_process_group("gloo", rank=0, world_size=1)
+            # a one-process group on an in-memory store: no port to collide with another run's
+            dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
     except Exception as exc:  # no distributed build: the DCP rows are left out
         print(f"torch.distributed.checkpoint unavailable: {exc}", file=sys.stderr)
         dcp = None
