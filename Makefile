@@ -59,7 +59,7 @@ bench-dag: install
 
 ## bench-train: training steps/s of the pipeline's loop against hand-written loops, and loader workers 0 vs 4
 bench-train: install
-	$(PY) -m segtrain.bench train --repeats 5
+	$(PY) tests/bench_train.py --repeats 5
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -9,7 +9,7 @@
    nothing. A setting that fails (an op without a deterministic CUDA kernel raises) is reported
    with its error; the other checks go on.
 2. throughput: steps/s of the pipeline's loop against a minimal hand-written loop on the same model,
-   data, batch size, precision and device (``segtrain.bench``), for the small CNN and the mid-size
+   data, batch size, precision and device (``tests/bench_train.py``), for the small CNN and the mid-size
    MLP; the pipeline with ``deterministic`` true against false (what determinism costs); the
    GPU's utilisation during each pipeline run, sampled by ``nvidia-smi``.
 
@@ -113,10 +113,9 @@ class Utilisation:
 
 
 def throughput(steps: int, repeats: int) -> list[dict]:
-    from segtrain import bench
+    import bench_train as bench  # tests/bench_train.py, beside this file
 
-    mlp = Path(tempfile.mkdtemp(prefix="segtrain-gpu-")) / "mlp_task.py"
-    mlp.write_text(bench.MLP_TASK)
+    mlp = Path(__file__).resolve().parent / "tasks" / "bench_mlp_torch.py"
     cnn = str(REPO / CNN["task"])
     rows = []
     for case, task, n in (("small CNN", cnn, steps), ("mid-size MLP", str(mlp), steps // 2)):
