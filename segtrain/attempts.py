@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from .layout import SEGMENT_SUMMARY
+
 # Attempts without progress that stop a run: two in a row that stopped at their deadline or
 # failed with an error (the time limit is too short, or the task is broken), or five in a row of
 # any kind (kills and signals: preemption can hit a job before its first save, but not forever).
@@ -67,7 +69,7 @@ def record_exit_without_output(ledger: Ledger, segment: int, output: str) -> str
     without an end record ends as an error, at the step it resumed from, so the retry rule sees a
     repeating failure rather than a kill. Returns the message for the job's log."""
     reason = (f"the training process exited with status 0 before it finished segment {segment} ({output} has "
-              "no segment.json): something ended the process early (os._exit, or a script or callback that "
+              f"no {SEGMENT_SUMMARY}): something ended the process early (os._exit, or a script or callback that "
               "exits by itself). Let the script return, or end it with an exception")
     records = ledger.records(segment)
     ended = {r.get("attempt") for r in records if "status" in r}

@@ -44,6 +44,7 @@ class RunPaths:
     checkpoint_root: Path | None = None
 
     ATTEMPTS = "attempts.jsonl"  # in the checkpoint folder
+
     @property
     def store(self) -> Path:
         base = self.checkpoint_root or os.environ.get(CHECKPOINT_ROOT_ENV)

@@ -48,10 +48,6 @@ class StepMarks:
         if self.startup is None:
             self.startup = process_age()
 
-    @property
-    def done(self) -> bool:
-        return len(self.marks) >= self.count
-
     def step_times(self) -> list[float]:
         steady = self.marks[WARMUP_STEPS - 1:]
         return [b - a for a, b in zip(steady, steady[1:])]

@@ -62,9 +62,9 @@ def session(total_steps: int | None = None) -> "Session":
 
 def finite(modules) -> bool:
     """Whether every parameter of ``modules`` is finite (one device synchronisation)."""
-    from .backends.torch_backend import all_finite
+    from .backends.torch_backend import modules_finite
 
-    return all_finite(p for m in modules for p in m.parameters())
+    return modules_finite(modules)
 
 
 class SegmentLoader:

@@ -335,6 +335,11 @@ class TorchSnapshot:
         write_state_file(folder, self.state)
 
 
+def modules_finite(modules) -> bool:
+    """Whether every parameter of ``modules`` is finite (one device synchronisation)."""
+    return all_finite(p for m in modules for p in m.parameters())
+
+
 LEGACY_LOOP_KEYS = ("model", "optimizer", "scheduler", "scaler")  # the loop's format before "tracked"
 
 
@@ -391,8 +396,7 @@ class TorchState:
         return state["extra"]
 
     def all_finite(self) -> bool:
-        return all_finite(p for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
-                          for p in obj.parameters())
+        return modules_finite(obj for obj in self.objects.values() if isinstance(obj, torch.nn.Module))
 
     @contextlib.contextmanager
     def isolated_rng(self, seed: int):
