@@ -233,13 +233,16 @@ class SegmentJob:
                 self.source, self.step, restored, clean = resume.restore(self.run, segment, self.store, self.previous,
                                                                    state, skipped)
         except StopRequested as stop:
+            # nothing was restored or trained: the attempt starts and ends where the segment stands
+            # (its newest checkpoint), so it shows neither progress nor lost work
+            stands = max((s for s in self.store.steps() if segment.start < s <= segment.end), default=segment.start)
             self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
                               process_start_time=self.process_start, train_start_time=time.time(),
-                              resumed_from=segment.start, source="(stopped while restoring)",
+                              resumed_from=stands, source="(stopped while restoring)",
                               restore_seconds=time.perf_counter() - t_restore, skipped=skipped)
             self.started = True
-            self.ledger.end(segment.index, self.attempt, segment.start, "stopped", f"{stop} (while restoring)",
-                            saved_step=segment.start, **self.timing)
+            self.ledger.end(segment.index, self.attempt, stands, "stopped", f"{stop} (while restoring)",
+                            saved_step=stands, **self.timing)
             self.stopped = (f"segment {segment.index} stopped while restoring its checkpoint ({stop}); "
                             "run again to continue")
             raise Stopped(self.stopped) from None

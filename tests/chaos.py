@@ -1,11 +1,12 @@
 """Chaos harness: run a pipeline while killing its training processes at random moments.
 
-A killer thread waits a random time, then sends SIGKILL or SIGTERM to whichever train_segment
-process holds the run's store lock; some kills land inside saves. Snakemake's retries restart the
-killed segments. Periodic saves are written in the background (async_save: true), so kills
-also land in writes while training goes on. Afterwards the harness reports the kills survived, how many hit a save, the work
-lost per kill (steps between the last step logged before the kill and the step resumed from),
-and whether the final weights equal an uninterrupted run's. Seeded, so failures reproduce.
+A killer thread waits for a seeded step (one in each stretch of the run) and a random moment
+after it, then sends SIGKILL or SIGTERM to whichever train_segment process holds the run's store
+lock; some kills land inside saves. Snakemake's retries restart the killed segments. Periodic
+saves are written in the background (async_save: true), so kills also land in writes while
+training goes on. Afterwards the harness reports the kills survived, how many hit a save, the
+work lost per kill (steps between the last step logged before the kill and the step resumed
+from), and whether the final weights equal an uninterrupted run's. Seeded, so failures reproduce.
 
     python tests/chaos.py [--kills 20] [--seed 7]
 """
@@ -42,13 +43,10 @@ def _train_pid(store: Path) -> int | None:
     return pid if b"train_segment.py" in cmdline else None
 
 
-def _starts(store: Path) -> int:
-    """How many segment attempts have begun training (restored and logged their start)."""
-    try:
-        text = (store / "attempts.jsonl").read_text()
-    except OSError:
-        return 0
-    return text.count('"resumed_from"')
+def _saved_step(store: Path) -> int:
+    """The newest step with a checkpoint folder (cheap to poll: names only)."""
+    steps = [int(e.name.split("-")[1]) for e in os.scandir(store) if e.name.startswith("step-")]
+    return max(steps, default=0)
 
 
 def _wait_for_save_in_flight(store: Path, timeout: float) -> None:
@@ -87,24 +85,31 @@ def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
     log: list[dict] = []
     done = threading.Event()
 
+    # the kills are aimed at seeded steps, one in each of `kills` equal stretches of the run, so the
+    # number of kills does not depend on how fast this machine trains (random times ran out of run
+    # on a fast machine); a random wait after the target step puts each kill at a random moment
+    stretch = (spec["total_steps"] - 100) // kills
+    targets = [50 + i * stretch + int(rng.integers(0, stretch)) for i in range(kills)]
+
     def killer():
-        seen = 0
-        while len(log) < kills and not done.is_set():
-            pid = _train_pid(store)
-            if pid is None or _starts(store) <= seen:
-                time.sleep(0.01)  # wait for a new attempt to start training
-                continue
-            seen = _starts(store)
-            time.sleep(rng.uniform(0.05, 1.5))  # let it train (and save) for a random while
-            if _train_pid(store) != pid:
-                continue
+        while targets:
+            target, pid = targets[0], None
+            while not done.is_set():
+                pid = _train_pid(store)
+                if pid is not None and _saved_step(store) >= target:
+                    time.sleep(rng.uniform(0.0, 0.3))
+                    if _train_pid(store) == pid:
+                        break  # still that attempt, training: kill it now
+                time.sleep(0.01)
+            if done.is_set():
+                return
             sig = signal.SIGKILL if rng.random() < 0.6 else signal.SIGTERM
             if sig == signal.SIGKILL and rng.random() < 0.5:
                 _wait_for_save_in_flight(store, timeout=1.0)  # aim this one at a save
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
-                continue
+                continue  # it ended on its own just now: aim at the next attempt
             if sig == signal.SIGKILL:
                 # SIGKILL is instant: what is on disk now is exactly what the kill left behind
                 mid_save = any(e.name.startswith(".tmp-step-") for e in store.iterdir())
@@ -114,6 +119,7 @@ def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
                 time.sleep(0.01)
             log.append({"signal": sig.name, "at_step": _last_logged_step(store), "mid_save": mid_save,
                         "time": time.time()})
+            targets.pop(0)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()

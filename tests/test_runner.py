@@ -334,7 +334,13 @@ def test_a_stop_signal_during_a_slow_restore_ends_the_job_at_once(tmp_path, run_
         signal.signal(signal.SIGTERM, old)
         runner.STOP.clear()
         runner.STOP.installed = False
-    ends = [r for r in runner.Ledger(paths.attempts).records(0) if "status" in r]
+    records = runner.Ledger(paths.attempts).records(0)
+    ends = [r for r in records if "status" in r]
     assert ends[-1]["status"] == "stopped" and "SIGTERM" in ends[-1]["reason"]
+    # nothing was restored: the attempt is recorded where the segment stood (its newest checkpoint),
+    # neither as progress nor as a fall back to the segment's start
+    newest = max(runner.store_mod.CheckpointStore(paths.store).steps())
+    start = [r for r in records if r.get("source") == "(stopped while restoring)"][-1]
+    assert newest > 0 and start["resumed_from"] == ends[-1]["end_step"] == ends[-1]["saved_step"] == newest
     summary = runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
     assert summary["started_from"].startswith("periodic checkpoint")
