@@ -23,10 +23,12 @@ NO_PROGRESS_KILLS = 5
 
 
 class Ledger:
-    """Append-only JSON lines; a line cut by a kill is skipped when reading."""
+    """Append-only JSON lines; a line cut by a kill is skipped when reading. A ledger opened with
+    ``writes=False`` (a process other than a job's main one) reads but records nothing."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, writes: bool = True):
         self.path = Path(path)
+        self.writes = writes
 
     def records(self, segment: int | None = None) -> list[dict]:
         if not self.path.exists():
@@ -51,6 +53,8 @@ class Ledger:
         self.append({"segment": segment, "attempt": attempt, "launched": time.time()})
 
     def append(self, record: dict) -> None:
+        if not self.writes:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")

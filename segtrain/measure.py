@@ -12,7 +12,7 @@ from pathlib import Path
 from . import store as store_mod
 from .checkpointing import Snapshots
 from .lifecycle import process_age
-from .runner import prepare_training
+from .training import prepare_training
 
 log = logging.getLogger(__name__)
 

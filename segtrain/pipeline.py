@@ -11,8 +11,8 @@ from pathlib import Path
 from . import planning
 from . import store as store_mod
 from .config import TRAINING_DEFAULTS, with_definition
-from .layout import SEGMENT_METRICS, SEGMENT_SUMMARY
-from .runner import RunPaths, Stopped, run_segment
+from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY, RunPaths
+from .runner import Stopped, run_segment
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ def add_segments_args(parser) -> None:
 
 def segment_dirs(args) -> list[Path]:
     first = Path(args.first_segment)
-    return [first.parent / f"{int(first.name) + i:04d}" for i in range(args.count)]
+    paths = RunPaths.of_segment(first)
+    return [paths.segment_dir(int(first.name) + i) for i in range(args.count)]
 
 
 def measure(run: dict, output: Path) -> dict:
@@ -178,7 +179,7 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
     """Train one segment; returns the process exit code (0, or runner.EXIT_STOPPED)."""
     from .runner import EXIT_STOPPED
 
-    run_root = Path(output).parent.parent
+    paths = RunPaths.of_segment(output)
     seg = planning.Segment(**segment)
     run = with_definition(run)
     defined = run.get("model_definition", {}).get("threads", threads)
@@ -186,14 +187,14 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
         log.warning("this job was given %d threads; training uses the run's %d, which its results depend on",
                     threads, defined)
     run = {**run, "keep": seg.keep, "log_every": seg.log_every, "threads": defined}
-    previous_state = Path(previous) / "state" if previous else None
+    previous_state = Path(previous) / SEGMENT_STATE if previous else None
     try:
         if is_script(run):
             from .script import train_script
 
-            train_script(run, seg, RunPaths(run_root), previous_state, Path(output))
+            train_script(run, seg, paths, previous_state, Path(output))
         else:
-            run_segment(run, seg, RunPaths(run_root), previous_state, Path(output))
+            run_segment(run, seg, paths, previous_state, Path(output))
     except Stopped as exc:
         log.warning("%s", exc)
         return EXIT_STOPPED
@@ -210,7 +211,7 @@ def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None
     backend = load_backend(run["framework"])
     run = with_definition(run)
     for which in ("last", "best"):
-        folder = Path(segment_dir) / "state" if which == "last" else best_folder(run, Path(segment_dir))
+        folder = Path(segment_dir) / SEGMENT_STATE if which == "last" else best_folder(run, Path(segment_dir))
         store_mod.verify(folder)
         out = {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS}
         if is_script(run) and run["framework"] == "keras":  # only the script knows how to build its model
@@ -238,11 +239,11 @@ def best_folder(run: dict, last_segment: Path) -> Path:
     summary = last_segment / SEGMENT_SUMMARY
     if summary.exists():
         recorded = json.loads(summary.read_text()).get("best")
-    candidates = [last_segment / "best"]
-    earlier = [f for f in last_segment.parent.glob("[0-9]*/best") if f.parent.name.isdigit()
+    candidates = [last_segment / SEGMENT_BEST]
+    earlier = [f for f in last_segment.parent.glob(f"[0-9]*/{SEGMENT_BEST}") if f.parent.name.isdigit()
                and int(f.parent.name) < int(last_segment.name)] if last_segment.name.isdigit() else []
     candidates += sorted(earlier, key=lambda f: int(f.parent.name), reverse=True)
-    best_store = store_mod.CheckpointStore(RunPaths(last_segment.parent.parent).store / "best")
+    best_store = store_mod.CheckpointStore(RunPaths.of_segment(last_segment).best_store)
     candidates += [best_store.path(step) for step in reversed(best_store.steps())]
     damaged = []
     for folder in candidates:
@@ -264,7 +265,7 @@ def best_folder(run: dict, last_segment: Path) -> Path:
                   "model.best.* is the LAST model, not the best")
     else:
         log.warning("no best checkpoint (nothing was evaluated); exporting the last one as best")
-    return last_segment / "state"
+    return last_segment / SEGMENT_STATE
 
 
 def merge_metrics(segment_dirs: list[Path], out: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import store as store_mod
 from .admission import definition_mismatch
 from .layout import RunPaths, run_root
+from .world import SINGLE
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,10 @@ def candidates(segment, store, previous, note, deferred=()):
         yield ck, "store copy of the previous segment's end"
 
 
-def restore(run, segment, store, previous, backend, skipped):
+def restore(run, segment, store, previous, backend, skipped, world=SINGLE):
     """(source, step, extra, clean): the state restored into ``backend``; ``clean`` is False when
-    a checkpoint failed half-way through loading (the backend must then be built again)."""
+    a checkpoint failed half-way through loading (the backend must then be built again). Only
+    ``world``'s main process sets a damaged checkpoint aside."""
     def note(step, why):
         skipped.append({"step": step, "reason": why})
 
@@ -68,7 +70,7 @@ def restore(run, segment, store, previous, backend, skipped):
             log.warning("skipping checkpoint at step %d: %s", ck.step, why)
             note(ck.step, why)
             clean = False
-            if Path(ck.path).parent == store.root:
+            if Path(ck.path).parent == store.root and world.is_main:
                 store.quarantine(ck.step, why)
             continue
         return source, ck.step, extra, clean

@@ -12,104 +12,32 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import resume
 from . import store as store_mod
-from .admission import seconds_to_start_and_save
 from .attempts import BEFORE_TRAINING, Ledger
-from .checkpointing import BackgroundWriter, Snapshots
-from .config import TRAINING_DEFAULTS, find_task
-from .data import DataOrder, validation_split
 from .events import EventFile
 from .layout import CHECKPOINT_ROOT_ENV, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
 from .lifecycle import STOP, StopRequested, process_age
 from .metrics import MetricsLog
 from .planning import Segment
-from .segment_output import checkpoint_meta, save_best, write_output
-from .taskfile import RunContext
+from .saving import Saves
+from .segment_output import write_output
+from .stopping import (  # noqa: F401  (Stopped, NonFinite, EXIT_STOPPED, DEADLINE_ENV: the runner's interface)
+    DEADLINE_ENV,
+    EXIT_STOPPED,
+    NonFinite,
+    Stopped,
+    check_finite,
+    job_deadline,
+    stop_reason,
+)
+from .training import Training, evaluation_seed, prepare_training  # noqa: F401  (the runner's interface)
+from .world import current as current_world
 
 log = logging.getLogger(__name__)
-
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early on purpose, run again to continue
-
-
-class Stopped(Exception):
-    """Training stopped early (deadline or signal) after saving; rerun to continue."""
-
-
-class NonFinite(RuntimeError):
-    """The loss, a metric or the weights became NaN or infinite: training stops before saving it."""
-
-
-def _check_finite(row: dict, step: int, newest: int | None) -> None:
-    bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
-    if bad:
-        raise NonFinite(
-            f"{', '.join(f'{k} = {v}' for k, v in bad.items())} at step {step}: training stopped before saving "
-            f"it; the newest checkpoint (step {newest}) holds finite values. Lower the learning rate, clip "
-            "gradients or check the data, then run again"
-        )
-
-
-def evaluation_seed(seed: int, step: int) -> int:
-    """The seed of the evaluation at ``step``: its own stream, whatever training drew before."""
-    return (seed * 1_000_003 + step) % 2**62
-
-
-DEADLINE_ENV = "SEGTRAIN_DEADLINE"  # an absolute end (e.g. a DSRI booking's), ISO 8601
-
-
-def absolute_deadline() -> float | None:
-    """The wall-clock end time from SEGTRAIN_DEADLINE (seconds since the epoch), if set."""
-    from datetime import datetime
-
-    text = os.environ.get(DEADLINE_ENV, "").strip()
-    if not text:
-        return None
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:  # the workflow always writes an offset (segtrain.config.deadline_of)
-        raise ValueError(f"{DEADLINE_ENV}={text} has no time zone offset; a job cannot tell which 09:00 "
-                         "is meant. Set the config key deadline with an offset, or timezone")
-    return when.timestamp()
-
-
-@dataclass
-class Training:
-    """A built task and the data it trains and validates on."""
-
-    backend: object
-    order: DataOrder
-    has_validation: bool
-    validation_indices: object  # held-out sample indices, or None for the task's own validation data
-
-
-def prepare_training(run: dict, backend_factory=None) -> Training:
-    """Build the run's task with its framework's backend, and its seeded data order and split."""
-    if backend_factory is None:
-        from .backends import load_backend
-
-        backend_factory = load_backend(run["framework"])
-    task = str(find_task(run["task"]) or run["task"])
-    # How a step is computed: from the model definition (jobs get it from the environment, not
-    # from params), else from the run's own keys (a run resolved in this process)
-    defined = run.get("model_definition", {})
-    training = {k: defined.get(k, run.get(k, default)) for k, default in TRAINING_DEFAULTS.items()}
-    backend = backend_factory(task, run.get("params", {}), run["seed"], run.get("threads", 1), training=training)
-    train_idx = val_idx = None
-    has_val = backend.has_validation_data
-    if not has_val and run.get("validation_split", 0) > 0:
-        train_idx, val_idx = validation_split(backend.num_samples, run["validation_split"], run["seed"])
-        has_val = True
-    # one step takes `accumulate` micro-batches: the data order hands out all of them at once
-    order = DataOrder(backend.num_samples, run["batch_size"] * training["accumulate"], run["seed"], indices=train_idx)
-    backend.build(RunContext(name=run.get("name", ""), total_steps=int(run.get("total_steps") or 0),
-                             steps_per_epoch=order.steps_per_epoch, batch_size=run["batch_size"], seed=run["seed"]))
-    return Training(backend, order, has_val, val_idx)
 
 
 class SegmentJob:
@@ -132,20 +60,17 @@ class SegmentJob:
     """
 
     def __init__(self, run: dict, segment: Segment, paths: RunPaths, previous: Path | None, out_dir: Path,
-                 clock=time.monotonic, job_start: float | None = None):
+                 clock=time.monotonic, job_start: float | None = None, world=None):
         self.run, self.segment, self.paths = run, segment, paths
+        self.world = world if world is not None else current_world()
         self.previous, self.out_dir, self.clock = previous, Path(out_dir), clock
         self.started_wall = time.time()
         # The job's clock starts with its process (interpreter and framework start-up count too).
         self.deadline = (clock() - process_age() if job_start is None else job_start) + segment.time_limit
         self.step = self.attempting = segment.start
-        self.saved_step: int | None = None
         self.started = False  # whether this attempt's start record is written
         self.timing = {"train_seconds": 0.0, "save_seconds": 0.0, "eval_seconds": 0.0}
-        self.saves: list[float] = []  # seconds each save blocked training
-        self.save_log: list[dict] = []  # per save: step, blocking and persist seconds
-        self.writer: BackgroundWriter | None = None  # set when this job saves in the background
-        self._best_after_write: tuple[dict, dict] | None = None  # a best checkpoint awaiting its files
+        self.saves: Saves | None = None  # the checkpoint writes, once the store is open
         self.evals: list[float] = []
         self.best: dict | None = None
         self.source = ""
@@ -160,20 +85,17 @@ class SegmentJob:
 
     def open(self) -> None:
         """Check the absolute deadline, catch the stop signals, lock the store, record the launch."""
-        end = absolute_deadline()
-        if end is not None:  # e.g. the end of a GPU booking: whichever comes first
-            self.deadline = min(self.deadline, self.clock() + end - time.time())
-            if end - time.time() < seconds_to_start_and_save(self.segment.save_seconds):  # started: saves left
-                raise Stopped(f"the deadline {os.environ[DEADLINE_ENV]} has passed or is too close to train; "
-                              "set a later deadline (config key deadline) to continue")
+        # an absolute deadline (e.g. the end of a GPU booking): whichever comes first
+        self.deadline = job_deadline(self.deadline, self.clock, self.segment.save_seconds)
         if not STOP.installed:
             STOP.install()
         self.store = store_mod.CheckpointStore(self.paths.store, keep=self.run["keep"])
+        main = self.world.is_main
         try:
-            # a previous attempt's process may still be saving after its job was declared failed
-            self.store.lock(wait=min(float(self.run.get("grace_period_seconds", 30)), 120.0))
-            self.ledger = Ledger(self.paths.attempts)
-            self.attempt = self.ledger.next_attempt(self.segment.index)
+            if main:  # a previous attempt's process may still be saving after its job was declared failed
+                self.store.lock(wait=min(float(self.run.get("grace_period_seconds", 30)), 120.0))
+            self.ledger = Ledger(self.paths.attempts, writes=main)
+            self.attempt = self.world.broadcast(self.ledger.next_attempt(self.segment.index) if main else None)
             self.ledger.launch(self.segment.index, self.attempt)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -184,15 +106,24 @@ class SegmentJob:
                 "record cannot be written); the checkpoints there are intact. Free space (or raise the volume's "
                 "size) and run again") from exc
         self.process_start = self.started_wall - process_age()
-        self.store.clean_partials()
-        self.best_store = store_mod.CheckpointStore(self.paths.store / "best", keep=2)
-        self.best_store.clean_partials()
+        self.best_store = store_mod.CheckpointStore(self.paths.best_store, keep=2)
+        if main:  # partial writes of a dead attempt; no process of this one writes yet
+            self.store.clean_partials()
+            self.best_store.clean_partials()
+        self.world.barrier()
+        self.saves = Saves(self.run, self.segment, self.store, self.best_store, self.world)
+
+    @property
+    def saved_step(self) -> int | None:
+        """The newest checkpoint this attempt can fall back to."""
+        return self.saves.saved_step if self.saves is not None else None
 
     def close(self) -> None:
         try:
-            self._settle_quietly()  # a write in flight is finished, not cut
+            if self.saves is not None:
+                self.saves.settle_quietly()  # a write in flight is finished, not cut
         finally:
-            if self.store is not None:
+            if self.store is not None and self.world.is_main:
                 self.store.unlock()
 
     def __enter__(self) -> "SegmentJob":
@@ -207,7 +138,8 @@ class SegmentJob:
         """A real error (not a stop, not an interrupt) goes into the ledger; the store is unlocked."""
         try:
             if isinstance(exc, Exception) and not isinstance(exc, Stopped):
-                self._settle_quietly()  # the ledger then names the newest complete checkpoint
+                if self.saves is not None:
+                    self.saves.settle_quietly()  # the ledger then names the newest complete checkpoint
                 self.fail(exc)
         finally:
             self.close()
@@ -231,7 +163,7 @@ class SegmentJob:
         try:
             with STOP.interrupting():  # a stop during a restore ends the job at once: nothing to save yet
                 self.source, self.step, restored, clean = resume.restore(self.run, segment, self.store, self.previous,
-                                                                   state, skipped)
+                                                                         state, skipped, world=self.world)
         except StopRequested as stop:
             # nothing was restored or trained: the attempt starts and ends where the segment stands
             # (its newest checkpoint), so it shows neither progress nor lost work
@@ -257,23 +189,25 @@ class SegmentJob:
         restore_seconds = time.perf_counter() - t_restore
         self.metrics = MetricsLog(self.paths.working_metrics(segment.index),
                                   events=EventFile(self.paths.tensorboard, segment.index))
+        self.saves.metrics = self.metrics
         # Rows past the restored step were logged by an attempt that died before saving them:
         # that is the work this failure lost (it is trained again, identically).
         beyond = [r for r in self.metrics.rows if int(r["step"]) > self.step]
         lost = {"lost_steps": max(int(r["step"]) for r in beyond) - self.step,
                 "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
-        self.metrics.truncate_after(self.step)
         logged = restored.get("row")
-        if self.step > segment.start and isinstance(logged, dict) and (
-                not self.metrics.rows or int(self.metrics.rows[-1]["step"]) != self.step):
-            self.metrics.append({**logged, "save_seconds": ""})  # the kill came between the save and its log row
+        if self.world.is_main:
+            self.metrics.truncate_after(self.step)
+            if self.step > segment.start and isinstance(logged, dict) and (
+                    not self.metrics.rows or int(self.metrics.rows[-1]["step"]) != self.step):
+                self.metrics.append({**logged, "save_seconds": ""})  # the kill came between the save and its row
         skipped = getattr(self, "_skipped", []) + skipped
         self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
                           process_start_time=self.process_start, train_start_time=time.time(),
                           resumed_from=self.step, source=self.source, restore_seconds=restore_seconds,
                           skipped=skipped, **lost)
         self.started = True
-        self.saved_step = self.step  # the newest checkpoint this attempt can fall back to
+        self.saves.saved_step = self.step  # the newest checkpoint this attempt can fall back to
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, self.attempt, self.step, self.source, segment.end, segment.interval)
         return True
@@ -311,25 +245,22 @@ class SegmentJob:
         ``after_evaluation(row, monitor)`` steps a metric-driven scheduler."""
         run, segment = self.run, self.segment
         run_end = int(run.get("total_steps") or segment.end)
-        self.writer = BackgroundWriter() if self._saves_in_background(state) else None
+        saves = self.saves
+        saves.begin(state)
         t0 = self.clock()
         last_progress = t0
         first_step = self.step
         row: dict = {}
         while self.step < segment.end:
-            if self.writer is not None and self.writer.done():
-                self._settle()  # the background write finished: its checkpoint counts from now
-            time_left = self.deadline - self.clock()
-            # what the next checkpoint step may still cost: the slowest save and evaluation so far;
-            # a stop must also wait for a background write in flight
-            writes = (e["persist_seconds"] for e in self.save_log if e["persist_seconds"] is not None)
-            slowest = max(segment.save_seconds, max(self.saves, default=0.0), max(writes, default=0.0))
-            in_flight = slowest if self.writer is not None and self.writer.busy else 0.0
-            # ... and the next call of the client's step, which may train several steps
-            upcoming = slowest + in_flight + max(self.evals, default=0.0) + self._call_seconds
-            if STOP or time_left < upcoming * 1.5 + 0.5:
-                why = STOP.reason if STOP else (f"deadline: {time_left:.1f} s left, a save takes up to "
-                                                f"{max(self.saves, default=segment.save_seconds):.2f} s")
+            saves.poll()  # a background write that finished counts from now
+            # what the next step may still cost: the slowest save and evaluation so far, a
+            # background write in flight, and the client's next call (it may train several steps)
+            slowest = saves.slowest()
+            upcoming = slowest + (slowest if saves.in_flight else 0.0) + max(self.evals, default=0.0) \
+                + self._call_seconds
+            why = stop_reason(self.world, self.deadline - self.clock(), upcoming,
+                              max(saves.blocked, default=segment.save_seconds))
+            if why is not None:
                 self._stop(state, why, state.as_numbers(row) if row else row)
             self.attempting = self.step + 1
             self._row, self._rows = {}, None
@@ -368,7 +299,7 @@ class SegmentJob:
         # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
         if logged or read:
             row = state.as_numbers(raw)
-            _check_finite(row, step, self.saved_step)
+            check_finite(self.world, row, step, self.saved_step)
         else:
             row = raw
         if evaluating and evaluate is not None:
@@ -376,7 +307,7 @@ class SegmentJob:
             with state.isolated_rng(evaluation_seed(run["seed"], step)):
                 row = {**row, **state.as_numbers(evaluate())}
             self.evals.append(time.perf_counter() - t_eval)
-            _check_finite(row, step, self.saved_step)
+            check_finite(self.world, row, step, self.saved_step)
             self.timing["eval_seconds"] += self.evals[-1]
         if evaluating and after_evaluation is not None:
             if segment.monitor not in row:
@@ -394,11 +325,9 @@ class SegmentJob:
                 new_best = True
         seconds = self._save(state, _row(segment, self.attempt, step, row),
                              wait=step == segment.end) if save_now else None
-        if new_best and self.writer is not None and self.writer.step == step:
-            self._best_after_write = (self._extra(step), self.best)  # linked once its files are written
-        elif new_best:
-            save_best(run, segment, self.store, self.best_store, state, self._extra(step), self.best)
-        if logged:
+        if new_best:
+            self.saves.best(state, self._extra(step), self.best)
+        if logged and self.world.is_main:
             self.metrics.append({**_row(segment, self.attempt, step, row),
                                  "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
         return row
@@ -410,84 +339,23 @@ class SegmentJob:
             extra.update(epoch=pos.epoch, index=pos.index)
         return extra
 
-    def _saves_in_background(self, state) -> bool:
-        """Whether this job's periodic saves write in the background: the run's async_save (auto:
-        the plan's choice from the measured costs), for a state that can take snapshots."""
-        wanted = self.run.get("async_save", "auto")
-        if wanted == "auto":
-            wanted = getattr(self.segment, "async_save", False)
-        if wanted and not isinstance(state, Snapshots):
-            log.info("async_save: %s saves synchronously (it takes no snapshots)", type(state).__name__)
-            return False
-        return bool(wanted)
-
-    def _settle(self) -> None:
-        """Wait for the background write in flight, if any; from then on it is the checkpoint to
-        fall back to. Its error (a full disk, ...) is raised here, in the training thread."""
-        done = self.writer.wait() if self.writer is not None else None
-        if done is not None:
-            step, seconds = done
-            self.saved_step = step
-            for entry in self.save_log:
-                if entry["step"] == step:
-                    entry["persist_seconds"] = seconds
-            best, self._best_after_write = self._best_after_write, None
-            if best is not None and best[0]["step"] == step:
-                save_best(self.run, self.segment, self.store, self.best_store, None, *best)
-
-    def _settle_quietly(self) -> None:
-        """``_settle`` on the way out of a job that already failed or stopped: a failed write is logged."""
-        try:
-            self._settle()
-        except Exception as exc:
-            log.warning("the background checkpoint write failed: %s", exc)
-
     def _save(self, state, row: dict, wait: bool = True) -> float:
-        """Save the state after the current step (with its metrics ``row``: a kill between the save
-        and the log's append must not lose it); returns the seconds training was blocked.
-
-        In the background (``async_save``, unless ``wait``): the previous write must have finished
-        (its host buffers are reused; that wait counts as blocking), the state is copied, and the
-        writer thread writes, verifies and renames it. The segment's last save, a stop's save and
-        a synchronous job's saves are written before training goes on."""
-        step = self.step
-        t = time.perf_counter()
-        self._settle()
-        if not state.all_finite():
-            raise NonFinite(f"the weights hold NaN or infinite values after step {step}: training stopped before "
-                            "saving them; the newest checkpoint holds finite values. Lower the learning rate, "
-                            "clip gradients or check the data, then run again")
-        extra = {**self._extra(step), "row": row}
+        """Save the state after the current step, with its metrics ``row``; returns the seconds
+        training was blocked (``segtrain.saving``)."""
+        extra = {**self._extra(self.step), "row": row}
         position = {k: extra[k] for k in ("epoch", "index") if k in extra}
-        meta = checkpoint_meta(self.run, self.segment, data_position=position or self.data_note or "not ours")
-        if self.writer is not None and not wait:
-            snap = state.snapshot(extra)
-            self.writer.submit(step, lambda: self._persist(step, snap.write, meta))
-            seconds = time.perf_counter() - t
-            self.save_log.append({"step": step, "blocking_seconds": seconds, "persist_seconds": None})
-        else:
-            self._persist(step, lambda folder: state.write_state(folder, extra), meta)
-            seconds = time.perf_counter() - t
-            self.saved_step = step
-            self.save_log.append({"step": step, "blocking_seconds": seconds, "persist_seconds": seconds})
-        self.saves.append(seconds)
+        seconds = self.saves.save(state, self.step, extra, position or self.data_note or "not ours", wait=wait)
         self.timing["save_seconds"] += seconds
         return seconds
 
-    def _persist(self, step: int, write, meta: dict) -> None:
-        """Write, verify and rename the checkpoint of ``step``; prune the old ones. The metrics log
-        is made durable first (each checkpoint also holds its step's row)."""
-        self.metrics.sync()
-        self.store.save(step, write, meta)
-        self.store.prune(protect={step})
-
     def _stop(self, state, why: str, row: dict):
         step = self.step
-        self._settle()  # a write in flight completes first (it may be this very step's)
+        self.saves.settle()  # a write in flight completes first (it may be this very step's)
         if step > self.segment.start and not self.store.path(step).exists():
             logged = _row(self.segment, self.attempt, step, row)
             seconds = self._save(state, logged)
-            self.metrics.log_step({**logged, "save_seconds": f"{seconds:.6f}"})
+            if self.world.is_main:
+                self.metrics.log_step({**logged, "save_seconds": f"{seconds:.6f}"})
         self.ledger.end(self.segment.index, self.attempt, step, "stopped", why, saved_step=self.saved_step,
                         **self.timing)
         self.stopped = f"segment {self.segment.index} stopped at step {step} ({why}); run again to continue"
@@ -505,8 +373,10 @@ class SegmentJob:
             log.warning("the best checkpoint (%s %s at step %s) does not verify; the segment keeps %s", self.best["monitor"],
                         self.best["value"], self.best["step"],
                         f"the best one that does (step {best_ckpt.step})" if best_ckpt else "no best checkpoint")
-        self.summary = write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
-                                     self.saves, self.started_wall, history, best_ckpt, self.save_log)
+        if self.world.is_main:
+            self.summary = write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
+                                         self.saves.blocked, self.started_wall, history, best_ckpt, self.saves.log)
+        self.world.barrier()  # the output is complete for every process
 
     def fail(self, exc: BaseException) -> None:
         """Record a real error with the step it happened at, so the workflow can tell a repeating

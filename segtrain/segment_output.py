@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import store as store_mod
-from .layout import SEGMENT_METRICS, SEGMENT_SUMMARY
+from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY
 
 
 def checkpoint_meta(run: dict, segment, **more) -> dict:
@@ -40,9 +40,9 @@ def write_output(segment, final, metrics, out_dir, source, attempt, saves, start
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    store_mod.link_or_copy(final, out_dir / "state")
+    store_mod.link_or_copy(final, out_dir / SEGMENT_STATE)
     if best_ckpt is not None:
-        store_mod.link_or_copy(best_ckpt.path, out_dir / "best")
+        store_mod.link_or_copy(best_ckpt.path, out_dir / SEGMENT_BEST)
     rows = [r for r in metrics.rows if segment.start < int(r["step"]) <= segment.end]
     with open(out_dir / SEGMENT_METRICS, "w", newline="") as fh:
         w = csv.DictWriter(fh, metrics.fields, extrasaction="ignore")

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segtrain.layout import RunPaths
+
 from conftest import MLP, Project, final_state, load_weights, model_file  # noqa: E402
 
 RUN = "chaos"
@@ -80,7 +82,7 @@ def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
 
     p = Project(root / "chaos")
     p.write_config({RUN: spec}, **settings)
-    store = p.run_dir(RUN) / "ckpt"
+    store = p.paths(RUN).store
     rng = np.random.default_rng(seed)
     log: list[dict] = []
     done = threading.Event()
@@ -129,7 +131,7 @@ def run_chaos(root: Path, kills: int = 20, seed: int = 7) -> dict:
     if result.returncode != 0:
         raise AssertionError(f"the pipeline did not survive:\n{result.stderr[-6000:]}")
 
-    attempts = [json.loads(line) for line in (store / "attempts.jsonl").read_text().splitlines()]
+    attempts = [json.loads(line) for line in (store / RunPaths.ATTEMPTS).read_text().splitlines()]
     starts = [a for a in attempts if "resumed_from" in a]
     # each kill is followed by the next attempt's start; the work lost is the steps trained again
     total = spec["total_steps"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from segtrain.layout import DEFAULT_CHECKPOINT_ROOT, SEGMENT_STATE, SEGMENT_SUMMARY, RunPaths, run_root
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 COPIED = ("Snakefile", "workflow", "scripts", "segtrain", "examples", "profiles")
@@ -80,10 +82,14 @@ class Project:
         subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "test"], cwd=self.root, check=True)
 
     def run_dir(self, run: str) -> Path:
-        return self.root / "results" / run
+        return self.root / run_root(run)
+
+    def paths(self, run: str) -> RunPaths:
+        """The run's folders, with the checkpoints where the default configuration keeps them."""
+        return RunPaths(self.run_dir(run), checkpoint_root=self.root / DEFAULT_CHECKPOINT_ROOT)
 
     def attempts(self, run: str) -> list[dict]:
-        path = self.run_dir(run) / "ckpt" / "attempts.jsonl"
+        path = self.paths(run).attempts
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -137,7 +143,7 @@ def final_state_in(run_dir: Path) -> dict:
     """``final_state`` of the run whose results folder is ``run_dir`` (e.g. in remote storage)."""
     import numpy as np
 
-    last = sorted((Path(run_dir) / "segments").iterdir())[-1] / "state"
+    last = RunPaths(Path(run_dir)).last_segment_dir() / SEGMENT_STATE
     if (last / "state.bin").exists():  # Keras: raw arrays, indexed in state.json
         import json
 
@@ -176,8 +182,8 @@ def model_file(project: "Project", run: str, best: bool = False) -> Path:
 
 def best_record(project: "Project", run: str) -> dict:
     """The best checkpoint's record (monitor, value, step) kept with the run's last segment."""
-    last = sorted((project.run_dir(run) / "segments").iterdir())[-1]
-    return json.loads((last / "segment.json").read_text())["best"]
+    last = project.paths(run).last_segment_dir()
+    return json.loads((last / SEGMENT_SUMMARY).read_text())["best"]
 
 
 def assert_bitwise_equal(a: dict, b: dict):

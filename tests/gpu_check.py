@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from segtrain.layout import SEGMENT_STATE  # noqa: E402
 
 
 def run_settings(task: str, params: dict) -> dict:
@@ -54,8 +55,8 @@ def child_main(argv: list[str]) -> None:
     seg = Segment(index=start // 300, start=start, end=end, interval=100, time_limit=3600, save_seconds=0.05)
     out = paths.segment_dir(seg.index)
     t = time.perf_counter()
-    run_segment(run, seg, paths, Path(prev) / "state" if prev else None, out)
-    state = torch.load(out / "state" / "state.pt", map_location="cpu", weights_only=True)
+    run_segment(run, seg, paths, Path(prev) / SEGMENT_STATE if prev else None, out)
+    state = torch.load(out / SEGMENT_STATE / "state.pt", map_location="cpu", weights_only=True)
     digest = __import__("hashlib").sha256(b"".join(v.cpu().numpy().tobytes() for v in state["model"].values())).hexdigest()
     print(json.dumps({"device": "cuda" if torch.cuda.is_available() else "cpu", "seconds": time.perf_counter() - t,
                       "weights_sha256": digest, "has_cuda_rng": "cuda" in state["rng"]}))

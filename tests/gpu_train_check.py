@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from segtrain.layout import SEGMENT_STATE  # noqa: E402
 
 CNN = {"task": "examples/digits_cnn_torch.py", "params": {"channels": 16, "dropout": 0.3, "lr_step": 300}}
 SETTINGS = {  # name -> the run's task and training keys
@@ -67,8 +68,8 @@ def child_main(argv: list[str]) -> None:
     paths = RunPaths(root)
     seg = Segment(index=1 if start else 0, start=start, end=end, interval=50, time_limit=3600, save_seconds=0.05)
     out = paths.segment_dir(seg.index)
-    run_segment(run_settings(settings), seg, paths, Path(prev) / "state" if prev else None, out)
-    state = torch.load(out / "state" / "state.pt", map_location="cpu", weights_only=True)
+    run_segment(run_settings(settings), seg, paths, Path(prev) / SEGMENT_STATE if prev else None, out)
+    state = torch.load(out / SEGMENT_STATE / "state.pt", map_location="cpu", weights_only=True)
     digest = hashlib.sha256(b"".join(v.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                                      for v in state["model"].values())).hexdigest()
     print(json.dumps({"device": "cuda" if torch.cuda.is_available() else "cpu", "weights_sha256": digest}))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from segtrain import store as st
+from segtrain.layout import working_metrics
 
 from conftest import last_logged_step
 
@@ -34,7 +35,7 @@ def three_failures(p, run, segment_steps, interval):
     SIGTERM in segment 2 past its first periodic save (the retry resumes at once) and a SIGKILL of
     Snakemake in segment 3 (then --unlock and --rerun-incomplete). Checks what each failure left
     and returns the attempts ledger."""
-    store_root = p.run_dir(run) / "ckpt"
+    store_root = p.paths(run).store
     # 1. SIGKILL of the training process in segment 1
     proc = p.popen()
     wait_for_checkpoint(store_root, segment_steps + interval, proc)
@@ -48,7 +49,7 @@ def three_failures(p, run, segment_steps, interval):
     proc = p.popen("--retries", "2")
     first_save = 2 * segment_steps + interval
     wait_for_checkpoint(store_root, first_save, proc)
-    while last_logged_step(store_root / "metrics" / "segment-0002.csv") < first_save + 10:
+    while last_logged_step(working_metrics(store_root, 2)) < first_save + 10:
         time.sleep(0.005)
     os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGTERM)
 

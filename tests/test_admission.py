@@ -10,6 +10,7 @@ from segtrain.admission import (
     seconds_to_start_and_save,
 )
 from segtrain.attempts import Ledger
+from segtrain.layout import RunPaths
 from segtrain.store import MANIFEST, CheckpointStore
 
 RUN = {"name": "r", "model_hash": "m1", "definition_hash": "d1",
@@ -57,7 +58,7 @@ def test_one_formula_for_the_time_a_job_needs_before_the_deadline():
 
 def test_retries_are_refused_from_the_ledger_and_the_checkpoints_within_the_segment(tmp_path):
     ckpt = tmp_path / "ckpt"
-    ledger = Ledger(ckpt / "attempts.jsonl")
+    ledger = Ledger(ckpt / RunPaths.ATTEMPTS)
     for attempt in (1, 2):
         ledger.start(3, attempt, start_time=100.0 + attempt, resumed_from=100)
         ledger.end(3, attempt, 130, "error", "ValueError: boom")

@@ -6,6 +6,7 @@ import sys
 import time
 
 from segtrain.attempts import Ledger, attempts_of, retry_refusal
+from segtrain.layout import RunPaths
 from segtrain.lifecycle import StopFlag, watch_parent
 
 
@@ -78,7 +79,7 @@ def test_attempts_of_earlier_invocations_do_not_count():
 
 
 def test_ledger_skips_a_line_cut_by_a_kill(tmp_path):
-    ledger = Ledger(tmp_path / "attempts.jsonl")
+    ledger = Ledger(tmp_path / RunPaths.ATTEMPTS)
     ledger.start(0, 1, resumed_from=0)
     with open(ledger.path, "a") as fh:
         fh.write('{"segment": 0, "attem')  # a kill in the middle of a write
@@ -139,7 +140,7 @@ def test_only_attempts_since_the_workflow_started_count():
 
 
 def test_attempts_killed_while_starting_up_count_as_kills_not_as_failures_to_start(tmp_path):
-    ledger = Ledger(tmp_path / "attempts.jsonl")
+    ledger = Ledger(tmp_path / RunPaths.ATTEMPTS)
     for attempt in (1, 2):  # preempted twice before restoring anything
         ledger.launch(3, attempt)
     assert ledger.next_attempt(3) == 3

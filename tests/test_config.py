@@ -6,6 +6,7 @@ import pytest
 
 from segtrain import backends
 from segtrain.config import ConfigError, definition_changes, resolve
+from segtrain.layout import SEGMENT_SUMMARY
 
 from conftest import MLP, REPO
 
@@ -109,7 +110,7 @@ def test_a_time_limit_that_start_up_dominates_is_refused_and_replanned_without_d
     log = (project.root / "logs" / "plan_segments" / "r.log").read_text()
     assert "max_startup_share 25 %" in log and "Raise time_limit to at least" in log
     assert "snakemake --forcerun measure_checkpoint_cost" in log  # the way to re-measure, named
-    assert not (project.run_dir("r") / "segments").exists()
+    assert not (project.paths("r").segments).exists()
     # allowing any share still cannot fit one step and one save in it: refused, with the fix
     project.write_config({"r": {**MLP, "total_steps": 10, "max_startup_share": "99%"}},
                          time_limit="30s", safety_margin="29.9s")
@@ -272,7 +273,7 @@ def test_a_changed_definition_is_refused_where_its_checkpoints_really_are(projec
     r = project.snakemake(check=False)
     assert r.returncode != 0 and "different model definition" in r.stderr
     assert "shared/r/ckpt" in r.stderr  # the folder to move away is named
-    assert (project.run_dir("r") / "segments" / "0000" / "segment.json").exists()  # nothing deleted
+    assert (project.paths("r").segment_dir(0) / SEGMENT_SUMMARY).exists()  # nothing deleted
 
 
 def test_every_setting_reaches_the_jobs_through_their_environment(monkeypatch):

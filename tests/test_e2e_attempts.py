@@ -61,7 +61,7 @@ def test_kill_9_of_snakemake_leaves_no_training_process(project):
                          checkpoint={"every_steps": 50})
     project.snakemake("--until", "plan_segments")
     proc = project.popen(env={**os.environ, "SLOW_TASK_PAUSE": "0.01"})
-    store_root = project.run_dir("r") / "ckpt"
+    store_root = project.paths("r").store
     wait_for_checkpoint(store_root, 50, proc)
     trainer = int((store_root / ".lock").read_text().split()[1])
     assert running(trainer)

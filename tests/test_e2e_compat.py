@@ -27,7 +27,7 @@ def test_checkpoints_of_an_earlier_version_resume_and_end_bitwise_identical(tmp_
     assert runs == ["loop", "script"]
     for run in runs:
         (checkpoint,) = (fixture / run).glob("step-*")
-        shutil.copytree(checkpoint, p.run_dir(run) / "ckpt" / checkpoint.name)
+        shutil.copytree(checkpoint, p.paths(run).store / checkpoint.name)
     p.snakemake()
     for run in runs:
         (start,) = [a for a in p.attempts(run) if "resumed_from" in a]

@@ -13,6 +13,8 @@ import pytest
 from k8s_standin import StandIn
 from pod import GRACE, Kubelet, unshare_available
 
+from segtrain.layout import RunPaths, working_metrics
+
 from conftest import SNAKEMAKE, assert_bitwise_equal, final_state, final_state_in, last_logged_step, load_weights
 
 pytestmark = [pytest.mark.e2e,
@@ -46,7 +48,7 @@ def head_output(proc) -> str:
 
 
 def attempts(store: Path) -> list[dict]:
-    return [json.loads(line) for line in (store / "attempts.jsonl").read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in (store / RunPaths.ATTEMPTS).read_text().splitlines() if line.strip()]
 
 
 def test_a_pod_stopped_by_kubernetes_saves_within_the_grace_and_the_rerun_ends_bitwise_identical(
@@ -71,7 +73,7 @@ def test_a_pod_stopped_by_kubernetes_saves_within_the_grace_and_the_rerun_ends_b
         proc = start_head(project, api, tmp_path, "--retries", "0")
         deadline = time.time() + 300
         # past the periodic save at 100, in the first segment's pod
-        while last_logged_step(store / "metrics" / "segment-0000.csv") < 150:
+        while last_logged_step(working_metrics(store, 0)) < 150:
             assert proc.poll() is None and time.time() < deadline, head_output(proc)[-4000:] + "".join(
                 p.output()[-3000:] for p in kubelet.pods)
             time.sleep(0.01)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from segtrain import store as st
+from segtrain.layout import SEGMENT_SUMMARY
 
 from conftest import KMLP, assert_bitwise_equal, final_state
 
@@ -28,7 +29,7 @@ def test_editing_the_task_file_is_refused_before_any_job(project):
     project.write_config({"r": {"task": "tasks/mine.py", "params": {"hidden": 16, "lr": 0.05},
                                 "total_steps": 100, "steps_per_segment": 50}})
     project.snakemake()
-    stamp = (project.run_dir("r") / "segments" / "0001" / "segment.json").stat().st_mtime_ns
+    stamp = (project.paths("r").segment_dir(1) / SEGMENT_SUMMARY).stat().st_mtime_ns
     task.write_text(task.read_text().replace("nn.ReLU()", "nn.GELU()"))
     assert "nn.GELU()" in task.read_text()
     project.write_config({"r": {"task": "tasks/mine.py", "params": {"hidden": 16, "lr": 0.05},
@@ -37,7 +38,7 @@ def test_editing_the_task_file_is_refused_before_any_job(project):
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "tasks/mine.py (content changed)" in out and "Nothing was touched" in out
-    assert (project.run_dir("r") / "segments" / "0001" / "segment.json").stat().st_mtime_ns == stamp
+    assert (project.paths("r").segment_dir(1) / SEGMENT_SUMMARY).stat().st_mtime_ns == stamp
 
 
 def test_one_cycle_schedule_gets_the_run_length_and_raising_it_is_refused(project):
@@ -62,7 +63,7 @@ def test_a_nan_loss_stops_the_run_and_the_newest_checkpoint_is_finite(project):
     assert r.returncode != 0 and "loss = nan at step 130" in out
     ends = [a for a in project.attempts("r") if "status" in a]
     assert [a["status"] for a in ends] == ["error", "error"]  # the same error at the same step: not retried
-    store = st.CheckpointStore(project.run_dir("r") / "ckpt")
+    store = st.CheckpointStore(project.paths("r").store)
     newest = store.newest_valid()
     assert newest.step == 100
     import torch
@@ -104,9 +105,9 @@ def test_random_cut_points_intervals_measured_costs_and_kills_all_end_bitwise_id
     # planned first: Snakemake 9 drops a job it is retrying when a checkpoint (another run's plan)
     # finishes in between, and ends with "At least one job did not complete"
     project.snakemake("--until", "plan_segments")
-    plans = {r: json.loads((project.run_dir(r) / "plan.json").read_text()) for r in runs}
+    plans = {r: json.loads((project.paths(r).plan).read_text()) for r in runs}
     assert plans["ref"]["interval_steps"] == 25 and plans["costs"]["interval_steps"] == total  # 800, capped
-    store = project.run_dir("r2") / "ckpt"
+    store = project.paths("r2").store
     kills, done = [], threading.Event()
 
     def killer():  # SIGKILL r2's training at random moments, three times

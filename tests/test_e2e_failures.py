@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from segtrain.layout import SEGMENT_SUMMARY, working_metrics
+
 from conftest import CNN, last_logged_step
 from support import wait_for_checkpoint
 
@@ -16,9 +18,9 @@ def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project
     project.write_config({"r": {**CNN, "total_steps": 3000, "steps_per_segment": 3000}},
                          checkpoint={"every_steps": 500}, log_every=1)
     proc = project.popen("--retries", "2")
-    store_root = project.run_dir("r") / "ckpt"
+    store_root = project.paths("r").store
     wait_for_checkpoint(store_root, 500, proc)
-    while last_logged_step(store_root / "metrics" / "segment-0000.csv") < 560:  # well past the periodic save at 500
+    while last_logged_step(working_metrics(store_root, 0)) < 560:  # well past the periodic save at 500
         time.sleep(0.005)
     pid = int((store_root / ".lock").read_text().split()[1])
     os.kill(pid, signal.SIGTERM)  # what Kubernetes sends when a booking ends
@@ -37,7 +39,7 @@ def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project
     # the stop made progress, so the next attempt started at once, from exactly that checkpoint
     starts = [a for a in project.attempts("r") if "resumed_from" in a]
     assert [a["resumed_from"] for a in starts] == [0, stopped_at]
-    assert (project.run_dir("r") / "segments" / "0000" / "segment.json").exists()
+    assert (project.paths("r").segment_dir(0) / SEGMENT_SUMMARY).exists()
 
 
 def test_chaos_twenty_random_kills_with_background_writes_lose_little_and_end_identical(tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_report_of_pytorch_and_keras_runs_has_every_section(baseline, tmp_path):
         assert "start-up + restore" in files["timeline.svg"]
         assert files["plan.html"].count("<tr") == 1 + 5 + 0  # header + 5 segments; no failed attempts
         assert "persist_s" in files["plan.html"]  # each segment's background writes beside its blocking saves
-        if json.loads((baseline.run_dir(run) / "plan.json").read_text())["async_save"]:  # auto chose it
+        if json.loads((baseline.paths(run).plan).read_text())["async_save"]:  # auto chose it
             assert "its background write (persist)" in files["checkpoints.svg"]
             assert "blocking (copy to host memory" in files["plan.html"]
     assert "results/compare/loss.svg" in results
@@ -75,7 +75,7 @@ def test_report_of_a_run_with_a_failure_shows_the_kill_and_the_work_lost(project
     project.write_config({"r": {"task": "tasks/slow_digits_torch.py", "params": {"pause": 0.01},
                                 "total_steps": 800, "steps_per_segment": 400}}, checkpoint={"every_steps": 50})
     proc = project.popen()
-    store_root = project.run_dir("r") / "ckpt"
+    store_root = project.paths("r").store
     wait_for_checkpoint(store_root, 560, proc)
     pid = int((store_root / ".lock").read_text().split()[1])
     os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,8 @@ import re
 
 import pytest
 
+from segtrain.layout import SEGMENT_STATE, SEGMENT_SUMMARY
+
 from conftest import MLP, planned_jobs
 
 pytestmark = pytest.mark.e2e
@@ -15,8 +17,8 @@ def trained_segments(result):
 
 
 def segment_stamps(project, run):
-    segs = sorted((project.run_dir(run) / "segments").iterdir())
-    return {p.name: ((p / "segment.json").stat().st_mtime_ns, (p / "state" / "state.pt").stat().st_ino) for p in segs}
+    segs = sorted((project.paths(run).segments).iterdir())
+    return {p.name: ((p / SEGMENT_SUMMARY).stat().st_mtime_ns, (p / SEGMENT_STATE / "state.pt").stat().st_ino) for p in segs}
 
 
 def test_touching_replanning_editing_and_raising_total_steps_never_retrain(project):
@@ -58,13 +60,13 @@ def test_changed_model_definition_is_refused_and_nothing_is_touched(project):
     project.write_config({"mlp": run})
     project.snakemake()
     before = segment_stamps(project, "mlp")
-    ckpts = sorted(p.name for p in (project.run_dir("mlp") / "ckpt").iterdir())
+    ckpts = sorted(p.name for p in (project.paths("mlp").store).iterdir())
     project.write_config({"mlp": {**run, "total_steps": 150, "params": {**run["params"], "lr": 0.01}}})
     r = project.snakemake(check=False)
     assert r.returncode != 0
     assert "different model definition" in r.stderr and "new name" in r.stderr
     assert segment_stamps(project, "mlp") == before
-    assert sorted(p.name for p in (project.run_dir("mlp") / "ckpt").iterdir()) == ckpts
+    assert sorted(p.name for p in (project.paths("mlp").store).iterdir()) == ckpts
 
 
 def test_dry_run_of_a_600_segment_plan_lists_every_segment(capsys):

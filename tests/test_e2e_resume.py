@@ -96,7 +96,7 @@ def test_sigkill_of_training_process_resumes_from_newest_periodic_checkpoint(pro
     # five segments, killed in the middle one
     project.write_config({"cnn-kill": {**spec, "total_steps": total, "steps_per_segment": total // 5}})
     proc = project.popen()
-    store_root = project.run_dir("cnn-kill") / "ckpt"
+    store_root = project.paths("cnn-kill").store
     wait_for_checkpoint(store_root, total // 2 + 50, proc)
     pid = int((store_root / ".lock").read_text().split()[1])
     os.kill(pid, signal.SIGKILL)
@@ -121,7 +121,7 @@ def test_killed_snakemake_process_resumes_with_rerun_incomplete(project, baselin
     spec, total = TASKS[task]
     project.write_config({"cnn-sm": {**spec, "total_steps": total, "steps_per_segment": total // 2}})
     proc = project.popen(start_new_session=True)
-    store_root = project.run_dir("cnn-sm") / "ckpt"
+    store_root = project.paths("cnn-sm").store
     wait_for_checkpoint(store_root, 100, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # snakemake and everything it started, as when a pod is stopped
     proc.wait(timeout=60)

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from segtrain.layout import SEGMENT_STATE
+
 from conftest import REPO, Project, assert_bitwise_equal, final_state
 from support import read_scalars, three_failures
 
@@ -38,9 +40,9 @@ def scripted(tmp_path_factory):
 
 
 def test_a_script_split_into_segments_ends_bitwise_identical(scripted):
-    assert len(list((scripted.run_dir("s-4") / "segments").iterdir())) == 4
+    assert len(list((scripted.paths("s-4").segments).iterdir())) == 4
     assert_bitwise_equal(final_state(scripted, "s-4"), final_state(scripted, "s-1"))
-    state = torch.load(scripted.run_dir("s-4") / "segments" / "0003" / "state" / "state.pt", weights_only=True)
+    state = torch.load(scripted.paths("s-4").segment_dir(3) / SEGMENT_STATE / "state.pt", weights_only=True)
     assert set(state["tracked"]) == {"model", "optimizer", "scheduler"}
     assert state["tracked"]["scheduler"]["last_epoch"] == TOTAL  # the schedule crossed every cut
     # the exported model is the tracked model's weights
@@ -71,7 +73,7 @@ def test_a_script_with_its_own_loader_resumes_at_the_right_step_and_says_the_dat
     assert [a["resumed_from"] for a in starts] == [0, TOTAL // 2]
     log = (scripted.root / "logs" / "train_segment" / "own-2" / "0001.log").read_text()
     assert "not bitwise identical" in log and "seg.dataloader(dataset, batch_size)" in log
-    manifest = json.loads((scripted.run_dir("own-2") / "segments" / "0001" / "state" / "manifest.json").read_text())
+    manifest = json.loads((scripted.paths("own-2").segment_dir(1) / SEGMENT_STATE / "manifest.json").read_text())
     assert manifest["data_position"].startswith("approximate")
     assert json.loads((scripted.run_dir("own-2") / "costs.json").read_text())["data_loader"] == "the script's own"
     plan = (scripted.run_dir("own-2") / "plan.txt").read_text()
@@ -84,7 +86,7 @@ def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):
     three_failures(p, "k", TOTAL // 4, 50)
     assert_bitwise_equal(final_state(p, "k"), final_state(scripted, "s-1"))
     # TensorBoard's curves hold each step once, though steps were trained twice after each kill
-    scalars = read_scalars(p.run_dir("k") / "tensorboard")
+    scalars = read_scalars(p.paths("k").tensorboard)
     assert sorted(s for s, tag in scalars if tag == "loss") == list(range(1, TOTAL + 1))
 
 

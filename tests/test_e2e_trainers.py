@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from segtrain.layout import SEGMENT_STATE, working_metrics
+
 from conftest import Project, last_logged_step
 from support import wait_for_checkpoint
 
@@ -26,10 +28,10 @@ def stopped_by_sigterm(tmp_path, script):
         "ref": {"script": script, "total_steps": TOTAL, "steps_per_segment": TOTAL},
         "cut": {"script": f"{script} --step-sleep 0.02", "total_steps": TOTAL, "steps_per_segment": TOTAL // 2},
     }, log_every=1, monitor="loss")
-    store_root = p.run_dir("cut") / "ckpt"
+    store_root = p.paths("cut").store
     proc = p.popen("--retries", "2")
     wait_for_checkpoint(store_root, 50, proc, timeout=300)
-    while last_logged_step(store_root / "metrics" / "segment-0000.csv") < 70:
+    while last_logged_step(working_metrics(store_root, 0)) < 70:
         time.sleep(0.005)
     os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGTERM)
     proc.wait(timeout=600)
@@ -51,8 +53,8 @@ def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step(tmp_path, capsys
     p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_lightning.py")
     final = {}
     for run in ("ref", "cut"):
-        ckpt = torch.load(p.run_dir(run) / "segments" / "0001" / "state" / "lightning.ckpt" if run == "cut"
-                          else p.run_dir(run) / "segments" / "0000" / "state" / "lightning.ckpt", weights_only=True)
+        ckpt = torch.load(p.paths(run).segment_dir(1) / SEGMENT_STATE / "lightning.ckpt" if run == "cut"
+                          else p.paths(run).segment_dir(0) / SEGMENT_STATE / "lightning.ckpt", weights_only=True)
         assert ckpt["global_step"] == TOTAL
         final[run] = ckpt["state_dict"]
     exported = torch.load(p.run_dir("cut") / "model.pt", weights_only=True)
@@ -75,7 +77,7 @@ def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_p
     p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_huggingface.py")
     final = {}
     for run, last in (("ref", "0000"), ("cut", "0001")):
-        state = p.run_dir(run) / "segments" / last / "state"
+        state = p.paths(run).segments / last / SEGMENT_STATE
         assert json.loads((state / "trainer_state.json").read_text())["global_step"] == TOTAL
         assert not (state / "training_args.bin").exists()  # a pickle: not kept
         final[run] = load_file(str(state / "model.safetensors"))

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+from segtrain.layout import SEGMENT_STATE
+
 from conftest import MLP, Project, assert_bitwise_equal, final_state
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +40,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_resume_across_segments_is_bitwise_identical(trained, variant):
-    assert len(list((trained.run_dir(f"{variant}-3") / "segments").iterdir())) == 3
+    assert len(list((trained.paths(f"{variant}-3").segments).iterdir())) == 3
     assert_bitwise_equal(final_state(trained, f"{variant}-3"), final_state(trained, f"{variant}-1"))
     if variant not in ("plateau", "workers"):  # the setting took effect: the weights differ from plain fp32 training
         import numpy as np
@@ -48,7 +50,7 @@ def test_resume_across_segments_is_bitwise_identical(trained, variant):
 
 
 def test_fp16_checkpoints_hold_the_loss_scale(trained):
-    last = sorted((trained.run_dir("fp16-3") / "segments").iterdir())[-1] / "state" / "state.pt"
+    last = sorted((trained.paths("fp16-3").segments).iterdir())[-1] / SEGMENT_STATE / "state.pt"
     scaler = torch.load(last, weights_only=True)["tracked"]["scaler"]
     assert scaler["scale"] > 0 and "_growth_tracker" in scaler
 
@@ -56,7 +58,7 @@ def test_fp16_checkpoints_hold_the_loss_scale(trained):
 def test_accumulation_takes_micro_batches_and_the_plan_says_so(trained):
     plan = (trained.run_dir("accum-1") / "plan.txt").read_text()
     assert "4 micro-batch(es) of 32 per step (128 samples), gradients clipped to norm 0.5" in plan
-    assert json.loads((trained.run_dir("accum-1") / "plan.json").read_text())["bitwise_resume"] is True
+    assert json.loads((trained.paths("accum-1").plan).read_text())["bitwise_resume"] is True
 
 
 def test_the_plateau_scheduler_lowered_the_rate_on_the_monitored_metric(trained):
@@ -69,7 +71,7 @@ def test_the_plateau_scheduler_lowered_the_rate_on_the_monitored_metric(trained)
 def test_a_run_that_gives_up_determinism_is_told_so_in_its_plan(trained):
     plan = (trained.run_dir("fast") / "plan.txt").read_text()
     assert "resume: NOT bitwise identical (deterministic: false)" in plan
-    assert json.loads((trained.run_dir("fast") / "plan.json").read_text())["bitwise_resume"] is False
+    assert json.loads((trained.paths("fast").plan).read_text())["bitwise_resume"] is False
 
 
 def test_the_number_of_loader_workers_does_not_change_the_result(trained):

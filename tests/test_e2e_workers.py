@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from segtrain.layout import working_metrics
+
 from conftest import assert_bitwise_equal, final_state, last_logged_step
 
 pytestmark = pytest.mark.e2e
@@ -25,8 +27,8 @@ def children(pid: int) -> list[int]:
 def test_two_workers_run_as_two_children_and_a_kill_of_their_trainer_is_resumed(project):
     project.write_config({"w2": {**TASK, "num_workers": 2}, "w0": TASK}, checkpoint={"every_steps": 50})
     proc = project.popen("--retries", "2")
-    store_root = project.run_dir("w2") / "ckpt"
-    metrics = store_root / "metrics" / "segment-0000.csv"
+    store_root = project.paths("w2").store
+    metrics = working_metrics(store_root, 0)
     deadline = time.time() + 300
     while last_logged_step(metrics) < 60:  # past the first periodic checkpoint, workers running
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""

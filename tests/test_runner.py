@@ -9,6 +9,7 @@ import pytest
 from segtrain import runner
 from segtrain.backends.torch_backend import Backend
 from segtrain.config import resolve
+from segtrain.layout import SEGMENT_BEST, SEGMENT_STATE, SEGMENT_SUMMARY
 from segtrain.planning import Segment
 
 from conftest import MLP, REPO, assert_bitwise_equal, load_weights
@@ -65,9 +66,9 @@ def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path,
     runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
     attempts = [a for a in map(json.loads, paths.attempts.read_text().splitlines()) if "launched" not in a]
     assert attempts[1]["status"] == "stopped" and attempts[2]["resumed_from"] == stopped_at
-    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
-                         export(paths.segment_dir(0) / "state", tmp_path, "b"))
-    saves = json.loads((paths.segment_dir(0) / "segment.json").read_text())["saves"]
+    assert_bitwise_equal(export(ref.segment_dir(0) / SEGMENT_STATE, tmp_path, "a"),
+                         export(paths.segment_dir(0) / SEGMENT_STATE, tmp_path, "b"))
+    saves = json.loads((paths.segment_dir(0) / SEGMENT_SUMMARY).read_text())["saves"]
     assert [s["step"] for s in saves] == list(range(stopped_at // 20 * 20 + 20, 121, 20))
     assert all(s["persist_seconds"] > 0 and s["blocking_seconds"] > 0 for s in saves)
     if async_save:  # periodic saves only blocked for the copy; the segment's last one is written in full
@@ -127,8 +128,8 @@ def test_a_stop_signal_during_a_background_write_ends_with_both_checkpoints_comp
     runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
     attempts = [a for a in map(json.loads, paths.attempts.read_text().splitlines()) if "launched" not in a]
     assert attempts[1]["saved_step"] == 46 and attempts[2]["resumed_from"] == 46
-    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
-                         export(paths.segment_dir(0) / "state", tmp_path, "b"))
+    assert_bitwise_equal(export(ref.segment_dir(0) / SEGMENT_STATE, tmp_path, "a"),
+                         export(paths.segment_dir(0) / SEGMENT_STATE, tmp_path, "b"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -190,7 +191,7 @@ def test_best_checkpoint_survives_keep_2_when_older_than_the_two_newest(tmp_path
     summary = runner.run_segment({**run, "keep": 2}, seg, paths, None, paths.segment_dir(0))
     assert runner.store_mod.CheckpointStore(paths.store).steps() == [350, 400]  # rotation kept 2
     assert summary["best"]["step"] == 50 and summary["best"]["value"] == pytest.approx(0.003)
-    best = paths.segment_dir(0) / "best"
+    best = paths.segment_dir(0) / SEGMENT_BEST
     assert runner.store_mod.verify(best)["step"] == 50
     rows = __import__("pandas").read_csv(paths.segment_dir(0) / "metrics.csv")
     assert rows.val_loss.notna().sum() == 8  # evaluated at every checkpoint (every 50 steps)
@@ -236,8 +237,8 @@ def test_damaged_newest_checkpoint_a_torn_metrics_row_and_a_stray_folder_are_ski
     starts = [a for a in (json.loads(x) for x in paths.attempts.read_text().splitlines()) if "resumed_from" in a]
     assert starts[-1]["resumed_from"] == before
     assert [s["step"] for s in starts[-1]["skipped"]] == [newest]
-    assert_bitwise_equal(export(ref.segment_dir(0) / "state", tmp_path, "a"),
-                         export(paths.segment_dir(0) / "state", tmp_path, "b"))
+    assert_bitwise_equal(export(ref.segment_dir(0) / SEGMENT_STATE, tmp_path, "a"),
+                         export(paths.segment_dir(0) / SEGMENT_STATE, tmp_path, "b"))
     rows = __import__("pandas").read_csv(paths.segment_dir(0) / "metrics.csv")
     assert rows.step.is_monotonic_increasing and rows.step.is_unique  # the torn row is gone
 
@@ -254,7 +255,7 @@ def test_keras_background_saves_and_a_deadline_stop_resume_bitwise(tmp_path):
     assert 0 < stopped_at < 120
     assert (paths.store / runner.store_mod.step_dir_name(stopped_at) / "state.bin").exists()
     runner.run_segment(run, segment(interval=10), paths, None, paths.segment_dir(0))
-    saves = json.loads((paths.segment_dir(0) / "segment.json").read_text())["saves"]
+    saves = json.loads((paths.segment_dir(0) / SEGMENT_SUMMARY).read_text())["saves"]
     assert any(s["persist_seconds"] != s["blocking_seconds"] for s in saves)  # written in the background
     a, b = final_state_in(ref.root), final_state_in(paths.root)
     assert a.keys() == b.keys()
@@ -273,8 +274,8 @@ def test_two_optimizers_with_a_step_and_a_plateau_schedule_resume_bitwise(tmp_pa
     run = resolve({"defaults": {"log_every": 5}, "runs": {"r": spec}}, base=REPO)["r"]
     ref, paths = reference_and_stopped(tmp_path, run)
     runner.run_segment(run, segment(), paths, None, paths.segment_dir(0))
-    a = torch.load(ref.segment_dir(0) / "state" / "state.pt", weights_only=True)["tracked"]
-    b = torch.load(paths.segment_dir(0) / "state" / "state.pt", weights_only=True)["tracked"]
+    a = torch.load(ref.segment_dir(0) / SEGMENT_STATE / "state.pt", weights_only=True)["tracked"]
+    b = torch.load(paths.segment_dir(0) / SEGMENT_STATE / "state.pt", weights_only=True)["tracked"]
     assert set(a) == {"model", "optimizer", "scheduler"}  # the one format: what the run has, by name
     assert set(a["optimizer"]) == {"hidden", "head"} and set(a["scheduler"]) == {"0", "1"}
     assert a["scheduler"]["0"]["last_epoch"] == 120  # stepped once per step

@@ -11,6 +11,7 @@ import pytest
 
 from segtrain import store as st
 from segtrain.data import DataOrder
+from segtrain.layout import SEGMENT_BEST, SEGMENT_STATE, SEGMENT_SUMMARY
 
 
 def write_payload(payload: bytes):
@@ -541,17 +542,17 @@ def test_a_damaged_best_checkpoint_exports_the_best_that_verifies_and_says_so(tm
         best = {"monitor": "val_loss", "mode": "min", "value": value, "step": 10 * (index + 1)}
         folder = st.CheckpointStore(segments / f"{index:04d}").save(best["step"], write_payload(b"x" * 50),
                                                                    {"best": best})
-        folder.path.rename(segments / f"{index:04d}" / "best")
-        st.write_json_atomic(segments / f"{index:04d}" / "segment.json", {"best": best})
-    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / "best"
-    with open(segments / "0001" / "best" / "state.bin", "r+b") as fh:
+        folder.path.rename(segments / f"{index:04d}" / SEGMENT_BEST)
+        st.write_json_atomic(segments / f"{index:04d}" / SEGMENT_SUMMARY, {"best": best})
+    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / SEGMENT_BEST
+    with open(segments / "0001" / SEGMENT_BEST / "state.bin", "r+b") as fh:
         fh.truncate(3)
-    assert best_folder({"name": "r"}, segments / "0001") == segments / "0000" / "best"
+    assert best_folder({"name": "r"}, segments / "0001") == segments / "0000" / SEGMENT_BEST
     out = capsys.readouterr().out
     assert "the best checkpoint is damaged" in out and "val_loss 0.9 at step 10" in out
-    with open(segments / "0000" / "best" / "state.bin", "r+b") as fh:
+    with open(segments / "0000" / SEGMENT_BEST / "state.bin", "r+b") as fh:
         fh.truncate(3)
-    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / "state"
+    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / SEGMENT_STATE
     assert "model.best.* is the LAST model, not the best" in capsys.readouterr().out
 
 

@@ -373,7 +373,7 @@ class Backend:
     def export(run: dict, folder: Path, out: dict) -> None:
         """Rebuild the task's model, load the checkpoint, save it as a ``.keras`` file
         (``out['keras']``) and its weights alone (``out['weights.h5']``)."""
-        from ..runner import prepare_training
+        from ..training import prepare_training
 
         backend = prepare_training(run).backend  # the task's model, built as the jobs built it
         backend.read_state(folder)

@@ -29,6 +29,8 @@ from segtrain.admission import deadline_refusal, rerun_refusal, retry_refusal_of
 from segtrain.layout import (
     CHECKPOINT_ROOT_ENV,
     DEFAULT_CHECKPOINT_ROOT,
+    SEGMENT_SUMMARY,
+    Files,
     RunPaths,
     run_root,
 )
@@ -257,14 +259,14 @@ def get_final_targets(wildcards):
     for name, run in RUNS.items():
         ext = EXPORT_EXT[run["framework"]]
         targets += [
-            f"results/{name}/plan.txt",
-            f"results/{name}/model.{ext}",
-            f"results/{name}/model.best.{ext}",
-            f"results/{name}/metrics.csv",
-            f"results/{name}/report/training.svg",
-            f"results/{name}/report/plan.html",
+            Files.of(Files.plan_txt, run=name),
+            Files.of(Files.model, run=name, ext=ext),
+            Files.of(Files.model_best, run=name, ext=ext),
+            Files.of(Files.metrics, run=name),
+            Files.of(Files.report, run=name, name="training.svg"),
+            Files.of(Files.report, run=name, name="plan.html"),
         ]
-    return targets + ["results/compare/loss.svg"]
+    return targets + [Files.compare]
 
 
 def deploys_sources():

@@ -3,10 +3,10 @@ rule export_torch:
     input:
         segments=all_segments,
     output:
-        last="results/{run}/model.pt",
-        last_safetensors="results/{run}/model.safetensors",
-        best="results/{run}/model.best.pt",
-        best_safetensors="results/{run}/model.best.safetensors",
+        last=Files.of(Files.model, ext="pt"),
+        last_safetensors=Files.of(Files.model, ext="safetensors"),
+        best=Files.of(Files.model_best, ext="pt"),
+        best_safetensors=Files.of(Files.model_best, ext="safetensors"),
     log:
         "logs/export_model/{run}.log",
     wildcard_constraints:
@@ -26,10 +26,10 @@ rule export_keras:
     input:
         segments=all_segments,
     output:
-        last="results/{run}/model.keras",
-        last_weights="results/{run}/model.weights.h5",
-        best="results/{run}/model.best.keras",
-        best_weights="results/{run}/model.best.weights.h5",
+        last=Files.of(Files.model, ext="keras"),
+        last_weights=Files.of(Files.model, ext="weights.h5"),
+        best=Files.of(Files.model_best, ext="keras"),
+        best_weights=Files.of(Files.model_best, ext="weights.h5"),
     log:
         "logs/export_model/{run}.log",
     wildcard_constraints:
@@ -49,7 +49,7 @@ rule merge_metrics:
     input:
         segments=all_segments,
     output:
-        "results/{run}/metrics.csv",
+        Files.metrics,
     log:
         "logs/merge_metrics/{run}.log",
     params:

@@ -1,7 +1,7 @@
 rule measure_checkpoint_cost:
     """Time training steps and checkpoint saves/loads on the storage the run's checkpoints use."""
     output:
-        "results/{run}/costs.json",
+        Files.costs,
     log:
         "logs/measure_checkpoint_cost/{run}.log",
     benchmark:

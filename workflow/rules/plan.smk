@@ -2,10 +2,10 @@
 checkpoint plan_segments:
     """Checkpoint interval, steps per segment and the segments, from the measured costs and time_limit."""
     input:
-        costs="results/{run}/costs.json",
+        costs=Files.costs,
     output:
-        plan="results/{run}/plan.json",
-        table="results/{run}/plan.txt",
+        plan=Files.plan,
+        table=Files.plan_txt,
     log:
         "logs/plan_segments/{run}.log",
     params:

@@ -1,32 +1,32 @@
 rule plot_run:
     """Figures and the plan-versus-measured table of one run, for the HTML report."""
     input:
-        plan="results/{run}/plan.json",
-        plan_txt="results/{run}/plan.txt",
-        metrics="results/{run}/metrics.csv",
+        plan=Files.plan,
+        plan_txt=Files.plan_txt,
+        metrics=Files.metrics,
         segments=all_segments,
     output:
         training=report(
-            "results/{run}/report/training.svg",
+            Files.of(Files.report, name="training.svg"),
             caption="../report/training.rst",
             category="{run}",
             subcategory="Training",
         ),
         checkpoints=report(
-            "results/{run}/report/checkpoints.svg",
+            Files.of(Files.report, name="checkpoints.svg"),
             caption="../report/checkpoints.rst",
             category="{run}",
             subcategory="Checkpoints",
         ),
         timeline=report(
-            "results/{run}/report/timeline.svg",
+            Files.of(Files.report, name="timeline.svg"),
             caption="../report/timeline.rst",
             category="{run}",
             subcategory="Timeline",
         ),
-        table="results/{run}/report/plan_vs_measured.csv",
+        table=Files.of(Files.report, name="plan_vs_measured.csv"),
         page=report(
-            "results/{run}/report/plan.html",
+            Files.of(Files.report, name="plan.html"),
             caption="../report/plan.rst",
             category="{run}",
             subcategory="Plan",
@@ -46,10 +46,10 @@ rule plot_run:
 rule compare_runs:
     """Every run's training loss in one figure."""
     input:
-        expand("results/{run}/metrics.csv", run=RUNS),
+        expand(Files.metrics, run=RUNS),
     output:
         report(
-            "results/compare/loss.svg",
+            Files.compare,
             caption="../report/compare.rst",
             category="All runs",
         ),

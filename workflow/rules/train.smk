@@ -7,7 +7,7 @@ rule train_segment:
     input:
         previous_segment,
     output:
-        directory("results/{run}/segments/{segment}"),
+        directory(Files.segment),
     log:
         "logs/train_segment/{run}/{segment}.log",
     benchmark:
@@ -26,6 +26,6 @@ rule train_segment:
         "--run {params.model:q} --segment {params.segment:q} "
         "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}; "
         # exit 0 without a finished output (a script's os._exit): fail with the reason, not as missing files
-        "test -e {output:q}/segment.json || "
+        "test -e {output:q}/" + SEGMENT_SUMMARY + " || "
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/check_segment_output.py '
         "--output {output:q} --log {log:q}"
