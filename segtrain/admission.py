@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .attempts import Ledger, retry_refusal
-from .config import definition_changes
+from .definition import definition_changes
 from .layout import DEFAULT_CHECKPOINT_ROOT, RunPaths, checkpoint_folder, run_root
 from .store import CheckpointStore, recorded_manifest
 

@@ -68,7 +68,7 @@ def bench_checkpoint(size: int, folder: Path, repeats: int, keras_too: bool) -> 
     import torch
 
     from . import store as store_mod
-    from .backends.torch_backend import TorchState
+    from .backends.torch_state import TorchState
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -28,15 +28,20 @@ def as_numbers(row: dict) -> dict:
     return {k: float(v) for k, v in row.items()}
 
 
+@runtime_checkable
 class TrainingState(Protocol):
     """The contract between a job (``runner.SegmentJob``) and what it trains: the pipeline's
-    backends, a script's ``segtrain.session()`` state, the Lightning and Hugging Face callbacks."""
+    backends, a script's ``segtrain.session()`` state, the Lightning and Hugging Face callbacks.
+
+    ``state_format`` names the files it writes (``torch``: ``state.pt``; ``lightning``,
+    ``huggingface``: the trainer's own checkpoint; ``keras``: raw arrays); the job records it in
+    each checkpoint's manifest, and the export reads the checkpoint by it."""
+
+    state_format: str
+    verified_reads: tuple  # files read_state hashes as it reads them (the rest are verified before)
 
     def all_finite(self) -> bool:
         """Whether every weight is finite (checked before each save: no checkpoint holds NaN)."""
-
-    def isolated_rng(self, seed: int) -> ContextManager:
-        """Run the body (an evaluation) on random streams of its own; training's are put back."""
 
     def as_numbers(self, row: dict) -> dict:
         """A step's logged values as Python floats (waits for the device: logging steps only)."""
@@ -54,6 +59,15 @@ class Snapshots(Protocol):
 
     def snapshot(self, extra: dict) -> "Snapshot":
         """Copy the state into host memory (reused between calls) and return what writes it."""
+
+
+@runtime_checkable
+class Evaluated(Protocol):
+    """A state the job evaluates itself (the loop's backends, a script's session): evaluation
+    runs on random streams of its own, so it changes nothing training draws."""
+
+    def isolated_rng(self, seed: int) -> ContextManager:
+        """Run the body (an evaluation) on random streams of its own; training's are put back."""
 
 
 class Snapshot(Protocol):

@@ -6,10 +6,8 @@ fixes a config in one pass rather than one error per attempt.
 
 from __future__ import annotations
 
-import ast
 import copy
 import difflib
-import hashlib
 import json
 import math
 import os
@@ -19,6 +17,16 @@ from pathlib import Path
 import yaml
 
 from . import backends
+from .definition import (
+    KERAS_EQUIVALENT,
+    REPO,
+    TRAINING_DEFAULTS,
+    definition_hash,
+    find_task,
+    model_definition,
+    model_hash,
+    task_functions,
+)
 from .durations import DurationError, parse_duration, parse_percent
 from .planning import MAX_SEGMENTS
 
@@ -85,137 +93,9 @@ def _fill_defaults(schema_props: dict, data: dict) -> dict:
     return out
 
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def find_task(task: str, base: Path = Path(".")) -> Path | None:
-    """The task file: relative to ``base`` (the working directory) first, then to the workflow."""
-    for root in (Path(base), REPO):
-        candidate = root / task
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def task_functions(path: Path) -> set[str]:
-    """Names a task file binds at top level (def, assignment, import), read without running it."""
-    tree = ast.parse(Path(path).read_text(), filename=str(path))
-    names = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names.update(t.id for t in targets if isinstance(t, ast.Name))
-    return names
-
-
 MIN_TIME_LIMIT = 5.0  # seconds: below it no job starts an interpreter, trains a step and saves
 
-CONTEXT_FUNCTIONS = ("build_model", "build_optimizer", "build_scheduler")
 DEFINITIONS_ENV = "SEGTRAIN_DEFINITIONS"
-
-
-def uses_run_context(path: Path) -> bool:
-    """Whether one of the task's build functions takes the run context (a parameter ``run``)."""
-    tree = ast.parse(Path(path).read_bytes(), filename=str(path))
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name in CONTEXT_FUNCTIONS:
-            args = node.args
-            if any(a.arg == "run" for a in args.posonlyargs + args.args + args.kwonlyargs):
-                return True
-    return False
-
-
-def task_sources(path: Path, base: Path = Path(".")) -> dict[str, str]:
-    """sha256 of the task file and of every project module it imports, recursively: a module
-    that resolves to a .py file next to the task or in the working directory. Installed
-    packages are not followed (their version is the environment's business)."""
-    found: dict[str, str] = {}
-    roots = [Path(path).resolve().parent, Path(base).resolve()]
-
-    def resolve_module(name: str, here: Path) -> Path | None:
-        rel = Path(*name.split("."))
-        if not name or name.split(".")[0] == "segtrain":
-            return None  # this tool's own package: upgrading it does not change a model
-        for root in [here, *roots]:
-            for candidate in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
-                if candidate.is_file():
-                    return candidate
-        return None
-
-    def visit(file: Path):
-        file = file.resolve()
-        try:
-            key = str(file.relative_to(Path(base).resolve()))
-        except ValueError:
-            key = str(file)
-        if key in found:
-            return
-        data = file.read_bytes()
-        found[key] = hashlib.sha256(data).hexdigest()
-        tree = ast.parse(data, filename=str(file))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                wanted = [(a.name, file.parent) for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                wanted = [(node.module, file.parent)]
-            elif isinstance(node, ast.ImportFrom):  # relative: from . import x, from .x import y
-                here = file.parent
-                for _ in range(node.level - 1):
-                    here = here.parent
-                wanted = [(node.module, here)] if node.module else [(a.name, here) for a in node.names]
-            else:
-                continue
-            for name, here in wanted:
-                parts = (name or "").split(".")
-                for depth in range(1, len(parts) + 1):  # a.b.c imports packages a and a.b first
-                    target = resolve_module(".".join(parts[:depth]), here)
-                    if target is not None:
-                        visit(target)
-
-    visit(Path(path))
-    return found
-
-
-# Settings of the pipeline's PyTorch loop; Keras tasks set their equivalents on the optimizer.
-TRAINING_DEFAULTS = {"precision": "fp32", "accumulate": 1, "clip_grad_norm": None, "deterministic": True,
-                     "num_workers": 0}
-KERAS_EQUIVALENT = {
-    "num_workers": "arrays (Keras tasks give arrays; loader workers are for PyTorch Datasets)",
-    "precision": "keras.mixed_precision.set_global_policy('mixed_bfloat16') in build_model",
-    "accumulate": "the optimizer's gradient_accumulation_steps",
-    "clip_grad_norm": "the optimizer's global_clipnorm",
-}
-
-
-def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict:
-    """Everything that defines the model and its trajectory: a resume must find the same.
-
-    Beyond the config keys: the content of the task file and of the project modules it imports
-    (a function body edited in place changes the model), ``threads`` (a different thread count
-    changes floating-point sums), and ``total_steps`` when the task reads the run context (its
-    schedule was built for that many steps)."""
-    definition = {k: run[k] for k in ("framework", "task", "params", "batch_size", "seed", "threads")}
-    definition["validation_split"] = run.get("validation_split", 0)
-    # How a step is computed; recorded only when not the default, so runs started by versions
-    # without these settings keep their definition (and their checkpoints)
-    for key, default in TRAINING_DEFAULTS.items():
-        if key != "num_workers" and run.get(key, default) != default:
-            definition[key] = run[key]
-    # Loader workers seed each item's random streams from (seed, step, position): the same for any
-    # number of workers, but not the streams items draw from without workers
-    if run.get("num_workers", 0) > 0:
-        definition["item_seeding"] = "per-item"
-    if "script_args" in run:  # a script run: the script is run with these arguments
-        definition["entry"] = "script"
-        definition["script_args"] = run["script_args"]
-    definition["sources"] = task_sources(task_path, base)
-    if uses_run_context(task_path):
-        definition["total_steps"] = run["total_steps"]
-    return definition
 
 
 def definitions_for_jobs(runs: dict[str, dict]) -> str:
@@ -232,34 +112,6 @@ def with_definition(run: dict) -> dict:
     model definition included); the params win where both have a key."""
     entry = json.loads(os.environ.get(DEFINITIONS_ENV) or "{}").get(run.get("name"), {})
     return {**entry, **run}
-
-
-def definition_hash(definition: dict) -> str:
-    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def definition_changes(recorded: dict, now: dict) -> list[str]:
-    """What differs between two model definitions, for people."""
-    changes = []
-    for key in sorted(set(recorded) | set(now)):
-        if key == "sources":
-            old, new = recorded.get(key, {}), now.get(key, {})
-            for f in sorted(set(old) | set(new)):
-                if old.get(f) != new.get(f):
-                    what = "added" if f not in old else "no longer imported" if f not in new else "content changed"
-                    changes.append(f"{f} ({what})")
-        elif recorded.get(key) != now.get(key):
-            changes.append(f"{key} ({recorded.get(key)!r} -> {now.get(key)!r})")
-    return changes
-
-
-def model_hash(run: dict) -> str:
-    """The config-level hash of a run's definition (kept as it was for runs started by earlier
-    versions; ``definition_hash`` also covers the task's sources and threads)."""
-    key = {k: run.get(k) for k in ("framework", "task", "params", "batch_size", "seed")}
-    if run.get("validation_split"):  # it changes which samples train (absent: hashes as before)
-        key["validation_split"] = run["validation_split"]
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # DSRI's booking server starts and ends bookings at 09:00 in Maastricht.

@@ -30,13 +30,17 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .checkpointing import as_numbers
-from .script import TrainerHook, finite
+from .script import finite
+from .trainer_hook import TrainerHook
 
 EXTRA = "segtrain.json"
 
 
 class _TrainerState:
     """What the job saves and restores: the Trainer's checkpoint files, and the job's extra."""
+
+    state_format = "huggingface"
+    verified_reads = ()  # the Trainer reads its files itself: verified whole before
 
     def __init__(self):
         self.trainer = None

@@ -27,15 +27,20 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from .backends.torch_state import LIGHTNING_CHECKPOINT
 from .checkpointing import as_numbers
-from .script import TrainerHook, finite
+from .script import finite
+from .trainer_hook import TrainerHook
 
-CHECKPOINT = "lightning.ckpt"
+CHECKPOINT = LIGHTNING_CHECKPOINT
 EXTRA = "segtrain.json"
 
 
 class _LightningState:
     """What the job saves and restores: Lightning's checkpoint, and the job's extra beside it."""
+
+    state_format = "lightning"
+    verified_reads = ()  # Lightning reads its checkpoint itself: verified whole before
 
     def __init__(self):
         self.trainer = None

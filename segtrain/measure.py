@@ -60,7 +60,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     backend, order = training.backend, training.order
     # A backend that trains several steps per call (Keras: one graph call up to the next save) is
     # timed that way, after both of its call shapes (a fixed and a varying step count) are traced.
-    per_call = min(getattr(backend, "steps_per_call", 1), run["measure_steps"])
+    per_call = min(backend.steps_per_call, run["measure_steps"])
     calls = -(-run["measure_steps"] // per_call)
     warmup = WARMUP_STEPS + (2 * per_call - 1 if per_call > 1 else 0)
     batches = backend.batches(order, 0, warmup + calls * per_call)
@@ -141,7 +141,7 @@ def time_checkpoints(state, run: dict, store_root: Path) -> dict:
             timed["sizes"].append(sum(f.stat().st_size for f in ckpt.path.iterdir()))
             t = time.perf_counter()
             # a resume verifies before it loads (the state's own files as it reads them): part of the cost
-            store_mod.verify(ckpt.path, getattr(state, "verified_reads", ()))
+            store_mod.verify(ckpt.path, state.verified_reads)
             state.read_state(ckpt.path)
             timed["load"].append(time.perf_counter() - t)
     finally:

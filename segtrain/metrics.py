@@ -47,6 +47,22 @@ class MetricsLog:
         self.rows = [r for r in self.rows if int(r["step"]) <= step]
         self._rewrite()
 
+    def resume_at(self, step: int, start: int, saved_row, writes: bool = True) -> dict:
+        """Continue the log from a restore at ``step`` (the segment began at ``start``); returns
+        the work the failure before lost. Rows past ``step`` were logged by an attempt that died
+        before saving them: they go (they are trained again, identically). The row saved with
+        the checkpoint comes back if the kill fell between the save and its row. ``writes``:
+        whether this process writes the log (the main one)."""
+        beyond = [r for r in self.rows if int(r["step"]) > step]
+        lost = {"lost_steps": max(int(r["step"]) for r in beyond) - step,
+                "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
+        if writes:
+            self.truncate_after(step)
+            if step > start and isinstance(saved_row, dict) and (
+                    not self.rows or int(self.rows[-1]["step"]) != step):
+                self.append({**saved_row, "save_seconds": ""})
+        return lost
+
     def _rewrite(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.events is not None:

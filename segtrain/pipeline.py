@@ -10,8 +10,10 @@ from pathlib import Path
 
 from . import planning
 from . import store as store_mod
-from .config import TRAINING_DEFAULTS, with_definition
+from .config import with_definition
+from .definition import TRAINING_DEFAULTS
 from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY, RunPaths
+from .plan_text import plan_table
 from .runner import Stopped, run_segment
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planni
     exact, training = training_lines(run, measured)
     data["bitwise_resume"] = exact
     store_mod.write_json_atomic(Path(plan_json), data)
-    table = planning.plan_table(result, run["name"]).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
+    table = plan_table(result, run["name"]).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
     Path(plan_txt).write_text(table)
     log.info("\n%s", table)
     return result

@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 
-from . import planning
+from . import overhead, planning
 from .durations import DurationError, format_duration, parse_duration, parse_percent
 
 
@@ -49,18 +49,18 @@ def main(argv: list[str] | None = None) -> int:
             why = "given"
         elif args.max_overhead:
             pct = parse_percent(args.max_overhead, "--max-overhead")
-            z = planning.interval_for_overhead(y, pct)
+            z = overhead.interval_for_overhead(y, pct)
             why = f"longest overhead {pct:g} %: z = 100 * y / p"
         elif args.mtbf:
             m = parse_duration(args.mtbf, "--mtbf")
-            young, daly = planning.young_interval(y, m), planning.daly_interval(y, m)
+            young, daly = overhead.young_interval(y, m), overhead.daly_interval(y, m)
             z, why = daly, "Daly's interval for the given MTBF"
         else:
-            z = planning.interval_for_overhead(y, 1.0)
+            z = overhead.interval_for_overhead(y, 1.0)
             why = "no policy given: the interval that keeps the overhead at 1 %"
         if z <= 0:
             raise DurationError("the checkpoint interval must be positive")
-        o = planning.overhead(tt, y, z)
+        o = overhead.overhead(tt, y, z)
     except (DurationError, planning.PlanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ def restore(run, segment, store, previous, backend, skipped, world=SINGLE):
         skipped.append({"step": step, "reason": why})
 
     clean = True
-    for ck, source in candidates(segment, store, previous, note, getattr(backend, "verified_reads", ())):
+    for ck, source in candidates(segment, store, previous, note, backend.verified_reads):
         changed = definition_mismatch(run, ck.manifest)
         if changed:
             raise RuntimeError(

@@ -190,17 +190,7 @@ class SegmentJob:
         self.metrics = MetricsLog(self.paths.working_metrics(segment.index),
                                   events=EventFile(self.paths.tensorboard, segment.index))
         self.saves.metrics = self.metrics
-        # Rows past the restored step were logged by an attempt that died before saving them:
-        # that is the work this failure lost (it is trained again, identically).
-        beyond = [r for r in self.metrics.rows if int(r["step"]) > self.step]
-        lost = {"lost_steps": max(int(r["step"]) for r in beyond) - self.step,
-                "lost_until_time": max(float(r["time"]) for r in beyond)} if beyond else {}
-        logged = restored.get("row")
-        if self.world.is_main:
-            self.metrics.truncate_after(self.step)
-            if self.step > segment.start and isinstance(logged, dict) and (
-                    not self.metrics.rows or int(self.metrics.rows[-1]["step"]) != self.step):
-                self.metrics.append({**logged, "save_seconds": ""})  # the kill came between the save and its row
+        lost = self.metrics.resume_at(self.step, segment.start, restored.get("row"), writes=self.world.is_main)
         skipped = getattr(self, "_skipped", []) + skipped
         self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
                           process_start_time=self.process_start, train_start_time=time.time(),
@@ -417,7 +407,7 @@ def run_segment(
             def evaluate():
                 return backend.evaluate(training.validation_indices, run["batch_size"])
         batches = backend.batches(training.order, job.step, segment.end)  # fetched ahead by workers, if any
-        per_call = getattr(backend, "steps_per_call", 1)
+        per_call = backend.steps_per_call
         for _step in job.steps(backend, evaluate=evaluate,
                                after_evaluation=backend.after_evaluation if backend.steps_on_metric else None):
             if per_call > 1:  # one call trains the steps up to the next save or evaluation

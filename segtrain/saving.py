@@ -30,11 +30,13 @@ class Saves:
         self.log: list[dict] = []  # per save: step, blocking and persist seconds
         self.writer: BackgroundWriter | None = None  # set when this job saves in the background
         self._best_after_write: tuple[dict, dict] | None = None  # a best checkpoint awaiting its files
+        self.state_format: str | None = None
         self.metrics = None  # the metrics log, made durable before each checkpoint
 
     def begin(self, state) -> None:
         """Start saving ``state``: in the background when the run asks for it and the state can."""
         self.writer = BackgroundWriter() if self._in_background(state) else None
+        self.state_format = state.state_format  # recorded in every manifest: how the export reads it
 
     def _in_background(self, state) -> bool:
         """The run's async_save (auto: the plan's choice from the measured costs), for a state
@@ -90,7 +92,7 @@ class Saves:
         t = time.perf_counter()
         self.settle()
         check_weights_finite(self.world, state, step)
-        meta = checkpoint_meta(self.run, self.segment, data_position=data_position)
+        meta = checkpoint_meta(self.run, self.segment, data_position=data_position, state_format=self.state_format)
         if self.writer is not None and not wait:
             snap = state.snapshot(extra)
             self.writer.submit(step, lambda: self._persist(step, snap.write, meta))
@@ -123,4 +125,5 @@ class Saves:
 
     def _save_best(self, state, extra: dict, best: dict) -> None:
         if self.world.is_main:
-            save_best(self.run, self.segment, self.store, self.best_store, state, extra, best)
+            save_best(self.run, self.segment, self.store, self.best_store, state, extra, best,
+                      state_format=self.state_format)

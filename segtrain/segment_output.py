@@ -20,11 +20,11 @@ def checkpoint_meta(run: dict, segment, **more) -> dict:
     return meta
 
 
-def save_best(run, segment, store, best_store, state, extra, best) -> None:
+def save_best(run, segment, store, best_store, state, extra, best, **more) -> None:
     """Keep the best state so far apart from the rotation: linked from the periodic checkpoint
     of the same step when there is one, else written."""
     step = extra["step"]
-    meta = checkpoint_meta(run, segment, best=best)
+    meta = checkpoint_meta(run, segment, best=best, **more)
     if store.path(step).exists():
         def write(folder):
             store_mod.link_or_copy(store.path(step), folder, skip={store_mod.MANIFEST})

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import TRAINING_DEFAULTS, find_task
 from .data import DataOrder, validation_split
+from .definition import TRAINING_DEFAULTS, find_task
 from .taskfile import RunContext
 
 

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from segtrain import backends
-from segtrain.config import ConfigError, definition_changes, resolve
+from segtrain.config import ConfigError, resolve
+from segtrain.definition import definition_changes
 from segtrain.layout import SEGMENT_SUMMARY
 
 from conftest import MLP, REPO

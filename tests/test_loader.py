@@ -39,7 +39,7 @@ def test_workers_leave_the_training_streams_alone():
 
 
 def test_dict_batches_reach_the_step_and_split_into_micro_batches():
-    from segtrain.backends.torch_backend import _split
+    from segtrain.backends.torch_data import _split
 
     batch = {"x": torch.arange(8).view(8, 1), "meta": [torch.arange(8), torch.ones(8)]}
     parts = _split(batch, 4)

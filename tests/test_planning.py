@@ -2,33 +2,34 @@ import math
 
 import pytest
 
-from segtrain import planning
+from segtrain import overhead, planning
 from segtrain.durations import DurationError, parse_duration, parse_percent
 from segtrain.plan import main as plan_cli
+from segtrain.plan_text import plan_table
 
 
 def test_dsri_worked_example_gives_336_checkpoints_and_1_11_percent():
-    o = planning.overhead(7 * 86400, 20, 1800)
+    o = overhead.overhead(7 * 86400, 20, 1800)
     assert o.checkpoints == pytest.approx(336)
     assert o.checkpoint_seconds / 3600 == pytest.approx(1.8667, abs=1e-3)
     assert round(o.percent, 2) == 1.11
 
 
 def test_overhead_does_not_depend_on_training_time():
-    assert planning.overhead(3600, 20, 1800).percent == pytest.approx(planning.overhead(7 * 86400, 20, 1800).percent)
+    assert overhead.overhead(3600, 20, 1800).percent == pytest.approx(overhead.overhead(7 * 86400, 20, 1800).percent)
 
 
 def test_target_overhead_inverts_the_formula():
-    z = planning.interval_for_overhead(20, 2.0)
+    z = overhead.interval_for_overhead(20, 2.0)
     assert z == pytest.approx(1000)
-    assert planning.overhead(86400, 20, z).percent == pytest.approx(2.0)
+    assert overhead.overhead(86400, 20, z).percent == pytest.approx(2.0)
 
 
 def test_young_and_daly_intervals():
-    assert planning.young_interval(20, 86400) == pytest.approx(math.sqrt(2 * 20 * 86400))
-    daly = planning.daly_interval(20, 86400)
-    assert daly < planning.young_interval(20, 86400)  # the -C term dominates for small C/M
-    assert planning.daly_interval(100, 10) == 10  # C >= 2M: checkpoint every M
+    assert overhead.young_interval(20, 86400) == pytest.approx(math.sqrt(2 * 20 * 86400))
+    daly = overhead.daly_interval(20, 86400)
+    assert daly < overhead.young_interval(20, 86400)  # the -C term dominates for small C/M
+    assert overhead.daly_interval(100, 10) == 10  # C >= 2M: checkpoint every M
 
 
 def costs(step=0.1, save=1.0, load=0.5, startup=2.0):
@@ -52,7 +53,7 @@ def test_max_overhead_policy_keeps_overhead_at_or_below_target():
     plan = planning.make_plan(total_steps=100_000, time_limit=3600, costs=costs(step=0.013, save=0.7),
                               policy=planning.Policy(max_overhead_percent=1.0))
     assert plan.overhead.percent <= 1.0
-    assert planning.overhead(1, 0.7, (plan.interval_steps - 1) * 0.013).percent > 1.0
+    assert overhead.overhead(1, 0.7, (plan.interval_steps - 1) * 0.013).percent > 1.0
 
 
 def test_time_limit_shorter_than_one_step_plus_save_is_refused():
@@ -150,7 +151,7 @@ def test_plan_warns_when_a_save_does_not_fit_the_grace_period():
     plan = planning.make_plan(total_steps=100_000, time_limit=86400, costs=slow,
                               policy=planning.Policy(every_steps=5000), grace_seconds=30)
     assert any("grace period" in w for w in plan.warnings)
-    assert "grace period" in planning.plan_table(plan)
+    assert "grace period" in plan_table(plan)
     fast = planning.Costs(step_seconds=0.1, save_seconds=2, save_seconds_max=3)
     plan = planning.make_plan(total_steps=100_000, time_limit=86400, costs=fast,
                               policy=planning.Policy(every_steps=5000), grace_seconds=30)
@@ -161,7 +162,7 @@ def test_interval_in_epochs_uses_the_measured_steps_per_epoch():
     c = planning.Costs(step_seconds=0.01, save_seconds=0.1, steps_per_epoch=50)
     plan = planning.make_plan(total_steps=1000, time_limit=3600, costs=c, policy=planning.Policy(every_epochs=2))
     assert plan.interval_steps == 100
-    assert "= 2 epochs" in planning.plan_table(plan)
+    assert "= 2 epochs" in plan_table(plan)
 
 
 def test_evaluation_time_is_planned_with_each_checkpoint():
@@ -202,7 +203,7 @@ def test_job_overhead_counts_start_up_restores_saves_and_evaluations():
     assert j.percent == pytest.approx(100 * 23.95 / 33.95)
     # the DSRI formula, beside it, counts the saves only
     assert plan.overhead.percent == pytest.approx(100 * 0.5 / 1.0)
-    table = planning.plan_table(plan)
+    table = plan_table(plan)
     assert "overhead 70.5 %" in table and "(saves only)" in table
 
 
@@ -229,11 +230,11 @@ def test_background_saves_plan_with_the_blocking_time_and_a_full_last_save_per_j
     # one block = 1000 steps (10 s) + 0.1 s; the last save takes the full 2 s
     assert plan.segment_seconds == pytest.approx(plan.steps_per_segment * 0.01 + plan.steps_per_segment / 1000 * 0.1
                                                  + 1.9)
-    assert "blocking (copy to host memory; written in the background" in planning.plan_table(plan)
+    assert "blocking (copy to host memory; written in the background" in plan_table(plan)
     sync = planning.make_plan(total_steps=100_000, time_limit=3600, costs=c,
                               policy=planning.Policy(max_overhead_percent=1), async_save=False)
     assert not sync.async_save and sync.interval_steps == 20_000 and not sync.segments[0].async_save
-    assert "a background save would block" in planning.plan_table(sync)
+    assert "a background save would block" in plan_table(sync)
 
 
 def test_auto_keeps_tiny_states_synchronous_and_a_write_bounds_the_interval():

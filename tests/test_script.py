@@ -35,7 +35,7 @@ def test_the_plan_names_the_script_and_whether_its_resume_is_exact():
 def test_all_finite_finds_nan_and_infinity_and_accepts_huge_finite_values():
     import torch
 
-    from segtrain.backends.torch_backend import all_finite
+    from segtrain.backends.torch_state import all_finite
 
     ok = [torch.randn(50, 50), torch.zeros(3, dtype=torch.float16)]
     assert all_finite(ok) and all_finite([])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segtrain import checkpoint_files
 from segtrain import store as st
 from segtrain.data import DataOrder
 from segtrain.layout import SEGMENT_BEST, SEGMENT_STATE, SEGMENT_SUMMARY
@@ -285,7 +286,7 @@ def test_a_deferred_file_is_hashed_while_it_loads_and_damage_is_caught_before_us
 
     hashed = []
     real = st.sha256_file
-    monkeypatch.setattr(st, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    monkeypatch.setattr(checkpoint_files, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
     st.verify(ck.path, deferred={"state.pt"})
     assert hashed == []  # one pass over the file: the load's
     assert st.load_verified(ck.path, "state.pt", load)["w"][-1] == 99_999
@@ -308,7 +309,7 @@ def test_a_torch_state_loads_mapped_and_only_module_weights_stay_views_of_the_fi
     damaged file changes nothing, and nothing kept afterwards refers to the file."""
     import torch
 
-    from segtrain.backends.torch_backend import TorchState, read_state_file, write_state_file
+    from segtrain.backends.torch_state import TorchState, read_state_file, write_state_file
 
     def build():
         torch.manual_seed(0)
@@ -393,7 +394,7 @@ pid = os.fork()
 if pid == 0:
     with store.hashed_file(Path({str(tmp_path)!r}), "child.bin") as fh:
         fh.write(big)
-    digests = store._HASHED[{str(tmp_path)!r}]
+    digests = store.written_hashes(Path({str(tmp_path)!r}))
     os._exit(0 if digests["child.bin"] == digests["parent.bin"] else 3)
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 '''

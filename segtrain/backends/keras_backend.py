@@ -97,6 +97,8 @@ class KerasState:
     included), the global seed generator, Python's and NumPy's RNG. Used by the pipeline's loop and
     by ``segtrain.keras.fit``."""
 
+    state_format = "keras"
+
     def __init__(self, model):
         self.model = model
         # Create the optimizer's variables now, so a restore can assign them before the first step.
@@ -222,6 +224,7 @@ class Backend:
     """Trains a compiled Keras model one batch at a time; see README 'Bringing your training'."""
 
     framework = "keras"
+    state_format = KerasState.state_format
 
     def __init__(self, task_path: str, params: dict, seed: int, threads: int = 1, training: dict | None = None):
         if keras.backend.backend() != "tensorflow":

@@ -1,0 +1,309 @@
+"""The one PyTorch state format: what the loop and scripts save and restore (modules,
+optimizers, schedulers, scalers, the random generators of Python, NumPy and torch), written as
+tensors and plain values so it loads with ``torch.load(weights_only=True)``; and where each
+PyTorch format (this one, Lightning's, Hugging Face's) keeps a model's weights for the export."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Collection
+
+import numpy as np
+import torch
+
+from ..checkpointing import HostCopy, as_numbers
+from ..store import IncompatibleCheckpoint, hashed_file, load_verified, read_manifest
+
+STATE_FILE = "state.pt"
+
+
+def _python_rng_state():
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _set_python_rng_state(state):
+    random.setstate((state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss"]))
+
+
+def _numpy_rng_state():
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "key": key,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _set_numpy_rng_state(state):
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["key"], keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
+def rng_state() -> dict:
+    """Every random stream a training step may draw from: Python's, numpy's, torch's (and CUDA's)."""
+    rng = {"python": _python_rng_state(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def set_rng_state(rng: dict) -> None:
+    _set_python_rng_state(rng["python"])
+    _set_numpy_rng_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int):
+    """Run the body (an evaluation) on RNG streams of its own, seeded by ``seed``, and put the
+    training streams back afterwards: what evaluation draws never shifts training."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
+
+
+class Several:
+    """Several optimizers (or schedulers) that a task returns as a list, tuple or dict, driven as
+    one: each steps, and each one's state is saved under its name (its position in a list)."""
+
+    def __init__(self, items):
+        self.items = dict(items) if isinstance(items, dict) else {str(i): x for i, x in enumerate(items)}
+        if not self.items:
+            raise ValueError("an empty list of optimizers or schedulers")
+
+    @property
+    def param_groups(self) -> list:
+        return [group for item in self.items.values() for group in item.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for item in self.items.values():
+            item.zero_grad(set_to_none=set_to_none)
+
+    def step(self, *args) -> None:
+        for item in self.items.values():
+            item.step(*args)
+
+    def state_dict(self) -> dict:
+        return {name: item.state_dict() for name, item in self.items.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.items):
+            raise RuntimeError(f"the checkpoint holds {sorted(state)}, the task builds {sorted(self.items)}")
+        for name, item in self.items.items():
+            item.load_state_dict(state[name])
+
+
+def several(built):
+    """``built`` as it is, or a ``Several`` when the task returned a list, tuple or dict."""
+    return Several(built) if isinstance(built, (list, tuple, dict)) else built
+
+
+def all_finite(params) -> bool:
+    """Whether every value of the tensors ``params`` is finite, in one read of each and one host
+    sync: a NaN or an infinity makes its tensor's sum non-finite. A sum can also overflow when
+    every value is finite but huge; such tensors are then checked value by value."""
+    params = [p.detach() for p in params]
+    if not params:
+        return True
+    sums = torch.stack([torch.sum(p, dtype=torch.float32) for p in params])
+    finite = torch.isfinite(sums)
+    if bool(finite.all()):
+        return True
+    return all(bool(torch.isfinite(p).all()) for p, ok in zip(params, finite.tolist()) if not ok)
+
+
+def read_state_file(folder: Path, mapped: Collection[tuple] = ()) -> dict:
+    """``folder/state.pt`` with ``torch.load(weights_only=True)``, hashed against the manifest
+    while it loads (CorruptCheckpoint before anything is used when it does not match).
+
+    The file is memory-mapped. The entries at the key paths in ``mapped`` (a module's state
+    dict, which ``load_state_dict`` copies into the live parameters) stay views of the mapping
+    and are read once, when the caller applies them; they must not be kept past that. Every
+    other tensor is copied out while the second thread hashes the file. That is cheaper than
+    ``torch.load`` reading the whole file into fresh memory, and it leaves the model's bytes to
+    a single copy."""
+
+    def load(path: Path) -> dict:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, OSError, ValueError):  # a file system without mmap, or a damaged file
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return _owned(state, (), frozenset(mapped), {})
+
+    return load_verified(folder, STATE_FILE, load)
+
+
+def _owned(value, path: tuple, mapped: frozenset, copies: dict):
+    """``value`` with every tensor outside ``mapped`` copied out of the file's mapping; views of
+    one storage stay views of one copy (``copies``: storage address -> its copy)."""
+    if path in mapped:
+        return value
+    if isinstance(value, dict):
+        out = value.copy()  # keeps the dict's type (a state dict is an OrderedDict)
+        for key, item in value.items():
+            out[key] = _owned(item, path + (key,), mapped, copies)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_owned(item, path + (i,), mapped, copies) for i, item in enumerate(value)]
+        return items if isinstance(value, list) else type(value)(items)
+    if not torch.is_tensor(value):
+        return value
+    if value.layout != torch.strided or value.is_quantized or type(value) is not torch.Tensor:
+        return value.clone()
+    storage = value.untyped_storage()
+    own = copies.get(storage.data_ptr())
+    if own is None:
+        # a tensor's clone lets go of the GIL (a storage's does not), so the hash thread runs alongside
+        own = torch.empty(0, dtype=torch.uint8).set_(storage).clone().untyped_storage()
+        copies[storage.data_ptr()] = own
+    return torch.empty(0, dtype=value.dtype).set_(own, value.storage_offset(), value.size(), value.stride())
+
+
+def write_state_file(folder: Path, state: dict) -> None:
+    """``state`` as ``folder/state.pt``, hashed as it is written (loads with weights_only=True)."""
+    with hashed_file(folder, STATE_FILE) as fh:
+        torch.save(state, fh)
+
+
+class TorchSnapshot:
+    """A state copied into host buffers (``HostCopy``), written by the background writer."""
+
+    def __init__(self, host: HostCopy, state: dict):
+        self.host, self.state = host, state
+
+    def write(self, folder: Path) -> None:
+        self.host.ready()  # the device-to-host copies have landed
+        write_state_file(folder, self.state)
+
+
+def modules_finite(modules) -> bool:
+    """Whether every parameter of ``modules`` is finite (one device synchronisation)."""
+    return all_finite(p for m in modules for p in m.parameters())
+
+
+LEGACY_LOOP_KEYS = ("model", "optimizer", "scheduler", "scaler")  # the loop's format before "tracked"
+
+
+class TorchState:
+    """Named objects with ``state_dict``/``load_state_dict`` (modules, optimizers, schedulers, a
+    grad scaler) and the random streams, as a job saves and restores them: the one PyTorch state
+    format, for the pipeline's loop and for a user's script.
+
+    One ``state.pt`` per checkpoint: each object's ``state_dict()`` under ``tracked``, the model's
+    weights also under ``model`` (where the export reads them; one copy in the file), the RNG
+    streams and the job's extra (step, data position, best). It loads with
+    ``torch.load(weights_only=True)``. ``owner`` names who builds the objects in messages ("the
+    task", "the script")."""
+
+    verified_reads = (STATE_FILE,)  # read_state hashes it while it loads (store.load_verified)
+    state_format = "torch"
+
+    def __init__(self, objects: dict, owner: str = "the script"):
+        self.objects = {name: obj for name, obj in objects.items() if obj is not None}
+        self.owner = owner
+
+    def _state(self, extra: dict) -> dict:
+        tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
+        return {"model": tracked.get("model"), "tracked": tracked, "rng": rng_state(), "extra": extra}
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        write_state_file(folder, self._state(extra))
+
+    def snapshot(self, extra: dict) -> "TorchSnapshot":
+        """Copy the whole state into this job's host buffers; ``.write(folder)`` writes ``state.pt``."""
+        if not hasattr(self, "_host"):
+            self._host = HostCopy()
+        return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
+
+    def read_state(self, folder: Path) -> dict:
+        """Restore what ``write_state`` or a snapshot wrote (or the loop's earlier format, its
+        objects at the top level); returns its ``extra``."""
+        modules = {("tracked", n) for n, obj in self.objects.items() if isinstance(obj, torch.nn.Module)}
+        state = read_state_file(folder, mapped={("model",), *modules})  # modules copy what they load
+        tracked = state.get("tracked")
+        if tracked is None:
+            tracked = {k: state[k] for k in LEGACY_LOOP_KEYS if state.get(k) is not None}
+        if set(tracked) != set(self.objects):
+            raise IncompatibleCheckpoint(
+                f"the checkpoint in {folder} holds {sorted(tracked)} and {self.owner} now builds "
+                f"{sorted(self.objects)}; build the same objects, or give the run a new name to start over")
+        for name, obj in self.objects.items():
+            try:
+                obj.load_state_dict(tracked[name])
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise IncompatibleCheckpoint(
+                    f"the checkpoint in {folder} does not fit the '{name}' {self.owner} builds now ({exc}); "
+                    "its definition changed: give the run a new name to start over") from None
+        set_rng_state(state["rng"])
+        return state["extra"]
+
+    def all_finite(self) -> bool:
+        return modules_finite(obj for obj in self.objects.values() if isinstance(obj, torch.nn.Module))
+
+    @contextlib.contextmanager
+    def isolated_rng(self, seed: int):
+        """An evaluation draws from streams of its own, and the modules' train/eval modes are put back."""
+        modes = [(m, m.training) for obj in self.objects.values() if isinstance(obj, torch.nn.Module)
+                 for m in obj.modules()]
+        try:
+            with isolated_rng(seed), torch.no_grad():
+                yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    as_numbers = staticmethod(as_numbers)
+
+
+LIGHTNING_CHECKPOINT = "lightning.ckpt"  # what segtrain.lightning writes: Lightning's own checkpoint
+
+
+def _lightning_weights(folder: Path) -> dict:
+    return torch.load(folder / LIGHTNING_CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _trainer_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _state_weights(folder: Path) -> dict:
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)["model"]
+
+
+# where each PyTorch state format keeps the model's weights (segtrain.lightning, segtrain.huggingface)
+WEIGHTS_OF = {"torch": _state_weights, "lightning": _lightning_weights, "huggingface": _trainer_weights}
+
+
+def exported_weights(folder: Path) -> dict:
+    """The model weights of the checkpoint in ``folder``, read by its recorded state format."""
+    recorded = read_manifest(folder).get("state_format")
+    if recorded is None:  # written before formats were recorded (loop and scripts: state.pt, else theirs)
+        recorded = "torch" if (folder / STATE_FILE).exists() else (
+            "lightning" if (folder / LIGHTNING_CHECKPOINT).exists() else "huggingface")
+    if recorded not in WEIGHTS_OF:
+        raise ValueError(f"{folder} holds a '{recorded}' checkpoint, which the PyTorch export cannot read "
+                         f"(it reads {', '.join(sorted(WEIGHTS_OF))})")
+    return WEIGHTS_OF[recorded](folder)

@@ -1,0 +1,63 @@
+"""The stated contracts: every backend and every training state implements its Protocol, each
+checkpoint records its state format, and the export reads a checkpoint by that format."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from segtrain import store as st
+from segtrain.backends import Backend, load_backend
+from segtrain.backends.torch_state import STATE_FILE, TorchState, exported_weights
+from segtrain.checkpointing import Evaluated, Snapshots, TrainingState
+from segtrain.config import resolve
+from segtrain.planning import Segment
+from segtrain.runner import RunPaths, run_segment
+from segtrain.training import prepare_training
+
+from conftest import MLP, REPO
+
+KERAS_TASK = REPO / "examples" / "digits_cnn_keras.py"
+
+
+def test_the_backends_and_the_states_implement_their_contracts():
+    run = resolve({"runs": {"r": {**MLP, "total_steps": 20}}}, base=REPO)["r"]
+    backend = prepare_training(run).backend
+    assert isinstance(backend, Backend) and isinstance(backend, Snapshots)
+    assert isinstance(TorchState({"model": torch.nn.Linear(2, 2)}), TrainingState)
+    assert isinstance(TorchState({}), Evaluated)
+    for framework in ("torch", "keras"):
+        cls = load_backend(framework)
+        for name in ("state_format", "verified_reads", "steps_per_call", "EXPORTS", "export", "train_step"):
+            assert hasattr(cls, name), f"{framework} backend lacks {name}"
+    from segtrain.huggingface import _TrainerState
+    from segtrain.lightning import _LightningState
+
+    for state in (_LightningState(), _TrainerState()):
+        assert isinstance(state, TrainingState), type(state).__name__
+    assert (_LightningState.state_format, _TrainerState.state_format) == ("lightning", "huggingface")
+
+
+def test_each_checkpoint_records_the_format_the_export_reads_it_by(tmp_path):
+    run = resolve({"runs": {"r": {**MLP, "total_steps": 20}}}, base=REPO)["r"]
+    paths = RunPaths(tmp_path / "r")
+    run_segment(run, Segment(index=0, start=0, end=20, interval=10, time_limit=600), paths, None,
+                paths.segment_dir(0))
+    for step in (10, 20):
+        assert st.read_manifest(paths.store / st.step_dir_name(step))["state_format"] == "torch"
+    weights = exported_weights(paths.store / st.step_dir_name(20))
+    assert set(weights) == set(torch.load(paths.store / st.step_dir_name(20) / STATE_FILE,
+                                          weights_only=True)["model"])
+
+
+def test_the_export_follows_the_recorded_format_not_the_file_names(tmp_path):
+    """A Hugging Face checkpoint that also holds a stray state.pt is read as what it says it is;
+    a format the PyTorch export does not know is refused with the formats it reads."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({"w": torch.ones(2)}, str(folder / "model.safetensors"))
+    torch.save({"model": {"other": torch.zeros(1)}}, folder / STATE_FILE)
+    st.write_json_atomic(folder / st.MANIFEST, {"step": 5, "files": {}, "state_format": "huggingface"})
+    assert set(exported_weights(folder)) == {"w"}
+    st.write_json_atomic(folder / st.MANIFEST, {"step": 5, "files": {}, "state_format": "keras"})
+    with pytest.raises(ValueError, match="'keras' checkpoint, which the PyTorch export cannot read"):
+        exported_weights(folder)
