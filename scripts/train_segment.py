@@ -11,7 +11,7 @@ from segtrain.lifecycle import STOP, watch_parent  # noqa: E402
 STOP.install()  # before the framework import: a SIGTERM/SIGUSR1 during start-up must not kill us
 watch_parent()  # and a killed Snakemake stops this job instead of leaving it running as an orphan
 
-from segtrain import pipeline  # noqa: E402
+from segtrain import launch, pipeline  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", required=True, help="the run's resolved settings as JSON")
@@ -20,9 +20,12 @@ p.add_argument("--previous", default="", help="the previous segment's output fol
 p.add_argument("--threads", type=int, default=1, help="CPU threads for the framework")
 p.add_argument("--output", required=True)
 p.add_argument("--log")
-a = p.parse_args()
-pipeline.setup_logging(a.log)
+a = p.parse_args(launch.arguments())
 run = json.loads(a.run)
+settings = pipeline.with_definition(run)
+# processes above 1: this command runs again as that many ranks under torchrun (nothing returns here)
+launch.as_ranks(int(settings.get("processes", 1)), float(settings.get("grace_period_seconds", 30)))
+pipeline.setup_logging(a.log)
 code = pipeline.train(run, json.loads(a.segment), a.previous or None, Path(a.output), a.threads)
 if pipeline.is_script(pipeline.with_definition(run)):
     sys.exit(code)  # a script's own exit handlers (its loggers' uploads, ...) must run

@@ -194,6 +194,23 @@ def deadline_of(config: dict):
 SCRIPT_DOES_ITSELF = ("precision", "accumulate", "clip_grad_norm", "num_workers", "validation_split")
 
 
+def _processes_problems(run: dict, where: str, raw: dict) -> list[str]:
+    """Several processes per segment: the pipeline's PyTorch loop only, and a global batch that
+    splits into equal shares (of equal micro-batches)."""
+    processes = run.get("processes", 1)
+    if processes == 1:
+        return []
+    if run["framework"] != "torch" or run.get("script") is not None:
+        return [f"{where}.processes: {processes} processes train the pipeline's own PyTorch loop (a task file) so "
+                "far; a script, a Keras run or a trainer trains in one process: set processes: 1"]
+    share = processes * run.get("accumulate", 1)
+    if run["batch_size"] % share:
+        return [f"{where}.batch_size: {run['batch_size']} samples do not split into {processes} equal shares"
+                + (f" of {run['accumulate']} micro-batches" if run.get("accumulate", 1) > 1 else "")
+                + f"; give a multiple of {share}"]
+    return []
+
+
 def _entry_problems(run: dict, where: str, base: Path, given: set) -> list[str]:
     """Check the run's way in (``task`` or ``script``); a script run gets ``task`` = the script's
     path (its sources are hashed and shipped like a task's) and ``script_args``."""
@@ -291,6 +308,7 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
             problems.append(f"{where}.total_steps: {run['total_steps']:,} steps in segments of {per} make "
                             f"{math.ceil(run['total_steps'] / per):,} jobs, more than {MAX_SEGMENTS:,}; check "
                             "total_steps for a typo, or raise steps_per_segment")
+        problems += _processes_problems(run, where, raw)
         if run["framework"] == "keras":
             for key, instead in KERAS_EQUIVALENT.items():
                 if run.get(key, TRAINING_DEFAULTS[key]) != TRAINING_DEFAULTS[key]:

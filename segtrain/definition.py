@@ -130,6 +130,10 @@ def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict
     # number of workers, but not the streams items draw from without workers
     if run.get("num_workers", 0) > 0:
         definition["item_seeding"] = "per-item"
+    # Several processes sum their gradients in another order than one: a resume at another number
+    # of processes is another trajectory (recorded only above 1: earlier runs keep their definition)
+    if run.get("processes", 1) > 1:
+        definition["processes"] = run["processes"]
     if "script_args" in run:  # a script run: the script is run with these arguments
         definition["entry"] = "script"
         definition["script_args"] = run["script_args"]
@@ -143,6 +147,9 @@ def definition_hash(definition: dict) -> str:
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
 
+ABSENT_MEANS = {"processes": 1}  # keys a definition records only away from their default
+
+
 def definition_changes(recorded: dict, now: dict) -> list[str]:
     """What differs between two model definitions, for people."""
     changes = []
@@ -153,8 +160,9 @@ def definition_changes(recorded: dict, now: dict) -> list[str]:
                 if old.get(f) != new.get(f):
                     what = "added" if f not in old else "no longer imported" if f not in new else "content changed"
                     changes.append(f"{f} ({what})")
-        elif recorded.get(key) != now.get(key):
-            changes.append(f"{key} ({recorded.get(key)!r} -> {now.get(key)!r})")
+        elif recorded.get(key, ABSENT_MEANS.get(key)) != now.get(key, ABSENT_MEANS.get(key)):
+            changes.append(f"{key} ({recorded.get(key, ABSENT_MEANS.get(key))!r} -> "
+                           f"{now.get(key, ABSENT_MEANS.get(key))!r})")
     return changes
 
 

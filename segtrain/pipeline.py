@@ -24,8 +24,11 @@ def setup_logging(log_file: str | None = None) -> None:
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+    from .launch import rank_label
+
+    label = rank_label()  # several processes: the main one tells the story, the others only warn
+    logging.basicConfig(level=logging.WARNING if label and not label.startswith("rank 0:") else logging.INFO,
+                        format=f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s", handlers=handlers, force=True)
 
 
 def add_segments_args(parser) -> None:
@@ -157,6 +160,11 @@ def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[
              f"  precision {definition['precision']}, {accumulate} micro-batch(es) of {batch} per step"
              f" ({accumulate * batch} samples), "
              + (f"gradients clipped to norm {clip:g}" if clip else "no gradient clipping")]
+    processes = int(definition.get("processes", 1))
+    if processes > 1:
+        lines.append(f"  {processes} processes per segment (torchrun, DDP): each trains {batch // processes} of the "
+                     f"{batch} samples of a step; the costs above were measured in one process; saves are "
+                     "synchronous; a resume needs the same number of processes")
     if deterministic is True:
         lines.append("  resume: bitwise identical to an uninterrupted run (deterministic kernels only)")
     else:
@@ -185,9 +193,10 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
     seg = planning.Segment(**segment)
     run = with_definition(run)
     defined = run.get("model_definition", {}).get("threads", threads)
-    if defined != threads:  # Snakemake gives a job fewer threads when it has fewer cores
-        log.warning("this job was given %d threads; training uses the run's %d, which its results depend on",
-                    threads, defined)
+    processes = int(run.get("processes", 1))
+    if defined * processes != threads:  # Snakemake gives a job fewer threads when it has fewer cores
+        log.warning("this job was given %d threads; training uses the run's %d%s, which its results depend on",
+                    threads, defined, f" in each of {processes} processes" if processes > 1 else "")
     run = {**run, "keep": seg.keep, "log_every": seg.log_every, "threads": defined}
     previous_state = Path(previous) / SEGMENT_STATE if previous else None
     try:

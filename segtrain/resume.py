@@ -55,25 +55,31 @@ def restore(run, segment, store, previous, backend, skipped, world=SINGLE):
                 f"{ck.path} was written for a different model definition ({changed} changed); refusing to "
                 "resume. Give the run a new name to train the new definition; nothing was changed"
             )
+        failure = None  # (kind, why): what went wrong on this process
         try:
             extra = backend.read_state(ck.path)
             if not isinstance(extra, dict) or extra.get("step") != ck.step:
                 raise store_mod.CorruptCheckpoint(f"holds step {extra.get('step') if isinstance(extra, dict) else '?'}")
-        except store_mod.IncompatibleCheckpoint:
-            raise
+        except store_mod.IncompatibleCheckpoint as exc:
+            failure = ("incompatible", str(exc))
         except store_mod.CorruptCheckpoint as exc:  # hashed as it loaded: skipped before anything was applied
-            log.warning("skipping checkpoint at step %d: %s", ck.step, exc)
-            note(ck.step, str(exc))
-            continue
+            failure = ("damaged", str(exc))
         except Exception as exc:  # it verified, so the bytes are what was written, but they do not load
-            why = f"{ck.path}: verifies but does not load ({type(exc).__name__}: {exc})"
-            log.warning("skipping checkpoint at step %d: %s", ck.step, why)
-            note(ck.step, why)
-            clean = False
+            failure = ("unloadable", f"{ck.path}: verifies but does not load ({type(exc).__name__}: {exc})")
+        # every process resumes from the same checkpoint: one that failed on any of them (a
+        # damaged file of one rank) is skipped by all
+        failures = [f for f in world.all_gather(failure) if f is not None]
+        if not failures:
+            return source, ck.step, extra, clean
+        kind, why = next((f for f in failures if f[0] == "incompatible"), failures[0])
+        if kind == "incompatible":
+            raise store_mod.IncompatibleCheckpoint(why)
+        log.warning("skipping checkpoint at step %d: %s", ck.step, why)
+        note(ck.step, why)
+        if any(k == "unloadable" for k, _ in failures):
+            clean = False  # some process may hold half of it: build again
             if Path(ck.path).parent == store.root and world.is_main:
                 store.quarantine(ck.step, why)
-            continue
-        return source, ck.step, extra, clean
     if segment.start > 0:
         raise RuntimeError(
             f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "

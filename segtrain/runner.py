@@ -260,11 +260,11 @@ class SegmentJob:
             self.timing["train_seconds"] += self._call_seconds
             raws = self._rows if self._rows is not None else (self._row,)
             now = self.clock()
-            report_due = now - last_progress >= 10
+            report_due = self.world.is_main and now - last_progress >= 10
             for i, raw in enumerate(raws):
                 row = self._after_step(state, raw, evaluate, after_evaluation, run_end,
                                        read=report_due and i == len(raws) - 1)
-            if report_due or self.step == segment.end:
+            if (report_due or self.step == segment.end) and self.world.is_main:
                 rate = (self.step - first_step) / max(now - t0, 1e-9)
                 eta = (segment.end - self.step) / rate if rate > 0 else float("inf")
                 log.info("step %d/%d loss %s %.1f steps/s, segment ends in %.0f s, deadline in %.0f s",
@@ -287,9 +287,11 @@ class SegmentJob:
         logged = save_now or evaluating or step % run["log_every"] == 0
         # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
         # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
-        if logged or read:
+        if logged:
             row = state.as_numbers(raw)
-            check_finite(self.world, row, step, self.saved_step)
+            check_finite(self.world, row, step, self.saved_step)  # agreed: every process logs this step
+        elif read:  # for the progress line: this process's clock asked, so no agreement here
+            row = state.as_numbers(raw)
         else:
             row = raw
         if evaluating and evaluate is not None:
@@ -341,7 +343,7 @@ class SegmentJob:
     def _stop(self, state, why: str, row: dict):
         step = self.step
         self.saves.settle()  # a write in flight completes first (it may be this very step's)
-        if step > self.segment.start and not self.store.path(step).exists():
+        if step > self.segment.start and not self.world.broadcast(self.store.path(step).exists()):
             logged = _row(self.segment, self.attempt, step, row)
             seconds = self._save(state, logged)
             if self.world.is_main:

@@ -47,6 +47,10 @@ class Saves:
         if wanted and not isinstance(state, Snapshots):
             log.info("async_save: %s saves synchronously (it takes no snapshots)", type(state).__name__)
             return False
+        if wanted and self.world.world_size > 1:
+            log.info("async_save: a segment of %d processes saves synchronously (background writes of several "
+                     "processes are not built yet)", self.world.world_size)
+            return False
         return bool(wanted)
 
     def slowest(self) -> float:
@@ -111,7 +115,7 @@ class Saves:
         is made durable first (each checkpoint also holds its step's row)."""
         if self.world.is_main and self.metrics is not None:
             self.metrics.sync()
-        self.store.save(step, write, meta)
+        self.store.save(step, write, meta, world=self.world)
         if self.world.is_main:
             self.store.prune(protect={step})
 

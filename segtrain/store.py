@@ -217,10 +217,13 @@ class CheckpointStore:
             yield Checkpoint(step, self.path(step), manifest)
 
     # -- writing ------------------------------------------------------------------------------
-    def save(self, step: int, write_files: Callable[[Path], None], meta: dict | None = None) -> Checkpoint:
+    def save(self, step: int, write_files: Callable[[Path], None], meta: dict | None = None,
+             world=None) -> Checkpoint:
         """Write a checkpoint for ``step``: ``write_files(folder)`` fills a temporary folder,
         then the manifest is written last, everything fsynced, and the folder renamed into place.
-        """
+        With several processes (``world``) every one of them calls this (``save_together``)."""
+        if world is not None and world.world_size > 1:
+            return self.save_together(step, write_files, meta, world)
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(step)
         if final.exists():
@@ -267,6 +270,75 @@ class CheckpointStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return Checkpoint(step, final, manifest)
+
+    def save_together(self, step: int, write_files: Callable[[Path], None], meta: dict | None, world) -> Checkpoint:
+        """``save`` by every process of ``world``: each writes its own files into one temporary
+        folder (through ``hashed_file``: hashed as written), fsyncs them and reports their sizes
+        and digests; the main process commits (the manifest, with every rank's files and the
+        world size, then the rename) only once every rank's files are durable. A failure on any
+        rank fails the save on every rank, and the folder goes."""
+        final, tmp, existing = self.path(step), None, None
+        if world.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                try:
+                    existing = verify(final)
+                except CorruptCheckpoint as exc:
+                    log.warning("replacing damaged checkpoint at step %d: %s", step, exc)
+                    aside = self.root / f".old-step-{step}-{os.getpid()}"
+                    os.rename(final, aside)
+                    shutil.rmtree(aside, ignore_errors=True)
+            if existing is None:
+                tmp = self.root / f".tmp-step-{step}-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+        existing, tmp = world.broadcast((existing, str(tmp) if tmp else None))
+        if existing is not None:
+            return Checkpoint(step, final, existing)  # deterministic training: same content
+        tmp = Path(tmp)
+        mine, error = {}, None
+        try:
+            written_hashes(tmp)
+            write_files(tmp)
+            mine = written_hashes(tmp)
+            for name in mine:
+                fsync_path(tmp / name)
+        except Exception as exc:
+            error = exc
+        reports = world.all_gather((mine, f"{type(error).__name__}: {error}" if error else None))
+        failed = [(rank, why) for rank, (_, why) in enumerate(reports) if why]
+        committed = None
+        if not failed and world.is_main:
+            try:
+                files = {}
+                for rank_files, _ in reports:
+                    clash = set(files) & set(rank_files)
+                    if clash:
+                        raise StoreError(f"two processes wrote {sorted(clash)} into the checkpoint of step {step}")
+                    files.update(rank_files)
+                manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": dict(sorted(files.items())),
+                            "world_size": world.world_size, **(meta or {})}
+                write_json_atomic(tmp / MANIFEST, manifest)
+                os.rename(tmp, final)
+                fsync_path(self.root)
+                committed = manifest
+            except Exception as exc:
+                failed.append((0, f"{type(exc).__name__}: {exc}"))
+                error = error or exc
+        if world.is_main and committed is None:
+            full = error is not None and _disk_full(self.root, error)
+            shutil.rmtree(tmp, ignore_errors=True)
+        committed = world.broadcast((committed, failed))
+        manifest, failed = committed
+        if manifest is None:
+            if error is not None and world.is_main and full:
+                raise StoreError(f"no space left to save the checkpoint at step {step} in {self.root}; the earlier "
+                                 "checkpoints are intact. Free space (or raise the volume's size) and run again") from error
+            if error is not None:
+                raise error
+            raise StoreError(f"the checkpoint at step {step} was not saved: rank {failed[0][0]} failed to write its "
+                             f"part ({failed[0][1]}); the earlier checkpoints are intact")
         return Checkpoint(step, final, manifest)
 
     def _sound(self, step: int) -> bool:

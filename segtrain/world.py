@@ -4,16 +4,21 @@ Every decision that ends or changes a job (stop, NaN, which checkpoint) is taken
 boundary, and agreed by all processes (``agree``, ``agree_reason``); every side effect (the
 attempts ledger, the metrics log and TensorBoard, ``segment.json``, pruning, quarantine, a
 checkpoint's commit) happens on the main process only (``is_main``). This module is the single
-process's world; segments trained by several processes (torchrun) get one with the same
-interface over ``torch.distributed``.
+process's world (``SINGLE``); a job launched as several processes (torchrun sets
+``WORLD_SIZE``) gets ``Distributed``, the same interface over ``torch.distributed``: a gloo group
+carries the agreements (small CPU tensors and objects) whichever backend trains, and every
+collective gives up after ``COLLECTIVE_TIMEOUT_ENV`` seconds, so a dead rank ends the others.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")  # what torchrun (and SLURM's srun wrappers) set
+COLLECTIVE_TIMEOUT_ENV = "SEGTRAIN_COLLECTIVE_TIMEOUT"  # seconds a collective waits for the other ranks
+DEFAULT_COLLECTIVE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,16 @@ class World:
     def barrier(self) -> None:
         """Wait until every process got here (alone: nothing to wait for)."""
 
+    def close(self) -> None:
+        """Leave the world together (a rank whose peers vanished first may abort in its teardown)."""
+
     def broadcast(self, obj):
         """The main process's ``obj``, on every process."""
         return obj
+
+    def all_gather(self, obj) -> list:
+        """Every process's ``obj``, by rank, on every process."""
+        return [obj]
 
     def agree(self, flag: bool) -> bool:
         """True on every process when any process says True (one NaN, one stop signal is enough)."""
@@ -48,21 +60,99 @@ class World:
 SINGLE = World()
 
 
+@dataclass(frozen=True)
+class Distributed(World):
+    """One of several processes of a job (torchrun), over ``torch.distributed``."""
+
+    group: object = field(default=None, compare=False, repr=False)  # gloo: agreements and objects
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier(group=self.group)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier(group=self.group)
+            dist.destroy_process_group()
+        _CURRENT.clear()
+
+    def broadcast(self, obj):
+        import torch.distributed as dist
+
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def all_gather(self, obj) -> list:
+        """Every process's ``obj``, by rank, on every process."""
+        import torch.distributed as dist
+
+        boxes = [None] * self.world_size
+        dist.all_gather_object(boxes, obj, group=self.group)
+        return boxes
+
+    def agree(self, flag: bool) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(value.item())
+
+    def agree_reason(self, reason: str | None) -> str | None:
+        # the common case (nobody stops) costs one small all-reduce, not an object exchange
+        if not self.agree(reason is not None):
+            return None
+        return next(r for r in self.all_gather(reason) if r is not None)
+
+
 class SeveralProcesses(RuntimeError):
-    """The job was started as one of several processes, which segments do not train yet."""
+    """The job was started as several processes in a way segtrain cannot train with."""
+
+
+_CURRENT: list[World] = []  # this process's world, once made (a process group is made once)
+
+
+def collective_timeout(environ=None) -> float:
+    environ = os.environ if environ is None else environ
+    text = environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    try:
+        return float(text) if text else DEFAULT_COLLECTIVE_TIMEOUT
+    except ValueError:
+        raise SeveralProcesses(f"{COLLECTIVE_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
 
 
 def current(environ=None) -> World:
-    """This process's world. A job launched as several processes (``WORLD_SIZE`` above 1) is
-    refused with the reason: its ranks would each write the ledger, the metrics and checkpoints."""
+    """This process's world: ``SINGLE``, or, under a launcher that set ``WORLD_SIZE`` above 1,
+    this rank's ``Distributed`` world (the process group is made on the first call)."""
     environ = os.environ if environ is None else environ
     size = environ.get("WORLD_SIZE", "1").strip() or "1"
     try:
         world_size = int(size)
     except ValueError:
         raise SeveralProcesses(f"WORLD_SIZE={size!r} is not a number of processes") from None
-    if world_size > 1:
-        raise SeveralProcesses(
-            f"this job was started as one of {world_size} processes (WORLD_SIZE={world_size}, e.g. by torchrun); "
-            "segtrain trains a segment in one process so far: run the job without the launcher, with one process")
-    return SINGLE
+    if world_size <= 1:
+        return SINGLE
+    if _CURRENT:
+        return _CURRENT[0]
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not environ.get(v)]
+    if missing:
+        raise SeveralProcesses(f"WORLD_SIZE={world_size} without {', '.join(missing)}: start the ranks with torchrun "
+                               "(the pipeline does, for a run with processes above 1)")
+    import torch
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=collective_timeout(environ))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, timeout=timeout)
+    group = dist.new_group(backend="gloo", timeout=timeout) if dist.get_backend() != "gloo" else dist.group.WORLD
+    world = Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                        local_rank=int(environ.get("LOCAL_RANK", "0")), group=group)
+    _CURRENT.append(world)
+    return world

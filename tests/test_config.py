@@ -9,7 +9,7 @@ from segtrain.config import ConfigError, resolve
 from segtrain.definition import definition_changes
 from segtrain.layout import SEGMENT_SUMMARY
 
-from conftest import MLP, REPO
+from conftest import KMLP, MLP, REPO
 
 
 def cfg(run=None, **defaults):
@@ -48,6 +48,19 @@ def test_bad_checkpoint_policy_is_refused():
     check(cfg(checkpoint={"every": "-1h"}), "checkpoint.every")
     check(cfg(checkpoint={"max_overhead": "120%"}), "max_overhead")
     check(cfg(checkpoint={"every": "1h", "mtbf": "1d"}), "exactly one")
+
+
+def test_several_processes_are_refused_where_they_cannot_train_with_the_reason():
+    check(cfg({"processes": 2, "batch_size": 33}), "runs.r.batch_size", "2 equal shares", "multiple of 2")
+    check(cfg({"processes": 2, "batch_size": 32, "accumulate": 3}), "of 3 micro-batches", "multiple of 6")
+    check(cfg({**KMLP, "processes": 2}), "runs.r.processes", "pipeline's own PyTorch loop")
+    script = {"runs": {"r": {"script": "tests/tasks/script_digits_torch.py", "total_steps": 10, "processes": 2}}}
+    check(script, "runs.r.processes", "a script")
+    run = resolve(cfg({"processes": 2, "batch_size": 32}), base=REPO)["r"]
+    assert run["processes"] == 2 and run["model_definition"]["processes"] == 2
+    one = resolve(cfg(), base=REPO)["r"]
+    assert "processes" not in one["model_definition"]  # runs of one process keep the definition they had
+    assert definition_changes(run["model_definition"], one["model_definition"]) == ["processes (2 -> 1)"]
 
 
 def test_missing_task_file_is_refused():

@@ -1,10 +1,18 @@
-"""The single process's world, and the refusal of a job launched as several processes."""
+"""The world of a segment's processes: one process alone, and two real torchrun ranks (gloo on
+CPU) that agree, save one checkpoint together and resume from the same one."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from segtrain import runner
 from segtrain.planning import Segment
 from segtrain.world import SINGLE, SeveralProcesses, current
+
+HERE = Path(__file__).parent
 
 
 def test_one_process_is_the_main_one_and_agrees_with_itself():
@@ -13,23 +21,46 @@ def test_one_process_is_the_main_one_and_agrees_with_itself():
     assert world.agree(True) is True and world.agree(False) is False
     assert world.agree_reason("SIGTERM") == "SIGTERM" and world.agree_reason(None) is None
     assert world.broadcast({"attempt": 3}) == {"attempt": 3}
+    assert world.all_gather(5) == [5]
     world.barrier()
     assert current({"WORLD_SIZE": "1"}) is SINGLE
 
 
-@pytest.mark.parametrize("size, why", [("2", "one of 2 processes"), ("two", "not a number")])
-def test_a_job_launched_as_several_processes_is_refused_with_the_reason(size, why):
+@pytest.mark.parametrize("environ, why", [({"WORLD_SIZE": "two"}, "not a number"),
+                                          ({"WORLD_SIZE": "2"}, "without RANK, MASTER_ADDR, MASTER_PORT")])
+def test_a_world_the_launcher_did_not_make_is_refused_with_the_reason(environ, why):
     with pytest.raises(SeveralProcesses, match=why):
-        current({"WORLD_SIZE": size})
+        current(environ)
 
 
-def test_the_segment_job_refuses_torchrun_before_it_touches_the_store(tmp_path, monkeypatch):
-    """Two ranks would each write the ledger, the metrics and the checkpoints: refused at once,
-    with nothing written."""
+def test_the_segment_job_refuses_a_half_made_world_before_it_touches_the_store(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     seg = Segment(index=0, start=0, end=10, interval=5, time_limit=60, save_seconds=0.1, eval_every=10,
                   monitor="loss", mode="min", keep=2, log_every=1)
     paths = runner.RunPaths(tmp_path / "run")
     with pytest.raises(SeveralProcesses, match="torchrun"):
         runner.SegmentJob({"keep": 2}, seg, paths, None, paths.segment_dir(0))
     assert not (tmp_path / "run").exists()
+
+
+def test_two_ranks_agree_save_together_and_resume_from_the_same_checkpoint(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(HERE / "ranks" / "world_check.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    for r, seen in enumerate(ranks):
+        assert (seen["rank"], seen["size"], seen["main"]) == (r, 2, r == 0)
+        assert seen["agree_one"] is True and seen["agree_none"] is False  # one rank's flag is everyone's
+        assert seen["reason"] == "SIGTERM" and seen["reason_lowest"] == "rank 0"
+        assert seen["broadcast"] == {"attempt": 7} and seen["gathered"] == [0, 10]
+        # one checkpoint: the main rank's state and the other rank's streams, committed with the world size
+        assert seen["files_1"] == seen["files_2"] == ["rank-00001.pt", "state.pt"]
+        assert seen["world_size_recorded"] == 2
+        # a write that failed on rank 1 fails on both, and leaves nothing
+        assert "rank 1" in seen["failed_save"] and not seen["step_3_exists"] and seen["temporaries"] == []
+        # rank 1's file of step 2 is damaged: both ranks resume from step 1, each with its own streams
+        assert seen["resumed_step"] == 1 and seen["skipped"] == [2] and seen["own_streams_back"]
+    assert ranks[0]["first_draw"] != ranks[1]["first_draw"]

@@ -18,7 +18,8 @@ import torch  # noqa: E402
 
 from ..checkpointing import as_numbers  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
-from .torch_data import _Prepared, _split, step_loader  # noqa: E402
+from ..world import current as current_world  # noqa: E402
+from .torch_data import _Prepared, _split, rank_share, step_loader  # noqa: E402
 from .torch_state import (  # noqa: E402
     Several,
     TorchSnapshot,
@@ -44,6 +45,19 @@ def configure(threads: int, deterministic) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class _Replicated(torch.nn.parallel.DistributedDataParallel):
+    """DDP around the task's model that still answers for the model's own attributes (a task's
+    ``compute_loss`` reads ``model.pause`` or ``model.num_classes``). Its call goes through DDP,
+    which averages the gradients; a task that calls another method of the model (``model.encode``)
+    bypasses that and must call the model itself."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
 class Backend:
     """Trains a PyTorch task one step at a time; see README 'Bringing your training' for the interface."""
 
@@ -66,6 +80,9 @@ class Backend:
         self.num_workers = int(training.get("num_workers", 0))
         deterministic = training.get("deterministic", True)
         self.device = configure(threads, deterministic)
+        self.world = current_world()  # one process, or this rank of a data-parallel job (torchrun)
+        if self.world.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
         self.autocast_dtype = AUTOCAST_DTYPES[self.precision]
         # fp16 gradients underflow without loss scaling; its scale and growth tracker are state
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -82,6 +99,10 @@ class Backend:
         """Build the model, optimizer and scheduler (given the run's context if they ask for it)."""
         self.model = call_task(self.task.build_model, self.params, run=context).to(self.device)
         self._all_modules = list(self.model.modules())
+        # several processes: each trains its share of every global batch and DDP averages the
+        # gradients (the same on every rank: the model, optimizer and scheduler stay replicated)
+        self._training_model = self.model if self.world.world_size == 1 else \
+            _Replicated(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # several optimizers (e.g. one per parameter group, each with its own schedule): a list,
         # tuple or dict, stepped together after each backward pass
         built = call_task(self.task.build_optimizer, self.model, self.params, run=context)
@@ -119,12 +140,15 @@ class Backend:
         same batch whichever worker fetches it, and a resume at any step is exact. Without
         workers the items draw from the training process's streams, which every checkpoint holds.
         """
+        rank, size = self.world.rank, self.world.world_size
         if self._tensors is not None or self.num_workers == 0:
             for step in range(start, end):
-                yield order.batch(step)
+                indices = order.batch(step)
+                yield indices[rank_share(len(indices), rank, size)]
             return
         pin = self.device.type == "cuda"
-        for batch in step_loader(self.dataset, order, start, end, self.seed, self.num_workers, pin_memory=pin):
+        for batch in step_loader(self.dataset, order, start, end, self.seed, self.num_workers, pin_memory=pin,
+                                 rank=rank, world_size=size):
             yield _Prepared(self._to_device(batch, non_blocking=pin))
 
     @property
@@ -155,7 +179,7 @@ class Backend:
         total, sums = None, {}
         for part in parts:
             with self._autocast():
-                out = self.task.compute_loss(self.model, part)
+                out = self.task.compute_loss(self._training_model, part)
             loss, metrics = (out if isinstance(out, tuple) else (out, {}))
             scaled = loss / self.accumulate if self.accumulate > 1 else loss
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -244,7 +268,8 @@ class Backend:
         has), in the one PyTorch state format."""
         if not hasattr(self, "_tracked"):
             self._tracked = TorchState({"model": self.model, "optimizer": self.optimizer,
-                                        "scheduler": self.scheduler, "scaler": self.scaler}, owner="the task")
+                                        "scheduler": self.scheduler, "scaler": self.scaler}, owner="the task",
+                                       world=self.world)
         return self._tracked
 
     def write_state(self, folder: Path, extra: dict) -> None:

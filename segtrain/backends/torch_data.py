@@ -32,16 +32,30 @@ def _split(batch, parts: int):
     return [batch] * parts
 
 
-class _StepBatches(torch.utils.data.Sampler):
-    """The index batches of steps ``start`` to ``end - 1`` from the seeded data order, each item
-    tagged with its step and position, so that a worker can seed what it draws for it."""
+def rank_share(size: int, rank: int, world_size: int) -> slice:
+    """The part of a global batch of ``size`` samples that ``rank`` of ``world_size`` trains: a
+    contiguous, equal slice (the config refuses a batch size that does not split evenly), so a
+    step's samples are the same whatever the number of processes."""
+    if world_size == 1:
+        return slice(0, size)
+    share = size // world_size
+    return slice(rank * share, (rank + 1) * share)
 
-    def __init__(self, order, start: int, end: int):
+
+class _StepBatches(torch.utils.data.Sampler):
+    """The index batches of steps ``start`` to ``end - 1`` from the seeded data order (this rank's
+    share of each), each item tagged with its step and position in the global batch, so that a
+    worker can seed what it draws for it."""
+
+    def __init__(self, order, start: int, end: int, rank: int = 0, world_size: int = 1):
         self.order, self.start, self.end = order, start, end
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
         for step in range(self.start, self.end):
-            yield [(step, pos, int(i)) for pos, i in enumerate(self.order.batch(step))]
+            batch = self.order.batch(step)
+            share = rank_share(len(batch), self.rank, self.world_size)
+            yield [(step, pos, int(batch[pos])) for pos in range(share.start, share.stop)]
 
     def __len__(self):
         return self.end - self.start
@@ -107,7 +121,7 @@ class _Items(torch.utils.data.Dataset):
 
 
 def step_loader(dataset, order, start: int, end: int, seed: int, num_workers: int = 0, pin_memory: bool = False,
-                collate_fn=None, prefetch_factor: int | None = None):
+                collate_fn=None, prefetch_factor: int | None = None, rank: int = 0, world_size: int = 1):
     """A DataLoader over the batches of global steps ``start`` to ``end - 1`` of the seeded ``order``.
 
     With workers, each item is fetched with the random streams seeded by (seed, step, position
@@ -117,7 +131,7 @@ def step_loader(dataset, order, start: int, end: int, seed: int, num_workers: in
     workers = num_workers > 0
     return torch.utils.data.DataLoader(
         _SeededItems(dataset, seed) if workers else _Items(dataset),
-        batch_sampler=_StepBatches(order, start, end), collate_fn=collate_fn,
+        batch_sampler=_StepBatches(order, start, end, rank, world_size), collate_fn=collate_fn,
         num_workers=num_workers, pin_memory=pin_memory,
         prefetch_factor=(prefetch_factor or 4) if workers else None,
         worker_init_fn=_worker_ignores_stops if workers else None,

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..checkpointing import HostCopy, as_numbers
-from ..store import IncompatibleCheckpoint, hashed_file, load_verified, read_manifest
+from ..store import CorruptCheckpoint, IncompatibleCheckpoint, hashed_file, load_verified, read_manifest
+from ..world import SINGLE
 
 STATE_FILE = "state.pt"
 
@@ -133,7 +134,12 @@ def all_finite(params) -> bool:
     return all(bool(torch.isfinite(p).all()) for p, ok in zip(params, finite.tolist()) if not ok)
 
 
-def read_state_file(folder: Path, mapped: Collection[tuple] = ()) -> dict:
+def rank_file(rank: int) -> str:
+    """The file of a checkpoint that holds what rank ``rank`` (above 0) alone has: its random streams."""
+    return f"rank-{rank:05d}.pt"
+
+
+def read_state_file(folder: Path, mapped: Collection[tuple] = (), name: str = STATE_FILE) -> dict:
     """``folder/state.pt`` with ``torch.load(weights_only=True)``, hashed against the manifest
     while it loads (CorruptCheckpoint before anything is used when it does not match).
 
@@ -151,7 +157,7 @@ def read_state_file(folder: Path, mapped: Collection[tuple] = ()) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
         return _owned(state, (), frozenset(mapped), {})
 
-    return load_verified(folder, STATE_FILE, load)
+    return load_verified(folder, name, load)
 
 
 def _owned(value, path: tuple, mapped: frozenset, copies: dict):
@@ -180,9 +186,9 @@ def _owned(value, path: tuple, mapped: frozenset, copies: dict):
     return torch.empty(0, dtype=value.dtype).set_(own, value.storage_offset(), value.size(), value.stride())
 
 
-def write_state_file(folder: Path, state: dict) -> None:
-    """``state`` as ``folder/state.pt``, hashed as it is written (loads with weights_only=True)."""
-    with hashed_file(folder, STATE_FILE) as fh:
+def write_state_file(folder: Path, state: dict, name: str = STATE_FILE) -> None:
+    """``state`` as ``folder/state.pt`` (or ``name``), hashed as it is written (loads with weights_only=True)."""
+    with hashed_file(folder, name) as fh:
         torch.save(state, fh)
 
 
@@ -219,16 +225,22 @@ class TorchState:
     verified_reads = (STATE_FILE,)  # read_state hashes it while it loads (store.load_verified)
     state_format = "torch"
 
-    def __init__(self, objects: dict, owner: str = "the script"):
+    def __init__(self, objects: dict, owner: str = "the script", world=None):
         self.objects = {name: obj for name, obj in objects.items() if obj is not None}
         self.owner = owner
+        self.world = world if world is not None else SINGLE
 
     def _state(self, extra: dict) -> dict:
         tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
         return {"model": tracked.get("model"), "tracked": tracked, "rng": rng_state(), "extra": extra}
 
     def write_state(self, folder: Path, extra: dict) -> None:
-        write_state_file(folder, self._state(extra))
+        """The main process writes ``state.pt``; with several processes (data parallel: the objects
+        are the same on every rank) each other rank writes its random streams, ``rank-<r>.pt``."""
+        if self.world.is_main:
+            write_state_file(folder, self._state(extra))
+        else:
+            write_state_file(folder, {"rng": rng_state(), "rank": self.world.rank}, rank_file(self.world.rank))
 
     def snapshot(self, extra: dict) -> "TorchSnapshot":
         """Copy the whole state into this job's host buffers; ``.write(folder)`` writes ``state.pt``."""
@@ -255,7 +267,14 @@ class TorchState:
                 raise IncompatibleCheckpoint(
                     f"the checkpoint in {folder} does not fit the '{name}' {self.owner} builds now ({exc}); "
                     "its definition changed: give the run a new name to start over") from None
-        set_rng_state(state["rng"])
+        rng = state["rng"]
+        if not self.world.is_main:  # this rank's own streams (the main one's are in state.pt)
+            try:
+                rng = read_state_file(folder, name=rank_file(self.world.rank))["rng"]
+            except FileNotFoundError:
+                raise CorruptCheckpoint(f"{folder} has no {rank_file(self.world.rank)}: it was not written by "
+                                        f"{self.world.world_size} processes") from None
+        set_rng_state(rng)
         return state["extra"]
 
     def all_finite(self) -> bool:

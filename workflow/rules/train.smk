@@ -15,7 +15,8 @@ rule train_segment:
     # A high cap: whether a failed segment is tried again is decided by runtime_minutes (common.smk),
     # from its attempts: progress always continues, repeating failures stop the run.
     retries: SEGMENT_RETRY_CAP
-    threads: lambda wildcards: RUNS[wildcards.run]["threads"]
+    # every process of a segment (processes > 1: torchrun's ranks) trains with the run's threads
+    threads: lambda wildcards: RUNS[wildcards.run]["threads"] * RUNS[wildcards.run]["processes"]
     resources:
         runtime=runtime_minutes,
     params:
