@@ -29,10 +29,10 @@ from .stopping import (  # noqa: F401  (Stopped, NonFinite, EXIT_STOPPED, DEADLI
     DEADLINE_ENV,
     EXIT_STOPPED,
     NonFinite,
+    StopChecks,
     Stopped,
     check_finite,
     job_deadline,
-    stop_reason,
 )
 from .training import Training, evaluation_seed, prepare_training  # noqa: F401  (the runner's interface)
 from .world import current as current_world
@@ -241,17 +241,20 @@ class SegmentJob:
         last_progress = t0
         first_step = self.step
         row: dict = {}
+        stops = StopChecks(self.world)  # every step, or every few with several processes (1 % of the time)
         while self.step < segment.end:
             saves.poll()  # a background write that finished counts from now
             # what the next step may still cost: the slowest save and evaluation so far, a
-            # background write in flight, and the client's next call (it may train several steps)
+            # background write in flight, and the client's next calls (up to the next check)
             slowest = saves.slowest()
             upcoming = slowest + (slowest if saves.in_flight else 0.0) + max(self.evals, default=0.0) \
-                + self._call_seconds
-            why = stop_reason(self.world, self.deadline - self.clock(), upcoming,
-                              max(saves.blocked, default=segment.save_seconds))
-            if why is not None:
-                self._stop(state, why, state.as_numbers(row) if row else row)
+                + self._call_seconds * stops.every
+            if stops.due(self.step - first_step):
+                why = stops.reason(self.deadline - self.clock(), upcoming,
+                                   max(saves.blocked, default=segment.save_seconds))
+                if why is not None:
+                    self._stop(state, why, state.as_numbers(row) if row else row)
+            stops.probe(self.step - first_step, self.timing["train_seconds"])
             self.attempting = self.step + 1
             self._row, self._rows = {}, None
             t_step = time.perf_counter()

@@ -5,11 +5,15 @@ with ``EXIT_STOPPED``, or, for a NaN, fails before saving it."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 
 from .admission import seconds_to_start_and_save
 from .lifecycle import STOP
+
+log = logging.getLogger(__name__)
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early on purpose, run again to continue
 DEADLINE_ENV = "SEGTRAIN_DEADLINE"  # an absolute end (e.g. a DSRI booking's), ISO 8601
@@ -64,6 +68,51 @@ def stop_reason(world, time_left: float, upcoming: float, slowest_save: float) -
     elif time_left < upcoming * 1.5 + 0.5:
         why = f"deadline: {time_left:.1f} s left, a save takes up to {slowest_save:.2f} s"
     return world.agree_reason(why)
+
+
+AGREEMENT_SHARE = 0.01  # the stop agreement may cost at most this share of training time
+MOST_STEPS_BETWEEN_AGREEMENTS = 64
+
+
+def agreement_interval(agreement_seconds: list[float], step_seconds: float) -> int:
+    """Every how many steps several processes agree on a stop: as often as costs at most
+    ``AGREEMENT_SHARE`` of the steps' time (the median agreement measured), at most every
+    ``MOST_STEPS_BETWEEN_AGREEMENTS``. A stop then waits that many steps at most; the deadline
+    check counts them."""
+    if not agreement_seconds or step_seconds <= 0:
+        return 1
+    cost = sorted(agreement_seconds)[len(agreement_seconds) // 2]
+    return max(1, min(MOST_STEPS_BETWEEN_AGREEMENTS, math.ceil(cost / (AGREEMENT_SHARE * step_seconds))))
+
+
+class StopChecks:
+    """When a job's processes check for a stop (``stop_reason``): at every step for one process
+    (it costs nothing); several agree every ``every`` steps, chosen after ``PROBE_STEPS`` timed
+    steps by ``agreement_interval`` and broadcast, so all of them check at the same steps."""
+
+    PROBE_STEPS = 8
+
+    def __init__(self, world):
+        self.world, self.every, self.seconds = world, 1, []
+
+    def due(self, done: int) -> bool:
+        """Whether the job checks before its step number ``done + 1`` of this attempt."""
+        return done % self.every == 0
+
+    def reason(self, time_left: float, upcoming: float, slowest_save: float) -> str | None:
+        started = time.perf_counter()
+        why = stop_reason(self.world, time_left, upcoming, slowest_save)
+        self.seconds.append(time.perf_counter() - started)
+        return why
+
+    def probe(self, done: int, train_seconds: float) -> None:
+        """After ``done`` steps of this attempt: with several processes, choose how often to check."""
+        if self.world.world_size == 1 or done != self.PROBE_STEPS:
+            return
+        self.every = self.world.broadcast(agreement_interval(self.seconds, train_seconds / done))
+        if self.world.is_main:
+            log.info("the %d processes agree on a stop every %d step(s) (%.0f us an agreement)",
+                     self.world.world_size, self.every, 1e6 * sorted(self.seconds)[len(self.seconds) // 2])
 
 
 def check_finite(world, row: dict, step: int, newest: int | None) -> None:

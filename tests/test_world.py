@@ -64,3 +64,12 @@ def test_two_ranks_agree_save_together_and_resume_from_the_same_checkpoint(tmp_p
         # rank 1's file of step 2 is damaged: both ranks resume from step 1, each with its own streams
         assert seen["resumed_step"] == 1 and seen["skipped"] == [2] and seen["own_streams_back"]
     assert ranks[0]["first_draw"] != ranks[1]["first_draw"]
+
+
+def test_several_processes_agree_as_often_as_one_percent_of_the_steps_time_allows():
+    from segtrain.stopping import MOST_STEPS_BETWEEN_AGREEMENTS, agreement_interval
+
+    assert agreement_interval([20e-6] * 8, 0.005) == 1  # 20 us against a 5 ms step: 0.4 %, every step
+    assert agreement_interval([0.9e-3, 0.8e-3, 5e-3], 0.005) == 18  # the median, 0.9 ms: every 18 steps
+    assert agreement_interval([1.0], 0.001) == MOST_STEPS_BETWEEN_AGREEMENTS  # a stop waits at most that
+    assert agreement_interval([], 0.005) == 1
