@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from .lifecycle import JOB_PID_ENV
+
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 # The job's arguments reach the ranks through the environment: torchrun's own parser reads
 # options anywhere on its command line, and takes --run or --log for an abbreviation of its own
@@ -42,6 +44,7 @@ def as_ranks(processes: int, grace_seconds: float, environ=None) -> None:
         return
     argv = torchrun_argv(processes, sys.argv[0], grace_seconds)
     environ[ARGUMENTS_ENV] = json.dumps(sys.argv[1:])
+    environ[JOB_PID_ENV] = str(os.getpid())  # the launcher keeps this PID: the ranks' job clock starts with it
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, environ)

@@ -23,10 +23,15 @@ class StopRequested(BaseException):
 PARENT_ENV = "SEGTRAIN_SNAKEMAKE_PID"
 
 
+JOB_PID_ENV = "SEGTRAIN_JOB_PID"  # set by segtrain.launch: the job's process, which became the launcher
+
+
 def process_age() -> float:
-    """Seconds since this process started (the job's clock starts with the process)."""
+    """Seconds since this job's process started (the job's clock starts with the process; a
+    rank's, with the job's command that became its launcher: the same PID, and its start)."""
+    pid = os.environ.get(JOB_PID_ENV, "self") if os.environ.get("WORLD_SIZE") else "self"
     try:
-        with open("/proc/self/stat") as fh:
+        with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         start_ticks = int(fields[19])
         with open("/proc/uptime") as fh:

@@ -13,6 +13,7 @@ from . import store as store_mod
 from .checkpointing import Snapshots
 from .lifecycle import process_age
 from .training import prepare_training
+from .world import current as current_world
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +116,21 @@ def time_checkpoints(state, run: dict, store_root: Path) -> dict:
     A state that takes snapshots is also saved the background way, one after the other:
     snapshot (what training waits for; the first one also allocates the host buffers, once
     per job) and persist (the writer thread's work, timed here in the foreground)."""
-    # its own folder: two runs sharing a checkpoint_root and name must not race on it
-    scratch = Path(store_root) / f".measure-{os.getpid()}"
-    remove_stale_scratch(Path(store_root))
-    shutil.rmtree(scratch, ignore_errors=True)
+    world = current_world()
+    # its own folder: two runs sharing a checkpoint_root and name must not race on it (several
+    # processes share the main one's: they save each checkpoint together, as a segment does)
+    scratch = Path(store_root) / f".measure-{world.broadcast(os.getpid())}"
+    if world.is_main:
+        remove_stale_scratch(Path(store_root))
+        shutil.rmtree(scratch, ignore_errors=True)
+    world.barrier()
     store = store_mod.CheckpointStore(scratch, keep=max(2, run["measure_saves"]))
     timed = {"save": [], "load": [], "sizes": [], "snapshot": [], "persist": []}
     meta = {"model_hash": run["model_hash"]}
     try:
         for i in range(run["measure_saves"]):
             extra = {"step": i + 1, "epoch": 0, "index": 0, "segment": -1}
-            if isinstance(state, Snapshots):
+            if isinstance(state, Snapshots) and world.world_size == 1:  # several save synchronously
                 t = time.perf_counter()
                 state.all_finite()  # a job checks the weights before every save
                 snap = state.snapshot(extra)
@@ -136,7 +141,7 @@ def time_checkpoints(state, run: dict, store_root: Path) -> dict:
                 shutil.rmtree(store.path(1000 + i))
             t = time.perf_counter()
             state.all_finite()
-            ckpt = store.save(i + 1, lambda folder: state.write_state(folder, extra), meta)
+            ckpt = store.save(i + 1, lambda folder: state.write_state(folder, extra), meta, world=world)
             timed["save"].append(time.perf_counter() - t)
             timed["sizes"].append(sum(f.stat().st_size for f in ckpt.path.iterdir()))
             t = time.perf_counter()
@@ -144,8 +149,10 @@ def time_checkpoints(state, run: dict, store_root: Path) -> dict:
             store_mod.verify(ckpt.path, state.verified_reads)
             state.read_state(ckpt.path)
             timed["load"].append(time.perf_counter() - t)
+        world.barrier()  # every process has read its checkpoints before the scratch goes
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if world.is_main:
+            shutil.rmtree(scratch, ignore_errors=True)
     return timed
 
 

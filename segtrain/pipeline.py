@@ -55,7 +55,12 @@ def measure(run: dict, output: Path) -> dict:
         measure_script(run, store_root, Path(output))
         return json.loads(Path(output).read_text())
     costs = measure_costs(run, store_root)
-    store_mod.write_json_atomic(Path(output), costs)
+    from .world import current
+
+    world = current()
+    if world.is_main:  # several processes: each measured its share; rank 0's numbers are the job's
+        store_mod.write_json_atomic(Path(output), {**costs, "processes": world.world_size})
+    world.barrier()
     return costs
 
 
@@ -163,8 +168,8 @@ def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[
     processes = int(definition.get("processes", 1))
     if processes > 1:
         lines.append(f"  {processes} processes per segment (torchrun, DDP): each trains {batch // processes} of the "
-                     f"{batch} samples of a step; the costs above were measured in one process; saves are "
-                     "synchronous; a resume needs the same number of processes")
+                     f"{batch} samples of a step; the costs above were measured with {processes} processes; saves "
+                     "are synchronous; a resume needs the same number of processes")
     if deterministic is True:
         lines.append("  resume: bitwise identical to an uninterrupted run (deterministic kernels only)")
     else:
