@@ -27,6 +27,6 @@ rule train_segment:
         "--run {params.model:q} --segment {params.segment:q} "
         "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}; "
         # exit 0 without a finished output (a script's os._exit): fail with the reason, not as missing files
-        "test -e {output:q}/" + SEGMENT_SUMMARY + " || "
+        f"test -e {{output:q}}/{SEGMENT_SUMMARY} || "
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/check_segment_output.py '
         "--output {output:q} --log {log:q}"
