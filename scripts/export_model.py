@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from segtrain import pipeline  # noqa: E402
+from segtrain.settings import from_jobs  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", required=True, help="the run's model-defining settings as JSON")
@@ -15,4 +16,4 @@ p.add_argument("--output", nargs="+", required=True, help="which.ext=path, e.g. 
 a = p.parse_args()
 pipeline.setup_logging()
 outputs = dict(item.split("=", 1) for item in a.output)
-pipeline.export_model(json.loads(a.run), pipeline.segment_dirs(a)[-1], {k: Path(v) for k, v in outputs.items()})
+pipeline.export_model(from_jobs(json.loads(a.run)), pipeline.segment_dirs(a)[-1], {k: Path(v) for k, v in outputs.items()})

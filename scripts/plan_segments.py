@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from segtrain import pipeline  # noqa: E402
 from segtrain.planning import PlanError  # noqa: E402
+from segtrain.settings import from_jobs  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", required=True, help="the run's resolved settings as JSON")
@@ -18,7 +19,7 @@ p.add_argument("--log")
 a = p.parse_args()
 pipeline.setup_logging(a.log)
 try:
-    pipeline.plan(json.loads(a.run), Path(a.costs), Path(a.plan_json), Path(a.plan_txt))
+    pipeline.plan(from_jobs(json.loads(a.run)), Path(a.costs), Path(a.plan_json), Path(a.plan_txt))
 except PlanError as exc:
     pipeline.log.error("cannot plan: %s", exc)
     sys.exit(2)

@@ -12,6 +12,7 @@ STOP.install()  # before the framework import: a SIGTERM/SIGUSR1 during start-up
 watch_parent()  # and a killed Snakemake stops this job instead of leaving it running as an orphan
 
 from segtrain import launch, pipeline  # noqa: E402
+from segtrain.settings import from_jobs  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", required=True, help="the run's resolved settings as JSON")
@@ -21,13 +22,12 @@ p.add_argument("--threads", type=int, default=1, help="CPU threads for the frame
 p.add_argument("--output", required=True)
 p.add_argument("--log")
 a = p.parse_args(launch.arguments())
-run = json.loads(a.run)
-settings = pipeline.with_definition(run)
+run = from_jobs(json.loads(a.run))
 # processes above 1: this command runs again as that many ranks under torchrun (nothing returns here)
-launch.as_ranks(int(settings.get("processes", 1)), float(settings.get("grace_period_seconds", 30)))
+launch.as_ranks(run.processes, run.grace_period_seconds)
 pipeline.setup_logging(a.log)
 code = pipeline.train(run, json.loads(a.segment), a.previous or None, Path(a.output), a.threads)
-if pipeline.is_script(pipeline.with_definition(run)):
+if run.is_script:
     sys.exit(code)  # a script's own exit handlers (its loggers' uploads, ...) must run
 # Everything is written, fsynced and unlocked: exit now. The interpreter's teardown (freeing the
 # frameworks' modules) takes 1-2 s, a window in which a stop signal or a kill would make Snakemake

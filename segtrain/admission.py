@@ -12,6 +12,7 @@ from pathlib import Path
 from .attempts import Ledger, retry_refusal
 from .definition import definition_changes
 from .layout import DEFAULT_CHECKPOINT_ROOT, RunPaths, checkpoint_folder, run_root
+from .settings import RunSettings
 from .store import CheckpointStore, recorded_manifest
 
 
@@ -22,19 +23,19 @@ def seconds_to_start_and_save(save_seconds: float, load_seconds: float = 0.0, st
     return startup_seconds + load_seconds + 2 * save_seconds + 1
 
 
-def definition_mismatch(run: dict, manifest: dict) -> str | None:
+def definition_mismatch(run: RunSettings, manifest: dict) -> str | None:
     """Why a checkpoint was written for another model definition than ``run``'s, or None."""
-    if "definition_hash" in manifest and "definition_hash" in run:
-        if manifest["definition_hash"] != run["definition_hash"]:
-            changed = definition_changes(manifest.get("model_definition", {}), run["model_definition"])
+    if "definition_hash" in manifest and run.definition_hash:
+        if manifest["definition_hash"] != run.definition_hash:
+            changed = definition_changes(manifest.get("model_definition", {}), run.model_definition)
             return "; ".join(changed) or "its definition"
         return None
-    if manifest.get("model_hash") != run.get("model_hash"):  # written by a version without definitions
+    if manifest.get("model_hash") != run.model_hash:  # written by a version without definitions
         return "framework, task, params, batch_size or seed"
     return None
 
 
-def rerun_refusal(name: str, run: dict, checkpoints: Path) -> str | None:
+def rerun_refusal(name: str, run: RunSettings, checkpoints: Path) -> str | None:
     """Why run ``name`` must not start over the checkpoints in ``checkpoints`` (they hold another
     model definition), naming what changed and the folders to move; None when it may."""
     recorded = recorded_manifest(checkpoints)

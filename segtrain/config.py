@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from .definition import (
 )
 from .durations import DurationError, parse_duration, parse_percent
 from .planning import MAX_SEGMENTS
+from .settings import RunSettings
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -94,25 +93,6 @@ def _fill_defaults(schema_props: dict, data: dict) -> dict:
 
 
 MIN_TIME_LIMIT = 5.0  # seconds: below it no job starts an interpreter, trains a step and saves
-
-DEFINITIONS_ENV = "SEGTRAIN_DEFINITIONS"
-
-
-def definitions_for_jobs(runs: dict[str, dict]) -> str:
-    """Each run's resolved settings, as JSON for the environment (DEFINITIONS_ENV): every job
-    reads all of them from there, so every setting the config accepts reaches the job that uses
-    it (num_workers, async_save, grace_period, ...). A rule's params hold only the keys whose
-    change must rerun it: params must not change for runs started by earlier versions, or
-    Snakemake would retrain them."""
-    return json.dumps({name: run for name, run in runs.items()}, sort_keys=True, default=str)
-
-
-def with_definition(run: dict) -> dict:
-    """``run`` (a job's params) with the run's resolved settings from the environment (its
-    model definition included); the params win where both have a key."""
-    entry = json.loads(os.environ.get(DEFINITIONS_ENV) or "{}").get(run.get("name"), {})
-    return {**entry, **run}
-
 
 # DSRI's booking server starts and ends bookings at 09:00 in Maastricht.
 BOOKING_TIMEZONE = "Europe/Amsterdam"
@@ -242,8 +222,9 @@ def _entry_problems(run: dict, where: str, base: Path, given: set) -> list[str]:
     return problems
 
 
-def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) -> dict[str, dict]:
-    """Validate ``config`` and return each run's full settings (defaults applied, durations in seconds).
+def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) -> dict[str, RunSettings]:
+    """Validate ``config`` and return each run's settings (defaults applied, durations in seconds,
+    the model definition hashed).
 
     Raises ConfigError listing every problem found.
     """
@@ -353,4 +334,4 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
         runs[name] = run
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-    return runs
+    return {name: RunSettings.from_dict(run) for name, run in runs.items()}

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import store as store_mod
 from .checkpointing import Snapshots
 from .lifecycle import process_age
+from .settings import RunSettings
 from .training import prepare_training
 from .world import current as current_world
 
@@ -39,8 +40,8 @@ class StepMarks:
     (interpreter, imports, set-up and the first step, which every segment pays again); the steps
     after ``WARMUP_STEPS`` are the step times."""
 
-    def __init__(self, run: dict):
-        self.count = WARMUP_STEPS + run["measure_steps"]  # steps to train in all
+    def __init__(self, run: RunSettings):
+        self.count = WARMUP_STEPS + run.measure_steps  # steps to train in all
         self.marks: list[float] = []
         self.startup: float | None = None
 
@@ -54,15 +55,15 @@ class StepMarks:
         return [b - a for a, b in zip(steady, steady[1:])]
 
 
-def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
+def measure_costs(run: RunSettings, store_root: Path, backend_factory=None) -> dict:
     """Time ``measure_steps`` steps and ``measure_saves`` saves and loads in a scratch store
     next to the run's real checkpoints. Returns the costs as a plain dict (seconds, bytes)."""
     training = prepare_training(run, backend_factory)
     backend, order = training.backend, training.order
     # A backend that trains several steps per call (Keras: one graph call up to the next save) is
     # timed that way, after both of its call shapes (a fixed and a varying step count) are traced.
-    per_call = min(backend.steps_per_call, run["measure_steps"])
-    calls = -(-run["measure_steps"] // per_call)
+    per_call = min(backend.steps_per_call, run.measure_steps)
+    calls = -(-run.measure_steps // per_call)
     warmup = WARMUP_STEPS + (2 * per_call - 1 if per_call > 1 else 0)
     batches = backend.batches(order, 0, warmup + calls * per_call)
     backend.train_step(next(batches))
@@ -87,7 +88,7 @@ def measure_costs(run: dict, store_root: Path, backend_factory=None) -> dict:
     eval_times, eval_warmup = [], 0.0
     if training.has_validation:
         eval_times, eval_warmup = time_evaluations(
-            backend, run["seed"], lambda: backend.evaluate(training.validation_indices, run["batch_size"]), names)
+            backend, run.seed, lambda: backend.evaluate(training.validation_indices, run.batch_size), names)
 
     costs = costs_of(step_times, time_checkpoints(backend, run, store_root), startup=startup + eval_warmup,
                      eval_times=eval_times, steps_per_epoch=order.steps_per_epoch, names=names, run=run,
@@ -109,7 +110,7 @@ def time_evaluations(state, seed: int, evaluate, names: set) -> tuple[list[float
     return times[1:], max(0.0, times[0] - statistics.median(times[1:]))
 
 
-def time_checkpoints(state, run: dict, store_root: Path) -> dict:
+def time_checkpoints(state, run: RunSettings, store_root: Path) -> dict:
     """Save and load ``state`` (anything with write_state/read_state) ``measure_saves`` times in a
     scratch store next to the run's real checkpoints: {save, load: seconds each; sizes: bytes}.
 
@@ -124,11 +125,11 @@ def time_checkpoints(state, run: dict, store_root: Path) -> dict:
         remove_stale_scratch(Path(store_root))
         shutil.rmtree(scratch, ignore_errors=True)
     world.barrier()
-    store = store_mod.CheckpointStore(scratch, keep=max(2, run["measure_saves"]))
+    store = store_mod.CheckpointStore(scratch, keep=max(2, run.measure_saves))
     timed = {"save": [], "load": [], "sizes": [], "snapshot": [], "persist": []}
-    meta = {"model_hash": run["model_hash"]}
+    meta = {"model_hash": run.model_hash}
     try:
-        for i in range(run["measure_saves"]):
+        for i in range(run.measure_saves):
             extra = {"step": i + 1, "epoch": 0, "index": 0, "segment": -1}
             if isinstance(state, Snapshots) and world.world_size == 1:  # several save synchronously
                 t = time.perf_counter()
@@ -157,7 +158,7 @@ def time_checkpoints(state, run: dict, store_root: Path) -> dict:
 
 
 def costs_of(step_times, checkpoints: dict, *, startup: float, eval_times, steps_per_epoch: int | None,
-             names, run: dict, store_root: Path) -> dict:
+             names, run: RunSettings, store_root: Path) -> dict:
     """The measured costs as the planner reads them (seconds, bytes)."""
     save_times, load_times = checkpoints["save"], checkpoints["load"]
     snapshots = checkpoints.get("snapshot") or []
@@ -180,5 +181,5 @@ def costs_of(step_times, checkpoints: dict, *, startup: float, eval_times, steps
         "measured_steps": len(step_times),
         "measured_saves": len(save_times),
         "storage": str(Path(store_root).resolve()),
-        "framework": run["framework"],
+        "framework": run.framework,
     }

@@ -10,11 +10,10 @@ from pathlib import Path
 
 from . import planning
 from . import store as store_mod
-from .config import with_definition
-from .definition import TRAINING_DEFAULTS
 from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY, RunPaths
 from .plan_text import plan_table
 from .runner import Stopped, run_segment
+from .settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +43,11 @@ def segment_dirs(args) -> list[Path]:
     return [paths.segment_dir(int(first.name) + i) for i in range(args.count)]
 
 
-def measure(run: dict, output: Path) -> dict:
+def measure(run: RunSettings, output: Path) -> dict:
     from .measure import measure_costs
 
-    run = with_definition(run)
     store_root = RunPaths(Path(output).parent).store
-    if is_script(run):  # the user's script, in measure mode: it ends after the timed steps and saves
+    if run.is_script:  # the user's script, in measure mode: it ends after the timed steps and saves
         from .script import measure_script
 
         measure_script(run, store_root, Path(output))
@@ -62,11 +60,6 @@ def measure(run: dict, output: Path) -> dict:
         store_mod.write_json_atomic(Path(output), {**costs, "processes": world.world_size})
     world.barrier()
     return costs
-
-
-def is_script(run: dict) -> bool:
-    """Whether the run brings its own training script (config key script) instead of a task."""
-    return run.get("model_definition", {}).get("entry") == "script"
 
 
 def frozen_segments(run_root: Path) -> list[planning.Segment]:
@@ -84,68 +77,65 @@ def frozen_segments(run_root: Path) -> list[planning.Segment]:
     return done
 
 
-def check_monitor(run: dict, measured: dict) -> None:
+def check_monitor(run: RunSettings, measured: dict) -> None:
     """The monitor must be a metric the measured jobs logged (known only once a step and an
     evaluation ran, so checked here, before any training job)."""
     import difflib
 
     names = measured.get("metric_names")
-    if names and run["monitor"].startswith("val_") and not any(n.startswith("val_") for n in names):
+    if names and run.monitor.startswith("val_") and not any(n.startswith("val_") for n in names):
         log.warning("monitor %s: the run has no validation data (validation_split 0, no build_validation); "
-                    "the last checkpoint is exported as the best", run["monitor"])
+                    "the last checkpoint is exported as the best", run.monitor)
         return
-    if names and run["monitor"] not in names:
-        close = difflib.get_close_matches(run["monitor"], names, n=1)
+    if names and run.monitor not in names:
+        close = difflib.get_close_matches(run.monitor, names, n=1)
         raise planning.PlanError(
-            f"monitor: this run logs no metric '{run['monitor']}'"
+            f"monitor: this run logs no metric '{run.monitor}'"
             + (f"; did you mean '{close[0]}'?" if close else "")
             + f" It logs: {', '.join(n for n in names if n != 'lr')}"
         )
 
 
-def plan(run: dict, costs_file: Path, plan_json: Path, plan_txt: Path) -> planning.Plan:
-    run = with_definition(run)
+def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) -> planning.Plan:
     measured = json.loads(Path(costs_file).read_text())
     check_monitor(run, measured)
     costs = planning.Costs.from_dict(measured)
-    per = run["steps_per_segment"]
+    per = run.steps_per_segment
     result = planning.make_plan(
-        total_steps=run["total_steps"],
-        time_limit=run["time_limit_seconds"],
+        total_steps=run.total_steps,
+        time_limit=run.time_limit_seconds,
         costs=costs,
-        policy=planning.Policy(**run["policy"]),
-        margin_seconds=run["margin_seconds"],
+        policy=planning.Policy(**run.policy),
+        margin_seconds=run.margin_seconds,
         steps_per_segment=None if per == "auto" else int(per),
         frozen=frozen_segments(Path(plan_json).parent),
-        keep=run["keep"],
-        log_every=run["log_every"],
-        grace_seconds=run["grace_period_seconds"],
-        eval_every=0 if run["eval_every"] == "auto" else int(run["eval_every"]),
-        monitor=run["monitor"],
-        mode=run["mode"],
-        max_startup_percent=run.get("max_startup_percent", 100.0),
-        async_save=run.get("async_save", "auto"),
+        keep=run.keep,
+        log_every=run.log_every,
+        grace_seconds=run.grace_period_seconds,
+        eval_every=0 if run.eval_every == "auto" else int(run.eval_every),
+        monitor=run.monitor,
+        mode=run.mode,
+        max_startup_percent=run.max_startup_percent,
+        async_save=run.async_save,
     )
     data = result.to_dict()
-    data["run"] = run["name"]
-    data["model_hash"] = run["model_hash"]
+    data["run"] = run.name
+    data["model_hash"] = run.model_hash
     exact, training = training_lines(run, measured)
     data["bitwise_resume"] = exact
     store_mod.write_json_atomic(Path(plan_json), data)
-    table = plan_table(result, run["name"]).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
+    table = plan_table(result, run.name).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
     Path(plan_txt).write_text(table)
     log.info("\n%s", table)
     return result
 
 
-def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[str]]:
-    """How each step is computed, and whether a resume is bitwise identical: for the plan. Read
-    from the model definition (the environment), like every job: not a param of the plan rule."""
-    definition = {**TRAINING_DEFAULTS, **with_definition(run).get("model_definition", {})}
-    deterministic = definition["deterministic"]
-    if definition.get("entry") == "script":
+def training_lines(run: RunSettings, measured: dict | None = None) -> tuple[bool, list[str]]:
+    """How each step is computed, and whether a resume is bitwise identical: for the plan."""
+    deterministic = run.deterministic
+    if run.is_script:
         loader = (measured or {}).get("data_loader", "segtrain")
-        lines = ["Training", f"  the script's own loop ({' '.join([definition['task'], *definition['script_args']])})"]
+        lines = ["Training", f"  the script's own loop ({' '.join([run.task, *run.script_args])})"]
         if loader == "the script's own":
             lines.append("  resume: NOT bitwise identical: the script's own data loader starts again at its "
                          "beginning on a resume; give its dataset to seg.dataloader(dataset, batch_size) for an "
@@ -159,13 +149,12 @@ def training_lines(run: dict, measured: dict | None = None) -> tuple[bool, list[
             lines.append("  resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order, "
                          "deterministic kernels, every tracked state and random stream checkpointed)")
         return deterministic is True and loader == "segtrain", lines
-    accumulate, clip = definition["accumulate"], definition["clip_grad_norm"]
-    batch = definition.get("batch_size", run.get("batch_size", 0))
+    accumulate, clip, batch = run.accumulate, run.clip_grad_norm, run.batch_size
     lines = ["Training",
-             f"  precision {definition['precision']}, {accumulate} micro-batch(es) of {batch} per step"
+             f"  precision {run.precision}, {accumulate} micro-batch(es) of {batch} per step"
              f" ({accumulate * batch} samples), "
              + (f"gradients clipped to norm {clip:g}" if clip else "no gradient clipping")]
-    processes = int(definition.get("processes", 1))
+    processes = run.processes
     if processes > 1:
         lines.append(f"  {processes} processes per segment (torchrun, DDP): each trains {batch // processes} of the "
                      f"{batch} samples of a step; the costs above were measured with {processes} processes; saves "
@@ -190,22 +179,20 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def train(run: dict, segment: dict, previous: str | None, output: Path, threads: int) -> int:
+def train(run: RunSettings, segment: dict, previous: str | None, output: Path, threads: int) -> int:
     """Train one segment; returns the process exit code (0, or runner.EXIT_STOPPED)."""
     from .runner import EXIT_STOPPED
 
     paths = RunPaths.of_segment(output)
     seg = planning.Segment(**segment)
-    run = with_definition(run)
-    defined = run.get("model_definition", {}).get("threads", threads)
-    processes = int(run.get("processes", 1))
+    defined, processes = run.threads, run.processes
     if defined * processes != threads:  # Snakemake gives a job fewer threads when it has fewer cores
         log.warning("this job was given %d threads; training uses the run's %d%s, which its results depend on",
                     threads, defined, f" in each of {processes} processes" if processes > 1 else "")
-    run = {**run, "keep": seg.keep, "log_every": seg.log_every, "threads": defined}
+    run = run.replace(keep=seg.keep, log_every=seg.log_every)
     previous_state = Path(previous) / SEGMENT_STATE if previous else None
     try:
-        if is_script(run):
+        if run.is_script:
             from .script import train_script
 
             train_script(run, seg, paths, previous_state, Path(output))
@@ -217,20 +204,19 @@ def train(run: dict, segment: dict, previous: str | None, output: Path, threads:
     return 0
 
 
-def export_model(run: dict, segment_dir: Path, outputs: dict[str, Path]) -> None:
+def export_model(run: RunSettings, segment_dir: Path, outputs: dict[str, Path]) -> None:
     """Export the last and the best checkpoint of a run in the framework's usual forms.
 
     ``outputs`` maps ``last.<ext>``/``best.<ext>`` to paths, for every ext the backend writes.
     """
     from .backends import load_backend
 
-    backend = load_backend(run["framework"])
-    run = with_definition(run)
+    backend = load_backend(run.framework)
     for which in ("last", "best"):
         folder = Path(segment_dir) / SEGMENT_STATE if which == "last" else best_folder(run, Path(segment_dir))
         store_mod.verify(folder)
         out = {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS}
-        if is_script(run) and run["framework"] == "keras":  # only the script knows how to build its model
+        if run.is_script and run.framework == "keras":  # only the script knows how to build its model
             from .script import export_script
 
             export_script(run, folder, out)
@@ -246,7 +232,7 @@ def tell_user(text: str) -> None:
     print(f"segtrain: {text}", flush=True)
 
 
-def best_folder(run: dict, last_segment: Path) -> Path:
+def best_folder(run: RunSettings, last_segment: Path) -> Path:
     """The best checkpoint to export: the last segment's, else (damaged) the best that verifies
     among the earlier segments' and the run's best store, newest first; else the last state,
     with a notice in Snakemake's output when something had been evaluated."""
@@ -272,12 +258,12 @@ def best_folder(run: dict, last_segment: Path) -> Path:
             continue
         if damaged:
             found = manifest.get("best") or {}
-            tell_user(f"run {run['name']}: the best checkpoint is damaged ({damaged[0]}); exporting the best one "
+            tell_user(f"run {run.name}: the best checkpoint is damaged ({damaged[0]}); exporting the best one "
                       f"that verifies instead: {found.get('monitor', '?')} {found.get('value', '?')} at step "
                       f"{manifest.get('step')} ({folder})")
         return folder
     if recorded or damaged:
-        tell_user(f"run {run['name']}: no best checkpoint verifies ({'; '.join(damaged) or 'none was kept'}); "
+        tell_user(f"run {run.name}: no best checkpoint verifies ({'; '.join(damaged) or 'none was kept'}); "
                   "model.best.* is the LAST model, not the best")
     else:
         log.warning("no best checkpoint (nothing was evaluated); exporting the last one as best")

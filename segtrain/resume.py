@@ -84,6 +84,6 @@ def restore(run, segment, store, previous, backend, skipped, world=SINGLE):
         raise RuntimeError(
             f"segment {segment.index} needs the checkpoint at step {segment.start} and none verifies; "
             "retrain the previous segment (and so the ones after it), not the whole run: snakemake --forcerun "
-            f"{RunPaths(run_root(run['name'])).segment_dir(segment.index - 1)}"
+            f"{RunPaths(run_root(run.name)).segment_dir(segment.index - 1)}"
         )
     return "a freshly seeded model", 0, {}, clean

@@ -25,6 +25,7 @@ from .metrics import MetricsLog
 from .planning import Segment
 from .saving import Saves
 from .segment_output import write_output
+from .settings import RunSettings
 from .stopping import (  # noqa: F401  (Stopped, NonFinite, EXIT_STOPPED, DEADLINE_ENV: the runner's interface)
     DEADLINE_ENV,
     EXIT_STOPPED,
@@ -59,7 +60,7 @@ class SegmentJob:
     ``job.log_steps(rows)``. A stop saves at the next step boundary and raises Stopped.
     """
 
-    def __init__(self, run: dict, segment: Segment, paths: RunPaths, previous: Path | None, out_dir: Path,
+    def __init__(self, run: RunSettings, segment: Segment, paths: RunPaths, previous: Path | None, out_dir: Path,
                  clock=time.monotonic, job_start: float | None = None, world=None):
         self.run, self.segment, self.paths = run, segment, paths
         self.world = world if world is not None else current_world()
@@ -89,11 +90,11 @@ class SegmentJob:
         self.deadline = job_deadline(self.deadline, self.clock, self.segment.save_seconds)
         if not STOP.installed:
             STOP.install()
-        self.store = store_mod.CheckpointStore(self.paths.store, keep=self.run["keep"])
+        self.store = store_mod.CheckpointStore(self.paths.store, keep=self.run.keep)
         main = self.world.is_main
         try:
             if main:  # a previous attempt's process may still be saving after its job was declared failed
-                self.store.lock(wait=min(float(self.run.get("grace_period_seconds", 30)), 120.0))
+                self.store.lock(wait=min(self.run.grace_period_seconds, 120.0))
             self.ledger = Ledger(self.paths.attempts, writes=main)
             self.attempt = self.world.broadcast(self.ledger.next_attempt(self.segment.index) if main else None)
             self.ledger.launch(self.segment.index, self.attempt)
@@ -216,7 +217,7 @@ class SegmentJob:
         inside a call), at most ``limit``, and about ``seconds`` of training at the last call's
         pace, so that the stop flag and the deadline are still checked that often."""
         run, segment, done = self.run, self.segment, self.step
-        run_end = int(run.get("total_steps") or segment.end)
+        run_end = int(run.total_steps or segment.end)
         events = [segment.end, (done // segment.interval + 1) * segment.interval,
                   (done // segment.eval_every + 1) * segment.eval_every]
         if run_end > done:
@@ -234,7 +235,7 @@ class SegmentJob:
         ``evaluate()`` returns validation metrics (run on RNG streams of its own);
         ``after_evaluation(row, monitor)`` steps a metric-driven scheduler."""
         run, segment = self.run, self.segment
-        run_end = int(run.get("total_steps") or segment.end)
+        run_end = int(run.total_steps or segment.end)
         saves = self.saves
         saves.begin(state)
         t0 = self.clock()
@@ -287,7 +288,7 @@ class SegmentJob:
         # plan's cut points nor the measured costs can change what training draws.
         evaluating = step % segment.eval_every == 0 or step == run_end
         save_now = step % segment.interval == 0 or step == segment.end
-        logged = save_now or evaluating or step % run["log_every"] == 0
+        logged = save_now or evaluating or step % run.log_every == 0
         # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
         # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
         if logged:
@@ -299,7 +300,7 @@ class SegmentJob:
             row = raw
         if evaluating and evaluate is not None:
             t_eval = time.perf_counter()
-            with state.isolated_rng(evaluation_seed(run["seed"], step)):
+            with state.isolated_rng(evaluation_seed(run.seed, step)):
                 row = {**row, **state.as_numbers(evaluate())}
             self.evals.append(time.perf_counter() - t_eval)
             check_finite(self.world, row, step, self.saved_step)
@@ -389,7 +390,7 @@ class SegmentJob:
 
 
 def run_segment(
-    run: dict,
+    run: RunSettings,
     segment: Segment,
     paths: RunPaths,
     previous: Path | None,
@@ -410,7 +411,7 @@ def run_segment(
         evaluate = None
         if training.has_validation:
             def evaluate():
-                return backend.evaluate(training.validation_indices, run["batch_size"])
+                return backend.evaluate(training.validation_indices, run.batch_size)
         batches = backend.batches(training.order, job.step, segment.end)  # fetched ahead by workers, if any
         per_call = backend.steps_per_call
         for _step in job.steps(backend, evaluate=evaluate,

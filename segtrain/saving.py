@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Saves:
     """The saves of one attempt. ``saved_step`` is the newest checkpoint it can fall back to."""
 
-    def __init__(self, run: dict, segment, store, best_store, world):
+    def __init__(self, run, segment, store, best_store, world):
         self.run, self.segment, self.world = run, segment, world
         self.store, self.best_store = store, best_store
         self.saved_step: int | None = None
@@ -41,7 +41,7 @@ class Saves:
     def _in_background(self, state) -> bool:
         """The run's async_save (auto: the plan's choice from the measured costs), for a state
         that can take snapshots."""
-        wanted = self.run.get("async_save", "auto")
+        wanted = self.run.async_save
         if wanted == "auto":
             wanted = getattr(self.segment, "async_save", False)
         if wanted and not isinstance(state, Snapshots):

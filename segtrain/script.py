@@ -26,6 +26,8 @@ import runpy
 import sys
 from pathlib import Path
 
+from .settings import RunSettings
+
 log = logging.getLogger(__name__)
 
 _ACTIVE: "Session | None" = None  # the job's session, set by run_script around the user's script
@@ -56,7 +58,7 @@ def session(total_steps: int | None = None) -> "Session":
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.warning("not in a pipeline job: training %d steps without checkpoints", total_steps)
-    _STANDALONE = Session({"seed": 0, "total_steps": total_steps, "log_every": 100, "name": "standalone"})
+    _STANDALONE = Session(RunSettings(name="standalone", total_steps=total_steps, log_every=100))
     return _STANDALONE
 
 
@@ -113,7 +115,7 @@ def _foreign_batches(loader, start: int):
 class Session:
     """What a training script sees of its job; made by ``segtrain.session()``."""
 
-    def __init__(self, run: dict, job=None, measure=None, export=None):
+    def __init__(self, run: RunSettings, job=None, measure=None, export=None):
         self.run = run
         self._job = job  # runner.SegmentJob of a training job
         self._measure = measure  # (store root, costs file) of a measure job
@@ -125,11 +127,11 @@ class Session:
     # -- what the script may read --
     @property
     def total_steps(self) -> int:
-        return int(self.run["total_steps"])
+        return self.run.total_steps
 
     @property
     def seed(self) -> int:
-        return int(self.run["seed"])
+        return self.run.seed
 
     @property
     def measuring(self) -> bool:
@@ -170,7 +172,7 @@ class Session:
         run's first step. Restores the newest checkpoint first; between steps it evaluates
         (``evaluate()`` returns validation metrics such as ``{"val_loss": ...}``), saves, logs and
         stops in time. Let it run to its end: do not break out of it."""
-        if self.run.get("framework", "torch") != "torch":
+        if self.run.framework != "torch":
             raise RuntimeError("seg.steps() drives a PyTorch loop; a Keras script calls segtrain.keras.fit(model, ...)")
         state = self._state()
         if self._measure is not None:
@@ -230,7 +232,7 @@ class Session:
         for step in range(1, self.total_steps + 1):
             self._row = {}
             yield step, next(batches)
-            if step % self.run["log_every"] == 0 or step == self.total_steps:
+            if step % self.run.log_every == 0 or step == self.total_steps:
                 log.info("step %d/%d %s", step, self.total_steps,
                          ", ".join(f"{k} {float(v):.4g}" for k, v in self._row.items()))
 
@@ -260,7 +262,7 @@ class Session:
         run = self.run
         eval_times = []
         if evaluate is not None:
-            eval_times, warmup = time_evaluations(state, run["seed"], evaluate, names)
+            eval_times, warmup = time_evaluations(state, run.seed, evaluate, names)
             startup += warmup
         costs = costs_of(step_times, time_checkpoints(state, run, store_root), startup=startup,
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
@@ -283,11 +285,10 @@ class Session:
         raise _MeasureDone
 
 
-def _prepare_process(run: dict) -> None:
+def _prepare_process(run: RunSettings) -> None:
     """What the pipeline's loop does before it builds a task: threads, kernels, seeds."""
-    deterministic = run.get("model_definition", {}).get("deterministic", True)
-    threads, seed = int(run.get("threads", 1)), int(run["seed"])
-    if run.get("framework", "torch") == "keras":
+    deterministic, threads, seed = run.deterministic, run.threads, run.seed
+    if run.framework == "keras":
         from .backends.keras_backend import configure as configure_keras
 
         configure_keras(threads, seed, deterministic)
@@ -298,13 +299,13 @@ def _prepare_process(run: dict) -> None:
     seed_everything(seed)
 
 
-def run_script(run: dict, sess: Session) -> None:
+def run_script(run: RunSettings, sess: Session) -> None:
     """Run the run's script as ``__main__`` in this process, with ``sess`` as its session."""
     global _ACTIVE
     from .definition import find_task
 
-    script = Path(find_task(run["task"]) or run["task"]).resolve()
-    args = list(run.get("model_definition", {}).get("script_args", []))
+    script = Path(find_task(run.task) or run.task).resolve()
+    args = list(run.script_args or ())
     _prepare_process(run)
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [str(script), *args]
@@ -334,17 +335,17 @@ def run_script(run: dict, sess: Session) -> None:
             f"{job.segment.end}: seg.steps() must run to its end (no break out of it)")
 
 
-def export_script(run: dict, folder: Path, out: dict) -> None:
+def export_script(run: RunSettings, folder: Path, out: dict) -> None:
     """Save a Keras script's checkpoint as a model file: the script builds and compiles its model
     (custom layers included), ``segtrain.keras.fit`` loads the checkpoint into it and saves it."""
     run_script(run, Session(run, export=(Path(folder), out)))
 
 
-def measure_script(run: dict, store_root: Path, costs_file: Path) -> None:
+def measure_script(run: RunSettings, store_root: Path, costs_file: Path) -> None:
     run_script(run, Session(run, measure=(Path(store_root), Path(costs_file))))
 
 
-def train_script(run: dict, segment, paths, previous, out_dir) -> dict:
+def train_script(run: RunSettings, segment, paths, previous, out_dir) -> dict:
     """Train one segment by running the user's script; returns the segment summary."""
     from .runner import SegmentJob
 

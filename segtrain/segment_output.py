@@ -12,11 +12,12 @@ from . import store as store_mod
 from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY
 
 
-def checkpoint_meta(run: dict, segment, **more) -> dict:
-    meta = {"framework": run["framework"], "model_hash": run["model_hash"], "run": run["name"],
-            "segment": segment.index, **more}
-    if "definition_hash" in run:
-        meta.update(definition_hash=run["definition_hash"], model_definition=run["model_definition"])
+def checkpoint_meta(run, segment, **more) -> dict:
+    """What a checkpoint's manifest says of its run (``run``: its ``RunSettings``): the model
+    definition a resume must find again."""
+    meta = {"framework": run.framework, "model_hash": run.model_hash, "run": run.name, "segment": segment.index, **more}
+    if run.definition_hash:
+        meta.update(definition_hash=run.definition_hash, model_definition=run.model_definition)
     return meta
 
 

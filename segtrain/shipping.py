@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 
-def needed_by_jobs(runs: dict[str, dict], workflow_dir: Path, base: Path) -> dict[str, list[str]]:
+def needed_by_jobs(runs: dict, workflow_dir: Path, base: Path) -> dict[str, list[str]]:
     """File (relative to ``base``, the working directory) -> the runs or parts that need it."""
     needed: dict[str, list[str]] = {}
 
@@ -34,7 +34,7 @@ def needed_by_jobs(runs: dict[str, dict], workflow_dir: Path, base: Path) -> dic
     for module in sorted((workflow_dir / "segtrain").rglob("*.py")):
         add(module, "the segtrain package")
     for name, run in runs.items():
-        for source in run.get("model_definition", {}).get("sources", {}):
+        for source in run.model_definition.get("sources", {}):
             add(Path(base) / source if not Path(source).is_absolute() else Path(source), f"run '{name}'")
     return needed
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .data import DataOrder, validation_split
-from .definition import TRAINING_DEFAULTS, find_task
+from .definition import find_task
+from .settings import RunSettings
 from .taskfile import RunContext
 
 
@@ -27,25 +28,21 @@ class Training:
     validation_indices: object  # held-out sample indices, or None for the task's own validation data
 
 
-def prepare_training(run: dict, backend_factory=None) -> Training:
+def prepare_training(run: RunSettings, backend_factory=None) -> Training:
     """Build the run's task with its framework's backend, and its seeded data order and split."""
     if backend_factory is None:
         from .backends import load_backend
 
-        backend_factory = load_backend(run["framework"])
-    task = str(find_task(run["task"]) or run["task"])
-    # How a step is computed: from the model definition (jobs get it from the environment, not
-    # from params), else from the run's own keys (a run resolved in this process)
-    defined = run.get("model_definition", {})
-    training = {k: defined.get(k, run.get(k, default)) for k, default in TRAINING_DEFAULTS.items()}
-    backend = backend_factory(task, run.get("params", {}), run["seed"], run.get("threads", 1), training=training)
+        backend_factory = load_backend(run.framework)
+    task = str(find_task(run.task) or run.task)
+    backend = backend_factory(task, run.params, run.seed, run.threads, training=run.training)
     train_idx = val_idx = None
     has_val = backend.has_validation_data
-    if not has_val and run.get("validation_split", 0) > 0:
-        train_idx, val_idx = validation_split(backend.num_samples, run["validation_split"], run["seed"])
+    if not has_val and run.validation_split > 0:
+        train_idx, val_idx = validation_split(backend.num_samples, run.validation_split, run.seed)
         has_val = True
     # one step takes `accumulate` micro-batches: the data order hands out all of them at once
-    order = DataOrder(backend.num_samples, run["batch_size"] * training["accumulate"], run["seed"], indices=train_idx)
-    backend.build(RunContext(name=run.get("name", ""), total_steps=int(run.get("total_steps") or 0),
-                             steps_per_epoch=order.steps_per_epoch, batch_size=run["batch_size"], seed=run["seed"]))
+    order = DataOrder(backend.num_samples, run.batch_size * run.accumulate, run.seed, indices=train_idx)
+    backend.build(RunContext(name=run.name, total_steps=run.total_steps, steps_per_epoch=order.steps_per_epoch,
+                             batch_size=run.batch_size, seed=run.seed))
     return Training(backend, order, has_val, val_idx)

@@ -26,7 +26,7 @@ TASKS = Path(__file__).resolve().parent / "tasks"
 sys.path.insert(0, str(REPO))
 
 
-def _run_settings(task: str, framework: str = "torch", **extra) -> dict:
+def _run_settings(task: str, framework: str = "torch", **extra):
     from segtrain.config import resolve
 
     cfg = {"runs": {"bench": {"task": task, "framework": framework, "total_steps": 10**6, "params": {},

@@ -24,12 +24,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from segtrain.layout import SEGMENT_STATE  # noqa: E402
+from segtrain.settings import RunSettings  # noqa: E402
 
 
-def run_settings(task: str, params: dict) -> dict:
-    return {"name": "gpu", "framework": "torch", "task": str(REPO / task), "params": params, "seed": 0,
-            "threads": 1, "batch_size": 32, "keep": 2, "log_every": 50, "model_hash": "gpu-check",
-            "measure_steps": 30, "measure_saves": 5, "async_save": True}  # snapshots into pinned buffers
+def run_settings(task: str, params: dict) -> RunSettings:
+    return RunSettings(name="gpu", task=str(REPO / task), params=params, log_every=50, model_hash="gpu-check",
+                       measure_steps=30, measure_saves=5, async_save=True)  # snapshots into pinned buffers
 
 
 def child(args: list[str], cpu_only: bool = False) -> dict:

@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from segtrain.layout import SEGMENT_STATE  # noqa: E402
+from segtrain.settings import RunSettings  # noqa: E402
 
 CNN = {"task": "examples/digits_cnn_torch.py", "params": {"channels": 16, "dropout": 0.3, "lr_step": 300}}
 SETTINGS = {  # name -> the run's task and training keys
@@ -43,10 +44,9 @@ SETTINGS = {  # name -> the run's task and training keys
 }
 
 
-def run_settings(settings: dict) -> dict:
-    return {"name": "gpu", "framework": "torch", "seed": 0, "threads": 1, "batch_size": 32, "keep": 2,
-            "log_every": 50, "model_hash": "gpu-train-check", "async_save": True, **settings,
-            "task": str(REPO / settings["task"])}
+def run_settings(settings: dict) -> RunSettings:
+    return RunSettings(**{"name": "gpu", "log_every": 50, "model_hash": "gpu-train-check", "async_save": True,
+                          **settings, "task": str(REPO / settings["task"])})
 
 
 def child(args: list[str]) -> dict:

@@ -11,10 +11,10 @@ from segtrain.admission import (
 )
 from segtrain.attempts import Ledger
 from segtrain.layout import RunPaths
+from segtrain.settings import RunSettings
 from segtrain.store import MANIFEST, CheckpointStore
 
-RUN = {"name": "r", "model_hash": "m1", "definition_hash": "d1",
-       "model_definition": {"task": "t.py", "params": {"lr": 0.1}}}
+RUN = RunSettings(name="r", model_hash="m1", definition_hash="d1", model_definition={"task": "t.py", "params": {"lr": 0.1}})
 
 
 def record(folder, step, **manifest):
@@ -28,7 +28,7 @@ def test_the_same_definition_is_accepted_and_a_changed_one_names_what_changed():
     other = {"model_hash": "m1", "definition_hash": "d0", "model_definition": {"task": "t.py", "params": {"lr": 0.2}}}
     assert "lr" in definition_mismatch(RUN, other)
     # hashes that differ where no key is told apart still refuse (the job and the workflow agree)
-    assert definition_mismatch(RUN, {**other, "model_definition": RUN["model_definition"]}) == "its definition"
+    assert definition_mismatch(RUN, {**other, "model_definition": RUN.model_definition}) == "its definition"
     # a checkpoint from a version that hashed the config keys only
     assert definition_mismatch(RUN, {"model_hash": "m0"}) == "framework, task, params, batch_size or seed"
 

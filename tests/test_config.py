@@ -8,6 +8,7 @@ from segtrain import backends
 from segtrain.config import ConfigError, resolve
 from segtrain.definition import definition_changes
 from segtrain.layout import SEGMENT_SUMMARY
+from segtrain.settings import DEFINITIONS_ENV, RunSettings, for_jobs, from_jobs
 
 from conftest import KMLP, MLP, REPO
 
@@ -27,10 +28,10 @@ def check(config, *expected):
 def test_valid_config_gets_defaults_and_seconds():
     runs = resolve(cfg(time_limit="1h30m"), base=REPO)
     r = runs["r"]
-    assert r["time_limit_seconds"] == 5400
-    assert r["margin_seconds"] == pytest.approx(108)  # default 2 %
-    assert r["policy"] == {"max_overhead_percent": 1.0}
-    assert r["keep"] == 2 and len(r["model_hash"]) == 16
+    assert r.time_limit_seconds == 5400
+    assert r.margin_seconds == pytest.approx(108)  # default 2 %
+    assert r.policy == {"max_overhead_percent": 1.0}
+    assert r.keep == 2 and len(r.model_hash) == 16
 
 
 def test_misspelled_key_names_the_key_and_suggests_the_right_one():
@@ -57,10 +58,10 @@ def test_several_processes_are_refused_where_they_cannot_train_with_the_reason()
     script = {"runs": {"r": {"script": "tests/tasks/script_digits_torch.py", "total_steps": 10, "processes": 2}}}
     check(script, "runs.r.processes", "a script")
     run = resolve(cfg({"processes": 2, "batch_size": 32}), base=REPO)["r"]
-    assert run["processes"] == 2 and run["model_definition"]["processes"] == 2
+    assert run.processes == 2 and run.model_definition["processes"] == 2
     one = resolve(cfg(), base=REPO)["r"]
-    assert "processes" not in one["model_definition"]  # runs of one process keep the definition they had
-    assert definition_changes(run["model_definition"], one["model_definition"]) == ["processes (2 -> 1)"]
+    assert "processes" not in one.model_definition  # runs of one process keep the definition they had
+    assert definition_changes(run.model_definition, one.model_definition) == ["processes (2 -> 1)"]
 
 
 def test_missing_task_file_is_refused():
@@ -79,7 +80,7 @@ def test_task_may_import_or_assign_its_functions(tmp_path):
     task.write_text("from mylib import build_model, build_optimizer as build_optimizer\n"
                     "import other\nbuild_dataset = other.data\ncompute_loss: object = other.loss\n")
     run = resolve(cfg({"task": str(task)}), base=REPO)["r"]  # accepted: every function is bound
-    assert list(run["model_definition"]["sources"]) == [str(task)]
+    assert list(run.model_definition["sources"]) == [str(task)]
     # the same file without one of them is refused, naming it
     task.write_text("from mylib import build_model, build_optimizer\nimport other\nbuild_dataset = other.data\n")
     check(cfg({"task": str(task)}), "runs.r.task", "does not define compute_loss")
@@ -93,9 +94,9 @@ def test_framework_that_is_not_installed_names_the_package(monkeypatch):
 
 
 def test_model_hash_ignores_length_and_time_limit_but_not_hyperparameters():
-    a = resolve(cfg(), base=REPO)["r"]["model_hash"]
-    assert resolve(cfg({"total_steps": 99}, time_limit="3h"), base=REPO)["r"]["model_hash"] == a
-    assert resolve(cfg({"params": {"lr": 1.0}}), base=REPO)["r"]["model_hash"] != a
+    a = resolve(cfg(), base=REPO)["r"].model_hash
+    assert resolve(cfg({"total_steps": 99}, time_limit="3h"), base=REPO)["r"].model_hash == a
+    assert resolve(cfg({"params": {"lr": 1.0}}), base=REPO)["r"].model_hash != a
 
 
 @pytest.mark.e2e
@@ -208,18 +209,18 @@ def test_the_definition_covers_the_task_and_the_project_modules_it_imports(tmp_p
     task = tmp_path / "task.py"
     task.write_text((REPO / MLP["task"]).read_text() + "\nimport common\nimport numpy\nimport segtrain\n")
     run = resolve(cfg({"task": "task.py"}), base=tmp_path)["r"]
-    assert sorted(run["model_definition"]["sources"]) == ["common.py", "helpers/__init__.py", "helpers/layers.py",
+    assert sorted(run.model_definition["sources"]) == ["common.py", "helpers/__init__.py", "helpers/layers.py",
                                                           "task.py"]
-    before = run["model_definition"]
+    before = run.model_definition
     (tmp_path / "helpers" / "layers.py").write_text("WIDTH = 64\n")
     after = resolve(cfg({"task": "task.py"}), base=tmp_path)["r"]
-    assert after["definition_hash"] != run["definition_hash"]
-    assert definition_changes(before, after["model_definition"]) == ["helpers/layers.py (content changed)"]
+    assert after.definition_hash != run.definition_hash
+    assert definition_changes(before, after.model_definition) == ["helpers/layers.py (content changed)"]
     # threads are part of it; total_steps only for a task that takes the run context
-    assert resolve(cfg({"task": "task.py"}, threads=2), base=tmp_path)["r"]["definition_hash"] != \
-        after["definition_hash"]
-    assert "total_steps" not in after["model_definition"]
-    ctx = resolve(cfg({"task": "tests/tasks/onecycle_torch.py"}), base=REPO)["r"]["model_definition"]
+    assert resolve(cfg({"task": "task.py"}, threads=2), base=tmp_path)["r"].definition_hash != \
+        after.definition_hash
+    assert "total_steps" not in after.model_definition
+    ctx = resolve(cfg({"task": "tests/tasks/onecycle_torch.py"}), base=REPO)["r"].model_definition
     assert ctx["total_steps"] == 10
 
 
@@ -234,9 +235,9 @@ def test_a_script_run_keeps_its_arguments_and_hashes_its_sources(tmp_path):
     (tmp_path / "helper.py").write_text("X = 1\n")
     runs = resolve({"runs": {"s": {"script": f"{script} --lr 0.1 --name 'a b'", "total_steps": 10}}}, base=tmp_path)
     run = runs["s"]
-    assert run["task"] == str(script) and run["script_args"] == ["--lr", "0.1", "--name", "a b"]
-    definition = run["model_definition"]
-    assert definition["entry"] == "script" and definition["script_args"] == run["script_args"]
+    assert run.task == str(script) and run.script_args == ("--lr", "0.1", "--name", "a b")
+    definition = run.model_definition
+    assert definition["entry"] == "script" and definition["script_args"] == list(run.script_args)
     assert set(definition["sources"]) == {"train.py", "helper.py"}
 
 
@@ -290,20 +291,44 @@ def test_a_changed_definition_is_refused_where_its_checkpoints_really_are(projec
     assert (project.paths("r").segment_dir(0) / SEGMENT_SUMMARY).exists()  # nothing deleted
 
 
-def test_every_setting_reaches_the_jobs_through_their_environment(monkeypatch):
+def test_every_setting_reaches_the_jobs_through_their_environment():
     """Jobs get only the keys whose change must rerun them as params; every other resolved
     setting (num_workers, async_save, grace_period, ...) comes from the environment the workflow
     sets, exactly as resolved (num_workers never reached a training job)."""
     import json
 
-    from segtrain.config import DEFINITIONS_ENV, definitions_for_jobs, with_definition
-
     runs = resolve({"defaults": {"async_save": False, "grace_period": "45s"},
                     "runs": {"r": {"task": "tests/tasks/augment_digits_torch.py", "total_steps": 100,
                                    "num_workers": 2}}}, base=REPO)
-    monkeypatch.setenv(DEFINITIONS_ENV, definitions_for_jobs(runs))
-    params = {k: runs["r"][k] for k in ("name", "framework", "task", "params", "seed", "batch_size")}
-    job = with_definition(json.loads(json.dumps(params)))
-    for key, value in runs["r"].items():
-        assert job[key] == json.loads(json.dumps(value)), key
-    assert job["num_workers"] == 2 and job["async_save"] is False and job["grace_period_seconds"] == 45
+    environ = {DEFINITIONS_ENV: for_jobs(runs)}
+    params = json.loads(json.dumps(runs["r"].subset(("name", "framework", "task", "params", "seed", "batch_size"))))
+    job = from_jobs(params, environ)
+    assert job == runs["r"]
+    assert job.num_workers == 2 and job.async_save is False and job.grace_period_seconds == 45
+    # the rule's params win where both have a key; a key no version knows is an error, not dropped
+    assert from_jobs({**params, "seed": 7}, environ).seed == 7
+    with pytest.raises(TypeError, match="unknown run settings: numworkers"):
+        from_jobs({**params, "numworkers": 2}, environ)
+
+
+def test_the_settings_defaults_are_the_schemas_and_every_key_is_a_setting():
+    """RunSettings documents each key once; its defaults must be the schema's (the schema is
+    what users read and what resolve applies)."""
+    import dataclasses
+
+    from segtrain.config import load_schema
+
+    schema = load_schema()
+    props = {**schema["$defs"]["settings"]["properties"], **schema["$defs"]["run"]["properties"]}
+    fields = {f.name: f for f in dataclasses.fields(RunSettings)}
+    assert set(props) - {"script"} <= set(fields)  # script becomes task + script_args
+    default = RunSettings()
+    for key, spec in props.items():
+        if "default" in spec:
+            assert getattr(default, key) == spec["default"], key
+    # the derived defaults are what resolve makes of the schema's defaults
+    resolved = resolve({"runs": {"r": {**MLP, "total_steps": 1}}}, base=REPO)["r"]
+    derived = ("time_limit_seconds", "margin_seconds", "grace_period_seconds", "max_startup_percent", "policy")
+    assert {k: getattr(default, k) for k in derived} == {k: getattr(resolved, k) for k in derived}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        default.keep = 3

@@ -4,6 +4,7 @@ import pytest
 from kubernetes import client
 
 from segtrain.k8s import PodSpecError, patch_job
+from segtrain.settings import RunSettings
 from segtrain.shipping import missing_from_archive, needed_by_jobs, refusal
 
 from conftest import REPO
@@ -36,7 +37,7 @@ def test_a_job_that_would_still_install_packages_is_refused():
 
 
 def test_files_the_archive_lacks_are_named_with_the_fix(tmp_path):
-    runs = {"r": {"model_definition": {"sources": {"my_task.py": "0", "helpers/aug.py": "1"}}}}
+    runs = {"r": RunSettings(model_definition={"sources": {"my_task.py": "0", "helpers/aug.py": "1"}})}
     needed = needed_by_jobs(runs, REPO, REPO)
     assert "scripts/train_segment.py" in needed and "segtrain/runner.py" in needed
     shipped = [f for f in needed if f != "helpers/aug.py"]

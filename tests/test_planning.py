@@ -209,12 +209,13 @@ def test_job_overhead_counts_start_up_restores_saves_and_evaluations():
 
 def test_a_monitor_the_run_does_not_log_is_refused_with_a_suggestion():
     from segtrain.pipeline import check_monitor
+    from segtrain.settings import RunSettings
 
     logged = {"metric_names": ["accuracy", "loss", "lr", "val_accuracy", "val_loss"]}
     with pytest.raises(planning.PlanError, match="no metric 'val_acc'; did you mean 'val_accuracy'"):
-        check_monitor({"monitor": "val_acc"}, logged)
-    check_monitor({"monitor": "val_accuracy"}, logged)
-    check_monitor({"monitor": "val_loss"}, {"metric_names": ["loss", "lr"]})  # no validation: best = last
+        check_monitor(RunSettings(monitor="val_acc"), logged)
+    check_monitor(RunSettings(monitor="val_accuracy"), logged)
+    check_monitor(RunSettings(monitor="val_loss"), {"metric_names": ["loss", "lr"]})  # no validation: best = last
 
 
 def test_background_saves_plan_with_the_blocking_time_and_a_full_last_save_per_job():

@@ -11,6 +11,7 @@ from segtrain.backends.torch_backend import Backend
 from segtrain.config import resolve
 from segtrain.layout import SEGMENT_BEST, SEGMENT_STATE, SEGMENT_SUMMARY
 from segtrain.planning import Segment
+from segtrain.settings import RunSettings
 
 from conftest import MLP, REPO, assert_bitwise_equal, load_weights
 
@@ -40,7 +41,7 @@ class FakeClock:
 
 def export(folder, tmp_path, name):
     out = {"pt": tmp_path / f"{name}.pt", "safetensors": tmp_path / f"{name}.safetensors"}
-    Backend.export({}, folder, out)
+    Backend.export(RunSettings(), folder, out)
     return load_weights(out["pt"])
 
 
@@ -59,7 +60,7 @@ def reference_and_stopped(tmp_path, run_settings, interval=20, tick=0.5):
 
 @pytest.mark.parametrize("async_save", [False, True])
 def test_deadline_stops_with_a_save_and_the_retry_finishes_identically(tmp_path, run_settings, async_save):
-    run_settings = {**run_settings, "async_save": async_save}
+    run_settings = run_settings.replace(async_save=async_save)
     ref, paths = reference_and_stopped(tmp_path, run_settings)
     stopped_at = max(runner.store_mod.CheckpointStore(paths.store).steps())
     assert 0 < stopped_at < 120
@@ -105,7 +106,7 @@ def test_a_stop_signal_during_a_background_write_ends_with_both_checkpoints_comp
                 os.kill(os.getpid(), signal.SIGTERM)  # a real signal, to the training thread
             return super().train_step(indices)
 
-    run_settings = {**run_settings, "async_save": True}
+    run_settings = run_settings.replace(async_save=True)
     ref = runner.RunPaths(tmp_path / "ref")
     runner.run_segment(run_settings, segment(), ref, None, ref.segment_dir(0))
     old = signal.getsignal(signal.SIGTERM)
@@ -188,7 +189,7 @@ def test_best_checkpoint_survives_keep_2_when_older_than_the_two_newest(tmp_path
     seg = Segment(index=0, start=0, end=400, interval=50, time_limit=3600, save_seconds=0.01,
                   keep=2, monitor="lr", mode="max")
     paths = runner.RunPaths(tmp_path / "run")
-    summary = runner.run_segment({**run, "keep": 2}, seg, paths, None, paths.segment_dir(0))
+    summary = runner.run_segment(run.replace(keep=2), seg, paths, None, paths.segment_dir(0))
     assert runner.store_mod.CheckpointStore(paths.store).steps() == [350, 400]  # rotation kept 2
     assert summary["best"]["step"] == 50 and summary["best"]["value"] == pytest.approx(0.003)
     best = paths.segment_dir(0) / SEGMENT_BEST

@@ -5,6 +5,7 @@ import pytest
 import segtrain
 from segtrain import script as session_mod
 from segtrain.pipeline import training_lines
+from segtrain.settings import RunSettings
 
 
 def test_outside_the_pipeline_a_session_needs_the_number_of_steps(monkeypatch):
@@ -16,7 +17,7 @@ def test_outside_the_pipeline_a_session_needs_the_number_of_steps(monkeypatch):
 
 
 def test_only_objects_with_a_state_can_be_tracked():
-    seg = session_mod.Session({"seed": 0, "total_steps": 1})
+    seg = session_mod.Session(RunSettings(total_steps=1))
     with pytest.raises(TypeError, match=r"seg.track\(data=...\): a list has no state_dict"):
         seg.track(data=[1, 2])
     seg.track(optimizer=type("Opt", (), {"state_dict": lambda s: {}, "load_state_dict": lambda s, d: None})())
@@ -25,7 +26,7 @@ def test_only_objects_with_a_state_can_be_tracked():
 
 
 def test_the_plan_names_the_script_and_whether_its_resume_is_exact():
-    run = {"name": "s", "model_definition": {"entry": "script", "task": "train.py", "script_args": ["--lr", "1"]}}
+    run = RunSettings(name="s", task="train.py", script_args=("--lr", "1"), validation_split=0)
     exact, lines = training_lines(run, {"data_loader": "segtrain"})
     assert exact and "the script's own loop (train.py --lr 1)" in lines[1]
     exact, lines = training_lines(run, {"data_loader": "the script's own"})
@@ -51,7 +52,7 @@ def test_a_second_call_of_seg_steps_in_one_job_is_an_error_not_zero_steps():
     """It trained 0 steps silently and recorded 'completed' twice."""
     import torch
 
-    seg = session_mod.Session({"seed": 0, "total_steps": 1, "framework": "torch"})
+    seg = session_mod.Session(RunSettings(total_steps=1))
     seg._job = type("Job", (), {"started": True})()  # a job whose steps() already ran
     seg.track(model=torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="called a second time"):

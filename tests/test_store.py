@@ -13,6 +13,7 @@ from segtrain import checkpoint_files
 from segtrain import store as st
 from segtrain.data import DataOrder
 from segtrain.layout import SEGMENT_BEST, SEGMENT_STATE, SEGMENT_SUMMARY
+from segtrain.settings import RunSettings
 
 
 def write_payload(payload: bytes):
@@ -545,15 +546,15 @@ def test_a_damaged_best_checkpoint_exports_the_best_that_verifies_and_says_so(tm
                                                                    {"best": best})
         folder.path.rename(segments / f"{index:04d}" / SEGMENT_BEST)
         st.write_json_atomic(segments / f"{index:04d}" / SEGMENT_SUMMARY, {"best": best})
-    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / SEGMENT_BEST
+    assert best_folder(RunSettings(name="r"), segments / "0001") == segments / "0001" / SEGMENT_BEST
     with open(segments / "0001" / SEGMENT_BEST / "state.bin", "r+b") as fh:
         fh.truncate(3)
-    assert best_folder({"name": "r"}, segments / "0001") == segments / "0000" / SEGMENT_BEST
+    assert best_folder(RunSettings(name="r"), segments / "0001") == segments / "0000" / SEGMENT_BEST
     out = capsys.readouterr().out
     assert "the best checkpoint is damaged" in out and "val_loss 0.9 at step 10" in out
     with open(segments / "0000" / SEGMENT_BEST / "state.bin", "r+b") as fh:
         fh.truncate(3)
-    assert best_folder({"name": "r"}, segments / "0001") == segments / "0001" / SEGMENT_STATE
+    assert best_folder(RunSettings(name="r"), segments / "0001") == segments / "0001" / SEGMENT_STATE
     assert "model.best.* is the LAST model, not the best" in capsys.readouterr().out
 
 
@@ -585,7 +586,7 @@ def test_a_job_on_a_completely_full_disk_says_so_and_keeps_the_checkpoints(small
     finally:
         os.close(fd)
     segment = Segment(index=1, start=300, end=600, interval=100, time_limit=3600, save_seconds=0.01)
-    run = {"keep": 2, "name": "r", "grace_period_seconds": 1}
+    run = RunSettings(keep=2, name="r", grace_period_seconds=1)
     with pytest.raises(st.StoreError, match="no space left .* to start segment 1.*intact"):
         with runner.SegmentJob(run, segment, paths, None, tmp_path / "out"):
             pass

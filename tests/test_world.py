@@ -10,6 +10,7 @@ import pytest
 
 from segtrain import runner
 from segtrain.planning import Segment
+from segtrain.settings import RunSettings
 from segtrain.world import SINGLE, SeveralProcesses, current
 
 HERE = Path(__file__).parent
@@ -41,7 +42,7 @@ def test_the_segment_job_refuses_a_half_made_world_before_it_touches_the_store(t
                   monitor="loss", mode="min", keep=2, log_every=1)
     paths = runner.RunPaths(tmp_path / "run")
     with pytest.raises(SeveralProcesses, match="torchrun"):
-        runner.SegmentJob({"keep": 2}, seg, paths, None, paths.segment_dir(0))
+        runner.SegmentJob(RunSettings(), seg, paths, None, paths.segment_dir(0))
     assert not (tmp_path / "run").exists()
 
 

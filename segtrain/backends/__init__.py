@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
 from ..checkpointing import Evaluated, TrainingState
+from ..settings import RunSettings
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Backend(TrainingState, Evaluated, Protocol):
         """Step a metric-driven scheduler with the evaluated ``metrics``."""
 
     @staticmethod
-    def export(run: dict, folder: Path, out: dict) -> None:
+    def export(run: RunSettings, folder: Path, out: dict) -> None:
         """Write the checkpoint in ``folder`` to ``out[ext]`` for every ext in ``EXPORTS``."""
 
 

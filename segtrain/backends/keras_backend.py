@@ -29,6 +29,7 @@ from keras.src.random.seed_generator import global_seed_generator  # noqa: E402
 
 from ..arrays import ALIGN, read_arrays, write_arrays  # noqa: E402
 from ..checkpointing import as_numbers  # noqa: E402
+from ..settings import RunSettings  # noqa: E402
 from ..store import IncompatibleCheckpoint, hashed_file, load_verified  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 
@@ -373,7 +374,7 @@ class Backend:
     EXPORTS = ("keras", "weights.h5")
 
     @staticmethod
-    def export(run: dict, folder: Path, out: dict) -> None:
+    def export(run: RunSettings, folder: Path, out: dict) -> None:
         """Rebuild the task's model, load the checkpoint, save it as a ``.keras`` file
         (``out['keras']``) and its weights alone (``out['weights.h5']``)."""
         from ..training import prepare_training

@@ -17,6 +17,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed for determ
 import torch  # noqa: E402
 
 from ..checkpointing import as_numbers  # noqa: E402
+from ..settings import RunSettings  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 from ..world import current as current_world  # noqa: E402
 from .torch_data import _Prepared, _split, rank_share, step_loader  # noqa: E402
@@ -289,7 +290,7 @@ class Backend:
     EXPORTS = ("pt", "safetensors")
 
     @staticmethod
-    def export(run: dict, folder: Path, out: dict) -> None:
+    def export(run: RunSettings, folder: Path, out: dict) -> None:
         """Write a checkpoint's weights as a plain ``state_dict`` file (``out['pt']``) and as
         safetensors (``out['safetensors']``) for sharing; both load on a CPU-only machine. The
         weights are read as the checkpoint's recorded ``state_format`` says."""

@@ -18,13 +18,8 @@ from snakemake_interface_executor_plugins.settings import (
 # from the top-level Snakefile, from workflow/Snakefile, or as a module of another workflow.
 PROJECT_ROOT = str(Path(workflow.current_basedir).parent.parent)
 sys.path.insert(0, PROJECT_ROOT)
-from segtrain.config import (
-    DEFINITIONS_ENV,
-    ConfigError,
-    deadline_of,
-    definitions_for_jobs,
-    resolve,
-)
+from segtrain.config import ConfigError, deadline_of, resolve
+from segtrain.settings import DEFINITIONS_ENV, for_jobs
 from segtrain.admission import deadline_refusal, rerun_refusal, retry_refusal_of
 from segtrain.layout import (
     CHECKPOINT_ROOT_ENV,
@@ -75,7 +70,7 @@ os.environ.update(SEGTRAIN_DEADLINE=DEADLINE.isoformat() if DEADLINE else "")
 
 # Jobs read each run's full model definition from the environment, not from params: a params
 # change would make Snakemake retrain the finished segments of runs started by earlier versions.
-os.environ[DEFINITIONS_ENV] = definitions_for_jobs(RUNS)
+os.environ[DEFINITIONS_ENV] = for_jobs(RUNS)
 
 
 def checkpoint_folder(run):
@@ -96,7 +91,7 @@ wildcard_constraints:
 
 
 def _subset(run, keys):
-    return json.dumps({k: RUNS[run][k] for k in keys}, sort_keys=True)
+    return json.dumps(RUNS[run].subset(keys), sort_keys=True)
 
 
 # What defines the model and its training trajectory; changing any of it changes the model hash.
@@ -175,7 +170,7 @@ def runtime_minutes(wildcards, attempt):
         )
         if why:
             raise WorkflowError(why)
-    return max(1, math.ceil(RUNS[wildcards.run]["time_limit_seconds"] / 60))
+    return max(1, math.ceil(RUNS[wildcards.run].time_limit_seconds / 60))
 
 
 _plan_cache = {}
@@ -248,7 +243,7 @@ def segment_count(wildcards, input):
 
 def runs_of(framework):
     """A wildcard pattern matching the names of the runs that use ``framework``."""
-    names = [re.escape(n) for n, r in RUNS.items() if r["framework"] == framework]
+    names = [re.escape(n) for n, r in RUNS.items() if r.framework == framework]
     return "|".join(names) if names else "(?!x)x"
 
 
@@ -257,7 +252,7 @@ def get_final_targets(wildcards):
     (Each of them lists the whole chain of segments, in order, once the plan exists.)"""
     targets = []
     for name, run in RUNS.items():
-        ext = EXPORT_EXT[run["framework"]]
+        ext = EXPORT_EXT[run.framework]
         targets += [
             Files.of(Files.plan_txt, run=name),
             Files.of(Files.model, run=name, ext=ext),

@@ -6,7 +6,7 @@ rule measure_checkpoint_cost:
         "logs/measure_checkpoint_cost/{run}.log",
     benchmark:
         "benchmarks/measure_checkpoint_cost/{run}.tsv"
-    threads: lambda wildcards: RUNS[wildcards.run]["threads"] * RUNS[wildcards.run]["processes"]
+    threads: lambda wildcards: RUNS[wildcards.run].threads * RUNS[wildcards.run].processes
     # One at a time where the profile limits measure_slots (local, dsri): measure jobs started
     # together measured each other's start-up, several times what a segment later saw, and the
     # plan refused a start-up share it would never have had.

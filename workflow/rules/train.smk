@@ -16,7 +16,7 @@ rule train_segment:
     # from its attempts: progress always continues, repeating failures stop the run.
     retries: SEGMENT_RETRY_CAP
     # every process of a segment (processes > 1: torchrun's ranks) trains with the run's threads
-    threads: lambda wildcards: RUNS[wildcards.run]["threads"] * RUNS[wildcards.run]["processes"]
+    threads: lambda wildcards: RUNS[wildcards.run].threads * RUNS[wildcards.run].processes
     resources:
         runtime=runtime_minutes,
     params:
