@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .attempts import Ledger, retry_refusal
-from .definition import definition_changes
+from .definition import definition_changes, differs_in_processes_only
 from .layout import DEFAULT_CHECKPOINT_ROOT, RunPaths, checkpoint_folder, run_root
 from .settings import RunSettings
 from .store import CheckpointStore, recorded_manifest
@@ -23,11 +23,22 @@ def seconds_to_start_and_save(save_seconds: float, load_seconds: float = 0.0, st
     return startup_seconds + load_seconds + 2 * save_seconds + 1
 
 
+RESHARD_REFUSAL = ("processes ({saved} -> {now}): the checkpoints were written by {saved} process(es). To resume "
+                   "them with {now}, set allow_reshard: true (every step trains the same samples, but the gradients "
+                   "are summed in another order, so the result is no longer bitwise identical to an uninterrupted "
+                   "run); or set processes back to {saved}")
+
+
 def definition_mismatch(run: RunSettings, manifest: dict) -> str | None:
-    """Why a checkpoint was written for another model definition than ``run``'s, or None."""
+    """Why a checkpoint was written for another model definition than ``run``'s, or None. Another
+    number of processes alone is no mismatch when the run allows resharding."""
     if "definition_hash" in manifest and run.definition_hash:
         if manifest["definition_hash"] != run.definition_hash:
-            changed = definition_changes(manifest.get("model_definition", {}), run.model_definition)
+            recorded = manifest.get("model_definition", {})
+            if differs_in_processes_only(recorded, run.model_definition):
+                return None if run.allow_reshard else RESHARD_REFUSAL.format(
+                    saved=recorded.get("processes", 1), now=run.model_definition.get("processes", 1))
+            changed = definition_changes(recorded, run.model_definition)
             return "; ".join(changed) or "its definition"
         return None
     if manifest.get("model_hash") != run.model_hash:  # written by a version without definitions
@@ -44,6 +55,8 @@ def rerun_refusal(name: str, run: RunSettings, checkpoints: Path) -> str | None:
     changed = definition_mismatch(run, recorded)
     if not changed:
         return None
+    if differs_in_processes_only(recorded.get("model_definition", {}), run.model_definition):
+        return f"run '{name}': {changed}. Nothing was touched."
     results = run_root(name)
     if Path(checkpoints) == checkpoint_folder(name, DEFAULT_CHECKPOINT_ROOT):
         move = f"{results} away to start it over."

@@ -166,6 +166,16 @@ def definition_changes(recorded: dict, now: dict) -> list[str]:
     return changes
 
 
+def differs_in_processes_only(recorded: dict, now: dict) -> bool:
+    """Whether two model definitions differ in the number of processes and in nothing else (a
+    resume that ``allow_reshard`` may allow)."""
+    def rest(definition):
+        return {k: v for k, v in definition.items() if k != "processes"}
+
+    return recorded.get("processes", 1) != now.get("processes", 1) and \
+        definition_hash(rest(recorded)) == definition_hash(rest(now))
+
+
 def model_hash(run: dict) -> str:
     """The config-level hash of a run's definition (kept as it was for runs started by earlier
     versions; ``definition_hash`` also covers the task's sources and threads)."""

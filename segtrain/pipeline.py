@@ -121,7 +121,8 @@ def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) ->
     data = result.to_dict()
     data["run"] = run.name
     data["model_hash"] = run.model_hash
-    exact, training = training_lines(run, measured)
+    recorded = store_mod.recorded_manifest(RunPaths(Path(plan_json).parent).store)
+    exact, training = training_lines(run, measured, written_by=int((recorded or {}).get("world_size", 1)))
     data["bitwise_resume"] = exact
     store_mod.write_json_atomic(Path(plan_json), data)
     table = plan_table(result, run.name).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
@@ -130,8 +131,9 @@ def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) ->
     return result
 
 
-def training_lines(run: RunSettings, measured: dict | None = None) -> tuple[bool, list[str]]:
-    """How each step is computed, and whether a resume is bitwise identical: for the plan."""
+def training_lines(run: RunSettings, measured: dict | None = None, written_by: int | None = None) -> tuple[bool, list[str]]:
+    """How each step is computed, and whether a resume is bitwise identical: for the plan.
+    ``written_by``: the number of processes that wrote the run's newest checkpoint, if any."""
     deterministic = run.deterministic
     if run.is_script:
         loader = (measured or {}).get("data_loader", "segtrain")
@@ -159,6 +161,11 @@ def training_lines(run: RunSettings, measured: dict | None = None) -> tuple[bool
         lines.append(f"  {processes} processes per segment (torchrun, DDP): each trains {batch // processes} of the "
                      f"{batch} samples of a step; the costs above were measured with {processes} processes; saves "
                      "are synchronous; a resume needs the same number of processes")
+    if written_by is not None and written_by != processes:
+        lines.append(f"  resume: NOT bitwise identical: the checkpoints were written by {written_by} process(es) and "
+                     f"resume with {processes} (allow_reshard): every step trains the same samples, but the gradients "
+                     "are summed in another order")
+        return False, lines
     if deterministic is True:
         lines.append("  resume: bitwise identical to an uninterrupted run (deterministic kernels only)")
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from . import store as store_mod
 from .admission import definition_mismatch
@@ -40,10 +41,19 @@ def candidates(segment, store, previous, note, deferred=()):
         yield ck, "store copy of the previous segment's end"
 
 
-def restore(run, segment, store, previous, backend, skipped, world=SINGLE):
-    """(source, step, extra, clean): the state restored into ``backend``; ``clean`` is False when
-    a checkpoint failed half-way through loading (the backend must then be built again). Only
-    ``world``'s main process sets a damaged checkpoint aside."""
+class Restored(NamedTuple):
+    """What a restore found: where from, its step and extra, and by how many processes it was written."""
+
+    source: str
+    step: int
+    extra: dict
+    clean: bool  # False when a checkpoint failed half-way through loading: build the state again
+    processes: int  # that wrote the checkpoint (a resume at another number reshards)
+
+
+def restore(run, segment, store, previous, backend, skipped, world=SINGLE) -> Restored:
+    """The state restored into ``backend`` from the best candidate that loads on every process.
+    Only ``world``'s main process sets a damaged checkpoint aside."""
     def note(step, why):
         skipped.append({"step": step, "reason": why})
 
@@ -70,7 +80,7 @@ def restore(run, segment, store, previous, backend, skipped, world=SINGLE):
         # damaged file of one rank) is skipped by all
         failures = [f for f in world.all_gather(failure) if f is not None]
         if not failures:
-            return source, ck.step, extra, clean
+            return Restored(source, ck.step, extra, clean, int(ck.manifest.get("world_size", 1)))
         kind, why = next((f for f in failures if f[0] == "incompatible"), failures[0])
         if kind == "incompatible":
             raise store_mod.IncompatibleCheckpoint(why)
@@ -86,4 +96,4 @@ def restore(run, segment, store, previous, backend, skipped, world=SINGLE):
             "retrain the previous segment (and so the ones after it), not the whole run: snakemake --forcerun "
             f"{RunPaths(run_root(run.name)).segment_dir(segment.index - 1)}"
         )
-    return "a freshly seeded model", 0, {}, clean
+    return Restored("a freshly seeded model", 0, {}, clean, world.world_size)

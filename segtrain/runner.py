@@ -36,6 +36,7 @@ from .stopping import (  # noqa: F401  (Stopped, NonFinite, EXIT_STOPPED, DEADLI
     job_deadline,
 )
 from .training import Training, evaluation_seed, prepare_training  # noqa: F401  (the runner's interface)
+from .world import SINGLE
 from .world import current as current_world
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class SegmentJob:
         self.stopped = ""  # why the job stopped early, once it has
         self.data_note = ""  # why the data position of a resume is not exact, if it is not
         self.order = None  # the seeded data order, when the data goes through us
+        self.reshards: list[dict] = []  # changes of the number of processes so far (allow_reshard)
         self._row: dict = {}
         self._rows: list[dict] | None = None  # the outputs of a call that trained several steps
         self._call_seconds, self._call_steps = 0.0, 1  # the client's last call: its seconds and steps
@@ -163,8 +165,8 @@ class SegmentJob:
         t_restore = time.perf_counter()
         try:
             with STOP.interrupting():  # a stop during a restore ends the job at once: nothing to save yet
-                self.source, self.step, restored, clean = resume.restore(self.run, segment, self.store, self.previous,
-                                                                         state, skipped, world=self.world)
+                self.source, self.step, restored, clean, written_by = resume.restore(
+                    self.run, segment, self.store, self.previous, state, skipped, world=self.world)
         except StopRequested as stop:
             # nothing was restored or trained: the attempt starts and ends where the segment stands
             # (its newest checkpoint), so it shows neither progress nor lost work
@@ -182,6 +184,7 @@ class SegmentJob:
         if not clean and self.step == 0:
             self._skipped = skipped
             return False
+        self._note_reshards(restored.get("reshards") or [], written_by)
         best = restored.get("best")
         if best and (best.get("monitor"), best.get("mode")) != (segment.monitor, segment.mode):
             log.info("the best-model criterion changed (%s); best so far starts anew", best)
@@ -202,6 +205,20 @@ class SegmentJob:
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, self.attempt, self.step, self.source, segment.end, segment.interval)
         return True
+
+    def _note_reshards(self, earlier: list, written_by: int) -> None:
+        """Every change of the number of processes the run went through (allow_reshard), carried
+        in each later checkpoint's extra and manifest; this resume's, when it is one, is told."""
+        size = self.world.world_size
+        self.reshards = list(earlier)
+        if self.step > 0 and written_by != size:
+            self.reshards.append({"step": self.step, "from": written_by, "to": size})
+            if self.world.is_main:
+                log.warning("resharded: the checkpoint at step %d was written by %d process(es) and resumes with %d "
+                            "(allow_reshard): every step trains the same samples, but the gradients are summed in "
+                            "another order, so the result is no longer bitwise identical to an uninterrupted run",
+                            self.step, written_by, size)
+        self.saves.notes = {"resharded": self.reshards} if self.reshards else {}
 
     def log(self, row: dict) -> None:
         """What the current step computed (loss, metrics; tensors are read only on logging steps)."""
@@ -292,8 +309,10 @@ class SegmentJob:
         # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
         # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
         if logged:
-            row = state.as_numbers(raw)
-            check_finite(self.world, row, step, self.saved_step)  # agreed: every process logs this step
+            # the step's numbers over the whole batch: averaged over the processes' equal shares,
+            # so a NaN on one process is one on every process (that is the agreement)
+            row = self.world.mean(state.as_numbers(raw))
+            check_finite(SINGLE, row, step, self.saved_step)
         elif read:  # for the progress line: this process's clock asked, so no agreement here
             row = state.as_numbers(raw)
         else:
@@ -330,6 +349,8 @@ class SegmentJob:
 
     def _extra(self, step: int) -> dict:
         extra = {"step": step, "segment": self.segment.index, "best": self.best}
+        if self.reshards:
+            extra["reshards"] = self.reshards
         if self.order is not None:
             pos = self.order.position(step)
             extra.update(epoch=pos.epoch, index=pos.index)

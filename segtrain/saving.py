@@ -32,6 +32,7 @@ class Saves:
         self._best_after_write: tuple[dict, dict] | None = None  # a best checkpoint awaiting its files
         self.state_format: str | None = None
         self.metrics = None  # the metrics log, made durable before each checkpoint
+        self.notes: dict = {}  # what every manifest of this attempt says besides (resharded: ...)
 
     def begin(self, state) -> None:
         """Start saving ``state``: in the background when the run asks for it and the state can."""
@@ -96,7 +97,8 @@ class Saves:
         t = time.perf_counter()
         self.settle()
         check_weights_finite(self.world, state, step)
-        meta = checkpoint_meta(self.run, self.segment, data_position=data_position, state_format=self.state_format)
+        meta = checkpoint_meta(self.run, self.segment, data_position=data_position, state_format=self.state_format,
+                               **self.notes)
         if self.writer is not None and not wait:
             snap = state.snapshot(extra)
             self.writer.submit(step, lambda: self._persist(step, snap.write, meta))

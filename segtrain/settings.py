@@ -47,6 +47,8 @@ class RunSettings:
     """CPU threads of each training process."""
     processes: int = 1
     """Processes that train each segment together (torchrun, DDP)."""
+    allow_reshard: bool = False
+    """Whether a resume at another number of processes than the checkpoint's is allowed (not bitwise)."""
     precision: str = "fp32"
     """fp32, bf16 or fp16 (autocast; fp16 with a checkpointed GradScaler)."""
     accumulate: int = 1

@@ -52,6 +52,12 @@ class World:
         """True on every process when any process says True (one NaN, one stop signal is enough)."""
         return bool(flag)
 
+    def mean(self, row: dict) -> dict:
+        """``row`` with its floats averaged over every process, on every process: what a step
+        computed over the whole batch when each process trained an equal share of it (a NaN on
+        one process is a NaN on all). Every process must log the same keys."""
+        return row
+
     def agree_reason(self, reason: str | None) -> str | None:
         """The reason of the lowest rank that has one, on every process; None when none has."""
         return reason
@@ -101,6 +107,17 @@ class Distributed(World):
         value = torch.tensor([1 if flag else 0], dtype=torch.int32)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return bool(value.item())
+
+    def mean(self, row: dict) -> dict:
+        import torch
+        import torch.distributed as dist
+
+        keys = [k for k, v in row.items() if isinstance(v, float)]
+        if not keys:
+            return row
+        values = torch.tensor([row[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.group)
+        return {**row, **dict(zip(keys, (values / self.world_size).tolist()))}
 
     def agree_reason(self, reason: str | None) -> str | None:
         # the common case (nobody stops) costs one small all-reduce, not an object exchange

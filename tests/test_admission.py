@@ -74,3 +74,20 @@ def test_retries_are_refused_from_the_ledger_and_the_checkpoints_within_the_segm
     assert "made no progress in its last 3 attempts" in retry_refusal_of("r", 3, 4, ckpt, segment_end=200, started=0.0)
     record(ckpt, 150, model_hash="m1")
     assert retry_refusal_of("r", 3, 4, ckpt, segment_end=200, started=0.0) is None
+
+
+def test_another_number_of_processes_is_refused_naming_the_key_and_allowed_by_it(tmp_path, monkeypatch):
+    two = {"task": "t.py", "params": {"lr": 0.1}, "processes": 2}
+    one = RunSettings(name="r", model_hash="m1", definition_hash="d1", model_definition={"task": "t.py", "params": {"lr": 0.1}})
+    manifest = {"model_hash": "m1", "definition_hash": "d2", "model_definition": two}
+    why = definition_mismatch(one, manifest)
+    assert "processes (2 -> 1)" in why and "set allow_reshard: true" in why and "no longer bitwise identical" in why
+    assert definition_mismatch(one.replace(allow_reshard=True), manifest) is None
+    # the key allows another number of processes, nothing else
+    other = {**manifest, "model_definition": {**two, "params": {"lr": 0.2}}}
+    assert "lr" in definition_mismatch(one.replace(allow_reshard=True), other)
+    monkeypatch.chdir(tmp_path)
+    record(tmp_path / "results/r/ckpt", 50, **manifest)
+    refusal = rerun_refusal("r", one, tmp_path / "results/r/ckpt")
+    assert refusal.startswith("run 'r': processes (2 -> 1)") and refusal.endswith("Nothing was touched.")
+    assert rerun_refusal("r", one.replace(allow_reshard=True), tmp_path / "results/r/ckpt") is None

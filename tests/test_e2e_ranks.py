@@ -10,6 +10,7 @@ import time
 import pytest
 
 from segtrain import store as st
+from segtrain.layout import RunPaths, run_root
 
 from conftest import CNN, assert_bitwise_equal, final_state
 from support import wait_for_checkpoint
@@ -89,3 +90,43 @@ def test_a_stop_signal_to_the_launcher_stops_both_ranks_at_the_same_step_with_on
     assert f"stopped at step {step}" in log
     records = [json.loads(line) for line in (store_root / "attempts.jsonl").read_text().splitlines()]
     assert sum(1 for r in records if "launched" in r) == 1  # one launch record, not one per rank
+
+
+def test_a_resume_at_another_number_of_processes_is_refused_and_allowed_it_trains_the_same_samples(project):
+    """2 processes resumed with 1 and 1 resumed with 2: refused before any job, naming the key;
+    with allow_reshard they finish, every step trains the samples of the uninterrupted run, and
+    the plan, the log and the manifests say the result is not bitwise identical."""
+    indexed = {"task": "tasks/indexed_digits_torch.py", "batch_size": 32, "total_steps": 80,
+               "checkpoint": {"every_steps": 20}, "log_every": 1}
+    runs = {"down": {**indexed, "processes": 2, "steps_per_segment": 40},
+            "up": {**indexed, "processes": 1, "steps_per_segment": 40},
+            "whole": {**indexed, "processes": 1, "steps_per_segment": 80}}
+    project.write_config(runs)
+    first = [str(RunPaths(run_root(r)).segment_dir(0)) for r in ("down", "up")]  # one segment each
+    project.snakemake(*first, str(run_root("whole") / "metrics.csv"))
+    runs["down"]["processes"], runs["up"]["processes"] = 1, 2
+    project.write_config(runs)
+    refused = project.snakemake("-n", check=False)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "processes (2 -> 1)" in out and "set allow_reshard: true" in out
+    assert not project.paths("down").segment_dir(1).exists()
+
+    for name in ("down", "up"):
+        runs[name]["allow_reshard"] = True
+    project.write_config(runs)
+    project.snakemake(*(str(run_root(r) / "metrics.csv") for r in ("down", "up")))
+    import pandas as pd
+
+    def samples(run):
+        m = pd.read_csv(project.run_dir(run) / "metrics.csv").drop_duplicates("step", keep="last")
+        return m.set_index("step")[["index_mean", "index_square_mean"]]
+
+    reference = samples("whole")
+    assert list(reference.index) == list(range(1, 81))
+    for name, (before, after) in (("down", (2, 1)), ("up", (1, 2))):
+        pd.testing.assert_frame_equal(samples(name), reference, check_exact=True)
+        manifest = st.verify(project.paths(name).store / st.step_dir_name(80))
+        assert manifest["resharded"] == [{"step": 40, "from": before, "to": after}]
+        assert "NOT bitwise identical" in (project.run_dir(name) / "plan.txt").read_text()
+        log = (project.root / "logs" / "train_segment" / name / "0001.log").read_text()
+        assert f"written by {before} process(es) and resumes with {after}" in log

@@ -67,6 +67,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+def reshard_seed(step: int, rank: int) -> int:
+    """The seed of the random streams of a rank that a resume at more processes adds: a function
+    of the step and the rank, so the resharded run is reproducible."""
+    return (step * 1_000_003 + rank * 7_919) % 2**62
+
+
 @contextlib.contextmanager
 def isolated_rng(seed: int):
     """Run the body (an evaluation) on RNG streams of its own, seeded by ``seed``, and put the
@@ -267,13 +273,17 @@ class TorchState:
                 raise IncompatibleCheckpoint(
                     f"the checkpoint in {folder} does not fit the '{name}' {self.owner} builds now ({exc}); "
                     "its definition changed: give the run a new name to start over") from None
-        rng = state["rng"]
-        if not self.world.is_main:  # this rank's own streams (the main one's are in state.pt)
+        rng, rank = state["rng"], self.world.rank
+        written_by = int(read_manifest(folder).get("world_size", 1))
+        if rank >= written_by:  # a resume with more processes (allow_reshard): this rank had no streams
+            seed_everything(reshard_seed(int(state["extra"]["step"]), rank))
+            return state["extra"]
+        if rank > 0:  # this rank's own streams (the main one's are in state.pt)
             try:
-                rng = read_state_file(folder, name=rank_file(self.world.rank))["rng"]
+                rng = read_state_file(folder, name=rank_file(rank))["rng"]
             except FileNotFoundError:
-                raise CorruptCheckpoint(f"{folder} has no {rank_file(self.world.rank)}: it was not written by "
-                                        f"{self.world.world_size} processes") from None
+                raise CorruptCheckpoint(f"{folder} has no {rank_file(rank)}: it was not written by "
+                                        f"{written_by} processes") from None
         set_rng_state(rng)
         return state["extra"]
 

@@ -111,10 +111,18 @@ def model_settings(wildcards):
     return _subset(wildcards.run, MODEL_KEYS)
 
 
+def several_processes(run):
+    """("processes",) for a run of several processes: a change of their number measures
+    and plans again (absent for one, so runs of earlier versions keep their params)."""
+    return ("processes",) if RUNS[run].processes > 1 else ()
+
+
 def measure_settings(wildcards):
     return _subset(
         wildcards.run,
-        MODEL_KEYS + ("threads", "keep", "measure_steps", "measure_saves"),
+        MODEL_KEYS
+        + ("threads", "keep", "measure_steps", "measure_saves")
+        + several_processes(wildcards.run),
     )
 
 
@@ -130,7 +138,7 @@ def plan_settings(wildcards):
         "max_startup_percent",
     )
     extra = ("steps_per_segment", "keep", "log_every", "eval_every", "monitor", "mode")
-    return _subset(wildcards.run, keys + extra)
+    return _subset(wildcards.run, keys + extra + several_processes(wildcards.run))
 
 
 def runtime_minutes(wildcards, attempt):
