@@ -28,9 +28,12 @@ run: install
 	@echo
 	@$(PY) -m segtrain.summary results
 
-## test: the whole suite (unit + end-to-end with the real snakemake)
+## test: the whole suite (unit + end-to-end with the real snakemake). Two tests at a time: most
+## end-to-end time is waiting (deadlines, signals, a job's start-up), and each test's jobs share the
+## cores; tests that share a trained fixture stay on one worker (conftest.py). TEST_WORKERS=0: one at a time.
+TEST_WORKERS ?= 2
 test: install lint-code
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 ## test-fast: unit tests only (seconds)
 test-fast: install

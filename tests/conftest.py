@@ -210,3 +210,43 @@ def baseline(tmp_path_factory) -> Project:
     p.write_config(runs)
     p.snakemake()
     return p
+
+
+@pytest.fixture
+def measured(record_property):
+    """``measured(label, text)``: a number the test measured, printed at the end of the run (from
+    any xdist worker) under 'measured in this run'."""
+    def note(label: str, text: str) -> None:
+        record_property(MEASURED, f"[{label}] {text}")
+
+    return note
+
+
+MEASURED = "segtrain-measured"
+
+
+def pytest_terminal_summary(terminalreporter):
+    notes = [value for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+             for name, value in getattr(report, "user_properties", ()) if name == MEASURED]
+    if notes:
+        terminalreporter.section("measured in this run")
+        for note in notes:
+            terminalreporter.write_line(note)
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (make test runs two workers, --dist loadgroup): tests that share a trained
+    fixture run on one worker, so it is trained once: a module-scoped fixture's tests go together,
+    and so do a session-scoped one's (``baseline``) across modules. Other tests are handed out one
+    at a time."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for name in getattr(item, "fixturenames", ()):
+            defs = info.name2fixturedefs.get(name) if info is not None else None
+            scope = defs[-1].scope if defs else "function"
+            if scope == "session" and name not in ("tmp_path_factory",):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
+            if scope == "module":
+                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+                break

@@ -42,14 +42,13 @@ def test_sigterm_with_30s_grace_saves_the_current_step_and_exits_in_time(project
     assert (project.paths("r").segment_dir(0) / SEGMENT_SUMMARY).exists()
 
 
-def test_chaos_twenty_random_kills_with_background_writes_lose_little_and_end_identical(tmp_path, capsys):
+def test_chaos_twenty_random_kills_with_background_writes_lose_little_and_end_identical(tmp_path, measured):
     """With background writes a kill during a write loses that write too: at most one interval
     plus the steps trained while it was in flight (here, with writes shorter than an interval, 2)."""
     from chaos import INTERVAL, report, run_chaos
 
     result = run_chaos(tmp_path, kills=20, seed=7)
-    with capsys.disabled():
-        print("\n[chaos]\n" + report(result))
+    measured("chaos", report(result))
     kills = result["kills"]
     assert len(kills) >= 20
     assert sum(bool(k["mid_save"]) for k in kills) >= 1, "no kill landed inside a save"

@@ -69,11 +69,10 @@ def test_changed_model_definition_is_refused_and_nothing_is_touched(project):
     assert sorted(p.name for p in (project.paths("mlp").store).iterdir()) == ckpts
 
 
-def test_dry_run_of_a_600_segment_plan_lists_every_segment(capsys):
+def test_dry_run_of_a_600_segment_plan_lists_every_segment(measured):
     # past the ~475 segments where building the DAG used to recurse too deep (RecursionError)
     from bench_dag import bench
 
     result = bench(segments=600, repeats=1)
     assert result["segments"] == 600
-    with capsys.disabled():
-        print(f"\n[bench] snakemake -n, 600 segments: {result['seconds'][0]:.2f} s, peak {result['peak_mb']} MB")
+    measured("bench", f"snakemake -n, 600 segments: {result['seconds'][0]:.2f} s, peak {result['peak_mb']} MB")

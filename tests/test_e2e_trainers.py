@@ -46,7 +46,7 @@ def stopped_by_sigterm(tmp_path, script):
     return p, stopped[0]["end_step"]
 
 
-def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step(tmp_path, capsys):
+def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step(tmp_path, measured):
     pytest.importorskip("lightning")
     import torch
 
@@ -61,14 +61,13 @@ def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step(tmp_path, capsys
     assert all(torch.equal(exported[k], final["cut"][k]) for k in exported)
     diff = max((final["ref"][k] - final["cut"][k]).abs().max().item() for k in final["ref"])
     norm = max(final["ref"][k].abs().max().item() for k in final["ref"])
-    with capsys.disabled():
-        print(f"\n[lightning] stopped at step {stopped_at}, resumed there; final step {TOTAL} in both; "
-              f"max |weight difference| vs uninterrupted {diff:.4g} (max |weight| {norm:.4g})")
+    measured("lightning", f"stopped at step {stopped_at}, resumed there; final step {TOTAL} in both; "
+             f"max |weight difference| vs uninterrupted {diff:.4g} (max |weight| {norm:.4g})")
     plan = (p.run_dir("cut") / "plan.txt").read_text()
     assert "NOT bitwise identical: the data position after a resume is Lightning's own" in plan
 
 
-def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_path, capsys):
+def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_path, measured):
     pytest.importorskip("transformers")
     import json
 
@@ -82,9 +81,8 @@ def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_p
         assert not (state / "training_args.bin").exists()  # a pickle: not kept
         final[run] = load_file(str(state / "model.safetensors"))
     diff = max((final["ref"][k] - final["cut"][k]).abs().max().item() for k in final["ref"])
-    with capsys.disabled():
-        print(f"\n[huggingface] stopped at step {stopped_at}, resumed there; final step {TOTAL} in both; "
-              f"max |weight difference| vs uninterrupted {diff:.4g}")
+    measured("huggingface", f"stopped at step {stopped_at}, resumed there; final step {TOTAL} in both; "
+             f"max |weight difference| vs uninterrupted {diff:.4g}")
     # the Trainer restores its RNG states and skips the batches it has seen: the same weights
     assert all(final["ref"][k].equal(final["cut"][k]) for k in final["ref"])
     exported = torch_load(p.run_dir("cut") / "model.pt")
