@@ -30,10 +30,10 @@ run: install
 
 ## test: the whole suite (unit + end-to-end with the real snakemake). Two tests at a time: most
 ## end-to-end time is waiting (deadlines, signals, a job's start-up), and each test's jobs share the
-## cores; tests that share a trained fixture stay on one worker (conftest.py). TEST_WORKERS=0: one at a time.
+## cores; a test module runs on one worker whole (conftest.py). TEST_WORKERS=0: one at a time.
 TEST_WORKERS ?= 2
 test: install lint-code
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 ## test-fast: unit tests only (seconds)
 test-fast: install

@@ -234,19 +234,33 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(note)
 
 
+# With pytest-xdist (make test runs two workers) each test module goes to one worker whole, so a
+# module-scoped fixture trains once; the modules that read the session's ``baseline`` go together
+# (collection fails when a module reads it without being named here).
+TRAINED_TOGETHER = {"tests/test_e2e_resume.py": "baseline", "tests/test_e2e_report.py": "baseline"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (make test runs two workers, --dist loadgroup): tests that share a trained
-    fixture run on one worker, so it is trained once: a module-scoped fixture's tests go together,
-    and so do a session-scoped one's (``baseline``) across modules. Other tests are handed out one
-    at a time."""
     for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        for name in getattr(item, "fixturenames", ()):
-            defs = info.name2fixturedefs.get(name) if info is not None else None
-            scope = defs[-1].scope if defs else "function"
-            if scope == "session" and name not in ("tmp_path_factory",):
-                item.add_marker(pytest.mark.xdist_group(name))
-                break
-            if scope == "module":
-                item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-                break
+        module = item.nodeid.split("::", 1)[0]
+        if "baseline" in getattr(item, "fixturenames", ()) and TRAINED_TOGETHER.get(module) != "baseline":
+            raise pytest.UsageError(f"{item.nodeid} reads the session's baseline: add {module} to TRAINED_TOGETHER "
+                                    "in tests/conftest.py, so that xdist runs it on the worker that trained it")
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # without pytest-xdist the tests run one at a time
+    LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+    class _ModulesTogether(LoadScopeScheduling):
+        """xdist's scheduling by scope, where a scope is a test module, or a group of modules that
+        share a session fixture (``TRAINED_TOGETHER``)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return TRAINED_TOGETHER.get(module, module)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return _ModulesTogether(config, log)
