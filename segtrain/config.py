@@ -24,6 +24,7 @@ from .definition import (
     model_definition,
     model_hash,
     task_functions,
+    trainer_ways_in,
 )
 from .durations import DurationError, parse_duration, parse_percent
 from .planning import MAX_SEGMENTS
@@ -174,15 +175,23 @@ def deadline_of(config: dict):
 SCRIPT_DOES_ITSELF = ("precision", "accumulate", "clip_grad_norm", "num_workers", "validation_split")
 
 
-def _processes_problems(run: dict, where: str, raw: dict) -> list[str]:
-    """Several processes per segment: the pipeline's PyTorch loop only, and a global batch that
-    splits into equal shares (of equal micro-batches)."""
+def _processes_problems(run: dict, where: str, base: Path) -> list[str]:
+    """Several processes per segment: PyTorch, the pipeline's loop (a global batch that splits
+    into equal shares of equal micro-batches) or a script's own loop (not a trainer's)."""
     processes = run.get("processes", 1)
     if processes == 1:
         return []
-    if run["framework"] != "torch" or run.get("script") is not None:
-        return [f"{where}.processes: {processes} processes train the pipeline's own PyTorch loop (a task file) so "
-                "far; a script, a Keras run or a trainer trains in one process: set processes: 1"]
+    if run["framework"] != "torch":
+        return [f"{where}.processes: {processes} processes train PyTorch runs so far; a Keras run trains in one "
+                "process: set processes: 1"]
+    if run.get("script") is not None:
+        words = str(run["script"]).split()
+        script = find_task(words[0], base) if words else None
+        trainer = sorted(trainer_ways_in(script)) if script is not None else []
+        if trainer:
+            return [f"{where}.processes: {processes} processes: the script trains through {trainer[0]}, which runs "
+                    "in one process so far (seg.steps() loops train with several): set processes: 1"]
+        return []
     share = processes * run.get("accumulate", 1)
     if run["batch_size"] % share:
         return [f"{where}.batch_size: {run['batch_size']} samples do not split into {processes} equal shares"
@@ -289,7 +298,7 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
             problems.append(f"{where}.total_steps: {run['total_steps']:,} steps in segments of {per} make "
                             f"{math.ceil(run['total_steps'] / per):,} jobs, more than {MAX_SEGMENTS:,}; check "
                             "total_steps for a typo, or raise steps_per_segment")
-        problems += _processes_problems(run, where, raw)
+        problems += _processes_problems(run, where, base)
         if run["framework"] == "keras":
             for key, instead in KERAS_EQUIVALENT.items():
                 if run.get(key, TRAINING_DEFAULTS[key]) != TRAINING_DEFAULTS[key]:

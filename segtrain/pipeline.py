@@ -49,8 +49,10 @@ def measure(run: RunSettings, output: Path) -> dict:
     store_root = RunPaths(Path(output).parent).store
     if run.is_script:  # the user's script, in measure mode: it ends after the timed steps and saves
         from .script import measure_script
+        from .world import current
 
         measure_script(run, store_root, Path(output))
+        current().barrier()  # several processes: the main one wrote the costs
         return json.loads(Path(output).read_text())
     costs = measure_costs(run, store_root)
     from .world import current

@@ -75,9 +75,15 @@ class SegmentLoader:
     ``Session.dataloader``; iterating it alone gives one epoch from its start."""
 
     def __init__(self, dataset, batch_size: int, seed: int, num_workers: int = 0, collate_fn=None,
-                 pin_memory: bool | None = None, prefetch_factor: int | None = None):
+                 pin_memory: bool | None = None, prefetch_factor: int | None = None, world=None):
         from .data import DataOrder
+        from .world import SINGLE
 
+        self.world = world if world is not None else SINGLE  # each process loads its share of every batch
+        if batch_size % self.world.world_size:
+            raise ValueError(f"seg.dataloader(batch_size={batch_size}): a step's {batch_size} samples do not split "
+                             f"into {self.world.world_size} equal shares, one per process; give a multiple of "
+                             f"{self.world.world_size} (batch_size is the step's batch over all processes)")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.num_workers, self.collate_fn, self.prefetch_factor = num_workers, collate_fn, prefetch_factor
         self.pin_memory = pin_memory
@@ -94,7 +100,8 @@ class SegmentLoader:
 
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         return step_loader(self.dataset, self.order, start, end, self.seed, self.num_workers, pin_memory=pin,
-                           collate_fn=self.collate_fn, prefetch_factor=self.prefetch_factor)
+                           collate_fn=self.collate_fn, prefetch_factor=self.prefetch_factor,
+                           rank=self.world.rank, world_size=self.world.world_size)
 
     def __iter__(self):
         return iter(self.batches(0, len(self)))
@@ -134,6 +141,18 @@ class Session:
         return self.run.seed
 
     @property
+    def world(self):
+        """This process among the job's processes (``segtrain.world``: rank, world_size,
+        local_rank, is_main, barrier, broadcast): with ``processes`` above 1, torch.distributed's
+        process group is ready, so the script wraps its model (``DistributedDataParallel``) and
+        logs or writes files where ``is_main``. One process alone: rank 0 of 1."""
+        if self._job is not None:
+            return self._job.world
+        from .world import current
+
+        return current()
+
+    @property
     def measuring(self) -> bool:
         """True in the job that measures step and checkpoint costs (a few steps, then the script ends)."""
         return self._measure is not None
@@ -158,8 +177,10 @@ class Session:
         """A loader whose position is part of every checkpoint: a resume reads exactly the batch
         an uninterrupted run would. Shuffled each epoch by the run's seed, the last partial batch
         dropped. With workers, each item's random streams (augmentation) are seeded by (seed,
-        step, position), so any number of workers gives the same batches."""
-        return SegmentLoader(dataset, batch_size, self.seed, num_workers, collate_fn, pin_memory, prefetch_factor)
+        step, position), so any number of workers gives the same batches. ``batch_size`` is a
+        step's batch over all processes: each process loads its equal share of it."""
+        return SegmentLoader(dataset, batch_size, self.seed, num_workers, collate_fn, pin_memory, prefetch_factor,
+                             world=self.world)
 
     def log(self, **values) -> None:
         """The current step's loss and metrics (tensors are read only on the steps that log)."""
@@ -203,7 +224,7 @@ class Session:
         if "model" not in self._objects:
             raise ValueError("seg.steps(): track the model first, as seg.track(model=model, optimizer=...): its "
                              "weights are what a checkpoint restores and what the run exports")
-        return TorchState(self._objects)
+        return TorchState(self._objects, world=self.world)
 
     def _optimizer(self):
         return next((o for o in self._objects.values() if hasattr(o, "param_groups")), None)
@@ -268,8 +289,9 @@ class Session:
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
                          store_root=store_root)
         costs["data_loader"] = data_loader
-        store_mod.write_json_atomic(Path(costs_file), costs)
-        log.info("measured: %s", costs)
+        if self.world.is_main:  # several processes: each measured its share; the main one's are the job's
+            store_mod.write_json_atomic(Path(costs_file), {**costs, "processes": self.world.world_size})
+            log.info("measured: %s", costs)
         raise _MeasureDone
 
     @property

@@ -54,9 +54,11 @@ def test_bad_checkpoint_policy_is_refused():
 def test_several_processes_are_refused_where_they_cannot_train_with_the_reason():
     check(cfg({"processes": 2, "batch_size": 33}), "runs.r.batch_size", "2 equal shares", "multiple of 2")
     check(cfg({"processes": 2, "batch_size": 32, "accumulate": 3}), "of 3 micro-batches", "multiple of 6")
-    check(cfg({**KMLP, "processes": 2}), "runs.r.processes", "pipeline's own PyTorch loop")
-    script = {"runs": {"r": {"script": "tests/tasks/script_digits_torch.py", "total_steps": 10, "processes": 2}}}
-    check(script, "runs.r.processes", "a script")
+    check(cfg({**KMLP, "processes": 2}), "runs.r.processes", "PyTorch runs so far")
+    trainer = {"runs": {"r": {"script": "tests/tasks/script_lightning.py", "total_steps": 10, "processes": 2}}}
+    check(trainer, "runs.r.processes", "through segtrain.lightning", "seg.steps() loops train with several")
+    script = {"runs": {"r": {"script": "tests/tasks/script_ddp_torch.py --lr 0.1", "total_steps": 10, "processes": 2}}}
+    assert resolve(script, base=REPO)["r"].model_definition["processes"] == 2
     run = resolve(cfg({"processes": 2, "batch_size": 32}), base=REPO)["r"]
     assert run.processes == 2 and run.model_definition["processes"] == 2
     one = resolve(cfg(), base=REPO)["r"]

@@ -130,3 +130,31 @@ def test_a_resume_at_another_number_of_processes_is_refused_and_allowed_it_train
         assert "NOT bitwise identical" in (project.run_dir(name) / "plan.txt").read_text()
         log = (project.root / "logs" / "train_segment" / name / "0001.log").read_text()
         assert f"written by {before} process(es) and resumes with {after}" in log
+
+
+def test_a_script_with_seg_world_and_ddp_in_two_processes_ends_bitwise_identical_after_a_rank_is_killed(project):
+    """A user's loop with DistributedDataParallel, seg.world and seg.dataloader: 1 segment, and 4
+    with a SIGKILL of rank 1 mid-segment, end bitwise identical; the checkpoint holds both ranks'
+    streams and the plain (unwrapped) weights."""
+    script = {"script": "tasks/script_ddp_torch.py", "processes": 2, "total_steps": 200,
+              "checkpoint": {"every_steps": 20}}
+    project.write_config({"whole": {**script, "steps_per_segment": 200}, "cut": {**script, "steps_per_segment": 50}})
+    store_root = project.paths("cut").store
+    proc = project.popen()
+    wait_for_checkpoint(store_root, 70, proc)  # segment 1, past its first save
+    launcher, rank0, rank1 = ranks_of(store_root)
+    os.kill(rank1, signal.SIGKILL)
+    proc.wait(timeout=300)
+    killed_at = st.CheckpointStore(store_root).newest_valid().step
+    assert 70 <= killed_at < 100
+    project.snakemake("--rerun-incomplete")
+    starts = [(a["segment"], a["resumed_from"]) for a in project.attempts("cut") if "resumed_from" in a]
+    assert (1, killed_at) in starts, starts
+    assert_bitwise_equal(final_state(project, "whole"), final_state(project, "cut"))
+    manifest = st.verify(project.paths("cut").store / st.step_dir_name(200))
+    assert manifest["world_size"] == 2 and set(manifest["files"]) == {"state.pt", "rank-00001.pt"}
+    import torch
+
+    exported = torch.load(project.run_dir("cut") / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in exported)  # the plain module's weights, not DDP's
+    assert json.loads((project.run_dir("cut") / "costs.json").read_text())["processes"] == 2

@@ -140,6 +140,18 @@ def all_finite(params) -> bool:
     return all(bool(torch.isfinite(p).all()) for p, ok in zip(params, finite.tolist()) if not ok)
 
 
+def unwrapped(obj):
+    """The module inside a ``DistributedDataParallel`` wrapper; anything else as it is. A model
+    sharded with FSDP2 (``fully_shard``) is refused with the reason: its state is sharded, which
+    this state format does not hold yet."""
+    if isinstance(obj, torch.nn.parallel.DistributedDataParallel):
+        return obj.module
+    if isinstance(obj, torch.nn.Module) and any(type(p).__name__ == "DTensor" for p in obj.parameters()):
+        raise TypeError("seg.track(): this model's parameters are sharded (FSDP2's fully_shard); a script's checkpoints "
+                        "hold replicated state so far: wrap it in DistributedDataParallel instead")
+    return obj
+
+
 def rank_file(rank: int) -> str:
     """The file of a checkpoint that holds what rank ``rank`` (above 0) alone has: its random streams."""
     return f"rank-{rank:05d}.pt"
@@ -232,7 +244,9 @@ class TorchState:
     state_format = "torch"
 
     def __init__(self, objects: dict, owner: str = "the script", world=None):
-        self.objects = {name: obj for name, obj in objects.items() if obj is not None}
+        # a module wrapped for data parallel training is saved and restored as the module inside
+        # (the same parameters): the checkpoint and the export hold its plain weights
+        self.objects = {name: unwrapped(obj) for name, obj in objects.items() if obj is not None}
         self.owner = owner
         self.world = world if world is not None else SINGLE
 
