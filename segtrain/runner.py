@@ -393,7 +393,7 @@ class SegmentJob:
         if self.world.is_main:
             self.summary = write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
                                          self.saves.blocked, self.started_wall, history, best_ckpt, self.saves.log)
-        self.world.barrier()  # the output is complete for every process
+        self.summary = self.world.broadcast(self.summary)  # the output is complete, for every process
 
     def fail(self, exc: BaseException) -> None:
         """Record a real error with the step it happened at, so the workflow can tell a repeating
