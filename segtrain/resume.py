@@ -51,6 +51,21 @@ class Restored(NamedTuple):
     processes: int  # that wrote the checkpoint (a resume at another number reshards)
 
 
+def reshards(extra: dict, step: int, written_by: int, world) -> list[dict]:
+    """Every change of the number of processes the run went through (allow_reshard), to carry in
+    each later checkpoint's extra and manifest: the restored ``extra``'s, and this resume's when
+    it is one (then told in the log)."""
+    changes = list(extra.get("reshards") or [])
+    if step > 0 and written_by != world.world_size:
+        changes.append({"step": step, "from": written_by, "to": world.world_size})
+        if world.is_main:
+            log.warning("resharded: the checkpoint at step %d was written by %d process(es) and resumes with %d "
+                        "(allow_reshard): every step trains the same samples, but the gradients are summed in "
+                        "another order, so the result is no longer bitwise identical to an uninterrupted run",
+                        step, written_by, world.world_size)
+    return changes
+
+
 def restore(run, segment, store, previous, backend, skipped, world=SINGLE) -> Restored:
     """The state restored into ``backend`` from the best candidate that loads on every process.
     Only ``world``'s main process sets a damaged checkpoint aside."""

@@ -184,7 +184,8 @@ class SegmentJob:
         if not clean and self.step == 0:
             self._skipped = skipped
             return False
-        self._note_reshards(restored.get("reshards") or [], written_by)
+        self.reshards = resume.reshards(restored, self.step, written_by, self.world)
+        self.saves.notes = {"resharded": self.reshards} if self.reshards else {}
         best = restored.get("best")
         if best and (best.get("monitor"), best.get("mode")) != (segment.monitor, segment.mode):
             log.info("the best-model criterion changed (%s); best so far starts anew", best)
@@ -205,20 +206,6 @@ class SegmentJob:
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, self.attempt, self.step, self.source, segment.end, segment.interval)
         return True
-
-    def _note_reshards(self, earlier: list, written_by: int) -> None:
-        """Every change of the number of processes the run went through (allow_reshard), carried
-        in each later checkpoint's extra and manifest; this resume's, when it is one, is told."""
-        size = self.world.world_size
-        self.reshards = list(earlier)
-        if self.step > 0 and written_by != size:
-            self.reshards.append({"step": self.step, "from": written_by, "to": size})
-            if self.world.is_main:
-                log.warning("resharded: the checkpoint at step %d was written by %d process(es) and resumes with %d "
-                            "(allow_reshard): every step trains the same samples, but the gradients are summed in "
-                            "another order, so the result is no longer bitwise identical to an uninterrupted run",
-                            self.step, written_by, size)
-        self.saves.notes = {"resharded": self.reshards} if self.reshards else {}
 
     def log(self, row: dict) -> None:
         """What the current step computed (loss, metrics; tensors are read only on logging steps)."""

@@ -74,3 +74,16 @@ def test_several_processes_agree_as_often_as_one_percent_of_the_steps_time_allow
     assert agreement_interval([0.9e-3, 0.8e-3, 5e-3], 0.005) == 18  # the median, 0.9 ms: every 18 steps
     assert agreement_interval([1.0], 0.001) == MOST_STEPS_BETWEEN_AGREEMENTS  # a stop waits at most that
     assert agreement_interval([], 0.005) == 1
+
+
+def test_a_resume_at_another_number_of_processes_is_recorded_and_carried_on():
+    from segtrain.resume import reshards
+    from segtrain.world import World
+
+    two = World(rank=0, world_size=2)
+    assert reshards({}, 0, 2, two) == []  # a fresh start reshards nothing
+    assert reshards({}, 40, 2, two) == []
+    first = reshards({}, 40, 1, two)
+    assert first == [{"step": 40, "from": 1, "to": 2}]
+    assert reshards({"reshards": first}, 60, 2, two) == first  # carried by every later checkpoint
+    assert reshards({"reshards": first}, 80, 2, SINGLE) == first + [{"step": 80, "from": 2, "to": 1}]
