@@ -6,6 +6,7 @@ import segtrain
 from segtrain import script as session_mod
 from segtrain.pipeline import training_lines
 from segtrain.settings import RunSettings
+from segtrain.world import SINGLE
 
 
 def test_outside_the_pipeline_a_session_needs_the_number_of_steps(monkeypatch):
@@ -53,7 +54,7 @@ def test_a_second_call_of_seg_steps_in_one_job_is_an_error_not_zero_steps():
     import torch
 
     seg = session_mod.Session(RunSettings(total_steps=1))
-    seg._job = type("Job", (), {"started": True})()  # a job whose steps() already ran
+    seg._job = type("Job", (), {"started": True, "world": SINGLE})()  # a job whose steps() already ran
     seg.track(model=torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="called a second time"):
         next(seg.steps([1]))
