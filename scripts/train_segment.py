@@ -27,9 +27,10 @@ run = from_jobs(json.loads(a.run))
 launch.as_ranks(run.processes, run.grace_period_seconds)
 pipeline.setup_logging(a.log)
 code = pipeline.train(run, json.loads(a.segment), a.previous or None, Path(a.output), a.threads)
-if run.is_script:
+if run.is_script and run.processes == 1:
     sys.exit(code)  # a script's own exit handlers (its loggers' uploads, ...) must run
 # Everything is written, fsynced and unlocked: exit now. The interpreter's teardown (freeing the
 # frameworks' modules) takes 1-2 s, a window in which a stop signal or a kill would make Snakemake
-# count a finished segment as failed and delete its output.
-pipeline.exit_now(code)
+# count a finished segment as failed and delete its output; with several processes gloo's threads
+# may abort in it (a script's own exit handlers run first).
+pipeline.exit_now(code, exit_handlers=run.is_script)

@@ -176,9 +176,14 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
     return deterministic is True, lines
 
 
-def exit_now(code: int) -> None:
+def exit_now(code: int, exit_handlers: bool = False) -> None:
     """Flush the logs and the standard streams, then end the process without the interpreter's
-    teardown (the job's files are complete and its store unlocked when this is called)."""
+    teardown (the job's files are complete and its store unlocked when this is called).
+    ``exit_handlers``: run the ``atexit`` handlers first (a user's script registered them)."""
+    if exit_handlers:
+        import atexit
+
+        atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -3,6 +3,7 @@ a checkpoint saved together, one that fails on one rank, and a resume that skips
 whose file of one rank is damaged. Each rank writes what it saw to <out>/rank-<r>.json."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,3 +74,4 @@ seen["own_streams_back"] = bool(torch.equal(torch.get_rng_state(), at_step_1))
 seen["first_draw"] = torch.rand(1).item()
 (out / f"rank-{world.rank}.json").write_text(json.dumps(seen))
 world.close()
+os._exit(0)  # as a job's processes end (pipeline.exit_now): gloo's threads may abort in the interpreter's teardown
