@@ -1,6 +1,8 @@
 """The stated contracts: every backend and every training state implements its Protocol, each
 checkpoint records its state format, and the export reads a checkpoint by that format."""
 
+import time
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -40,8 +42,9 @@ def test_the_backends_and_the_states_implement_their_contracts():
 def test_each_checkpoint_records_the_format_the_export_reads_it_by(tmp_path):
     run = resolve({"runs": {"r": {**MLP, "total_steps": 20}}}, base=REPO)["r"]
     paths = RunPaths(tmp_path / "r")
+    # a job that starts now (a job's clock otherwise starts with its process: this one is the test worker's)
     run_segment(run, Segment(index=0, start=0, end=20, interval=10, time_limit=600), paths, None,
-                paths.segment_dir(0))
+                paths.segment_dir(0), job_start=time.monotonic())
     for step in (10, 20):
         assert st.read_manifest(paths.store / st.step_dir_name(step))["state_format"] == "torch"
     weights = exported_weights(paths.store / st.step_dir_name(20))
