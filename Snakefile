@@ -41,6 +41,7 @@ localrules:
 
 onstart:
     check_sources_shipped()
+    check_nodes_executor()
 
 
 rule all:

@@ -16,7 +16,7 @@ p.add_argument("--log")
 a = p.parse_args(launch.arguments())
 run = from_jobs(json.loads(a.run))
 # the steps and saves of several processes are measured as they will run: as that many ranks
-launch.as_ranks(run.processes, run.grace_period_seconds)
+launch.as_ranks(run.processes, run.grace_period_seconds, nodes=run.nodes, cpus_per_node=run.threads * run.processes)
 pipeline.setup_logging(a.log)
 pipeline.measure(run, Path(a.output))
 # the costs are written: end without the interpreter's teardown, in which several processes' gloo

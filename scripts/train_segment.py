@@ -24,7 +24,7 @@ p.add_argument("--log")
 a = p.parse_args(launch.arguments())
 run = from_jobs(json.loads(a.run))
 # processes above 1: this command runs again as that many ranks under torchrun (nothing returns here)
-launch.as_ranks(run.processes, run.grace_period_seconds)
+launch.as_ranks(run.processes, run.grace_period_seconds, nodes=run.nodes, cpus_per_node=run.threads * run.processes)
 pipeline.setup_logging(a.log)
 code = pipeline.train(run, json.loads(a.segment), a.previous or None, Path(a.output), a.threads)
 if run.is_script and run.processes == 1:

@@ -176,25 +176,29 @@ SCRIPT_DOES_ITSELF = ("precision", "accumulate", "clip_grad_norm", "num_workers"
 
 
 def _processes_problems(run: dict, where: str, base: Path) -> list[str]:
-    """Several processes per segment: PyTorch, the pipeline's loop (a global batch that splits
-    into equal shares of equal micro-batches) or a script's own loop (not a trainer's)."""
-    processes = run.get("processes", 1)
-    if processes == 1:
+    """Several processes per segment (``processes`` on each of ``nodes``): PyTorch, the
+    pipeline's loop (a global batch that splits into equal shares of equal micro-batches) or a
+    script's own loop (not a trainer's)."""
+    processes, nodes = run.get("processes", 1), run.get("nodes", 1)
+    world = processes * nodes
+    if world == 1:
         return []
+    key = "processes" if nodes == 1 else "nodes"
+    count = f"{world} processes" if nodes == 1 else f"{world} processes ({nodes} nodes x {processes})"
     if run["framework"] != "torch":
-        return [f"{where}.processes: {processes} processes train PyTorch runs so far; a Keras run trains in one "
-                "process: set processes: 1"]
+        return [f"{where}.{key}: {count} train PyTorch runs so far; a Keras run trains in one process: "
+                f"set {key}: 1"]
     if run.get("script") is not None:
         words = str(run["script"]).split()
         script = find_task(words[0], base) if words else None
         trainer = sorted(trainer_ways_in(script)) if script is not None else []
         if trainer:
-            return [f"{where}.processes: {processes} processes: the script trains through {trainer[0]}, which runs "
-                    "in one process so far (seg.steps() loops train with several): set processes: 1"]
+            return [f"{where}.{key}: {count}: the script trains through {trainer[0]}, which runs in one process "
+                    f"so far (seg.steps() loops train with several): set {key}: 1"]
         return []
-    share = processes * run.get("accumulate", 1)
+    share = world * run.get("accumulate", 1)
     if run["batch_size"] % share:
-        return [f"{where}.batch_size: {run['batch_size']} samples do not split into {processes} equal shares"
+        return [f"{where}.batch_size: {run['batch_size']} samples do not split into the equal shares of {count}"
                 + (f" of {run['accumulate']} micro-batches" if run.get("accumulate", 1) > 1 else "")
                 + f"; give a multiple of {share}"]
     return []

@@ -153,9 +153,11 @@ def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict
     if run.get("num_workers", 0) > 0:
         definition["item_seeding"] = "per-item"
     # Several processes sum their gradients in another order than one: a resume at another number
-    # of processes is another trajectory (recorded only above 1: earlier runs keep their definition)
-    if run.get("processes", 1) > 1:
-        definition["processes"] = run["processes"]
+    # of processes is another trajectory (recorded only above 1: earlier runs keep their definition).
+    # All processes of all nodes: the same number on one node or on several trains the same way
+    world = run.get("processes", 1) * run.get("nodes", 1)
+    if world > 1:
+        definition["processes"] = world
     if "script_args" in run:  # a script run: the script is run with these arguments
         definition["entry"] = "script"
         definition["script_args"] = run["script_args"]

@@ -24,11 +24,20 @@ PARENT_ENV = "SEGTRAIN_SNAKEMAKE_PID"
 
 
 JOB_PID_ENV = "SEGTRAIN_JOB_PID"  # set by segtrain.launch: the job's process, which became the launcher
+# Set by segtrain.launch for a job on several nodes: when the job's command started (time.time())
+JOB_STARTED_ENV = "SEGTRAIN_JOB_STARTED"
 
 
 def process_age() -> float:
     """Seconds since this job's process started (the job's clock starts with the process; a
-    rank's, with the job's command that became its launcher: the same PID, and its start)."""
+    rank's, with the job's command that became its launcher: the same PID, and its start; on
+    several nodes, which share no PIDs, the wall-clock time that command started)."""
+    started = os.environ.get(JOB_STARTED_ENV, "") if os.environ.get("WORLD_SIZE") else ""
+    if started:
+        try:
+            return max(0.0, time.time() - float(started))
+        except ValueError:
+            pass
     pid = os.environ.get(JOB_PID_ENV, "self") if os.environ.get("WORLD_SIZE") else "self"
     try:
         with open(f"/proc/{pid}/stat") as fh:

@@ -158,9 +158,10 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
              f"  precision {run.precision}, {accumulate} micro-batch(es) of {batch} per step"
              f" ({accumulate * batch} samples), "
              + (f"gradients clipped to norm {clip:g}" if clip else "no gradient clipping")]
-    processes = run.processes
+    processes = run.world_size
     if processes > 1:
-        lines.append(f"  {processes} processes per segment (torchrun, DDP): each trains {batch // processes} of the "
+        how = "torchrun, DDP" if run.nodes == 1 else f"{run.nodes} nodes x {run.processes}: srun, torchrun, DDP"
+        lines.append(f"  {processes} processes per segment ({how}): each trains {batch // processes} of the "
                      f"{batch} samples of a step; the costs above were measured with {processes} processes; saves "
                      "are synchronous; a resume needs the same number of processes")
     if written_by is not None and written_by != processes:
@@ -205,6 +206,8 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
                     threads, defined, f" in each of {processes} processes" if processes > 1 else "")
     run = run.replace(keep=seg.keep, log_every=seg.log_every)
     previous_state = Path(previous) / SEGMENT_STATE if previous else None
+    if run.world_size > 1:
+        tell_where(run)
     try:
         if run.is_script:
             from .script import train_script
@@ -216,6 +219,19 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
         log.warning("%s", exc)
         return EXIT_STOPPED
     return 0
+
+
+def tell_where(run: RunSettings) -> None:
+    """Log where the processes of the segment run: each rank's host and node (torchrun's GROUP_RANK)."""
+    import socket
+
+    from .world import current
+
+    world = current()
+    places = world.all_gather((socket.gethostname(), os.environ.get("GROUP_RANK", "0")))
+    if world.is_main:
+        log.info("%d processes on %d node(s): %s", world.world_size, run.nodes,
+                 ", ".join(f"rank {r} on {host} (node {node})" for r, (host, node) in enumerate(places)))
 
 
 def export_model(run: RunSettings, segment_dir: Path, outputs: dict[str, Path]) -> None:

@@ -46,7 +46,9 @@ class RunSettings:
     threads: int = 1
     """CPU threads of each training process."""
     processes: int = 1
-    """Processes that train each segment together (torchrun, DDP)."""
+    """Processes that train each segment together on each node (torchrun, DDP)."""
+    nodes: int = 1
+    """Nodes of a SLURM job that train each segment together (srun, one torchrun per node)."""
     allow_reshard: bool = False
     """Whether a resume at another number of processes than the checkpoint's is allowed (not bitwise)."""
     precision: str = "fp32"
@@ -118,6 +120,11 @@ class RunSettings:
     def is_script(self) -> bool:
         """Whether the run brings its own training script instead of a task file."""
         return self.script_args is not None
+
+    @property
+    def world_size(self) -> int:
+        """The processes that train each segment, on all its nodes together."""
+        return self.processes * self.nodes
 
     @property
     def training(self) -> dict:

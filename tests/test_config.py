@@ -52,7 +52,7 @@ def test_bad_checkpoint_policy_is_refused():
 
 
 def test_several_processes_are_refused_where_they_cannot_train_with_the_reason():
-    check(cfg({"processes": 2, "batch_size": 33}), "runs.r.batch_size", "2 equal shares", "multiple of 2")
+    check(cfg({"processes": 2, "batch_size": 33}), "runs.r.batch_size", "equal shares of 2 processes", "multiple of 2")
     check(cfg({"processes": 2, "batch_size": 32, "accumulate": 3}), "of 3 micro-batches", "multiple of 6")
     check(cfg({**KMLP, "processes": 2}), "runs.r.processes", "PyTorch runs so far")
     trainer = {"runs": {"r": {"script": "tests/tasks/script_lightning.py", "total_steps": 10, "processes": 2}}}
@@ -64,6 +64,13 @@ def test_several_processes_are_refused_where_they_cannot_train_with_the_reason()
     one = resolve(cfg(), base=REPO)["r"]
     assert "processes" not in one.model_definition  # runs of one process keep the definition they had
     assert definition_changes(run.model_definition, one.model_definition) == ["processes (2 -> 1)"]
+    # several nodes: all their processes count, and the same number on one node trains the same way
+    check(cfg({"nodes": 2, "processes": 2, "batch_size": 30}), "runs.r.batch_size", "4 processes (2 nodes x 2)",
+          "multiple of 4")
+    check(cfg({**KMLP, "nodes": 2}), "runs.r.nodes", "PyTorch runs so far", "set nodes: 1")
+    on_two = resolve(cfg({"nodes": 2, "batch_size": 32}), base=REPO)["r"]
+    assert (on_two.world_size, on_two.model_definition["processes"]) == (2, 2)
+    assert on_two.definition_hash == run.definition_hash
 
 
 def test_missing_task_file_is_refused():

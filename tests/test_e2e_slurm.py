@@ -60,3 +60,38 @@ def test_segments_killed_by_slurm_walltime_resume_by_retries_and_end_bitwise_ide
         assert resumed and all(a["source"].startswith("periodic checkpoint") for a in resumed)
         assert_bitwise_equal(load_weights(model_file(ref, name)), load_weights(model_file(p, name)))
         assert_bitwise_equal(final_state(ref, name), final_state(p, name))
+
+
+def test_a_run_on_two_nodes_started_by_srun_stopped_at_its_walltime_resumes_bitwise(tmp_path, slurm):
+    """nodes: 2 runs the several-nodes path: the job's command runs srun, which starts one torchrun per
+    task (--nnodes 2, c10d rendezvous on the job's first node). The test cluster has one node, so the
+    job asks SLURM for 1 node and 2 tasks; srun places both node launchers on it."""
+    spec = {"task": "tasks/slow_digits_torch.py", "total_steps": 800, "checkpoint": {"every_steps": 40}}
+    settings = dict(time_limit="3m", safety_margin="5s", measure_steps=3, measure_saves=2)
+
+    # the reference: 2 processes on one machine (the same world), uninterrupted, on the local executor
+    ref = Project(tmp_path / "ref")
+    ref.write_config({"two-nodes": {**spec, "processes": 2, "params": {"pause": 0.0}}}, **settings)
+    ref.snakemake()
+
+    p = Project(tmp_path / "slurm")
+    p.write_config({"two-nodes": {**spec, "nodes": 2, "params": {"pause": 0.05}}}, **settings)
+    refused = p.snakemake(check=False)  # the local executor has no nodes to give
+    assert refused.returncode != 0 and "nodes: 2" in refused.stderr and "profiles/slurm" in refused.stderr
+    p.snakemake("--profile", "profiles/slurm",
+                "--set-resources", "train_segment:runtime=1", "train_segment:slurm_extra='--signal=USR1@15'",
+                "train_segment:nodes=1", "measure_checkpoint_cost:nodes=1",
+                "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "5",
+                "--retries", "6", timeout=1200)
+    attempts = p.attempts("two-nodes")
+    stops = [a for a in attempts if a.get("status") == "stopped"]
+    assert stops, f"SLURM never stopped a segment: {attempts}"
+    assert all("SIGTERM" in a["reason"] or "SIGUSR1" in a["reason"] for a in stops), [a["reason"] for a in stops]
+    launches = [(a["segment"], a["attempt"]) for a in attempts if "launched" in a]
+    assert launches and len(launches) == len(set(launches)), f"a launch recorded by more than one rank: {launches}"
+    # every attempt ran as 2 nodes of one process each: rank 0 on node 0, rank 1 on node 1
+    log = "\n".join(f.read_text() for f in (p.root / "logs" / "train_segment" / "two-nodes").glob("*.log"))
+    places = [line for line in log.splitlines() if "processes on 2 node(s)" in line]
+    assert places and all("(node 0)" in line and "(node 1)" in line for line in places), log[-3000:]
+    assert_bitwise_equal(load_weights(model_file(ref, "two-nodes")), load_weights(model_file(p, "two-nodes")))
+    assert_bitwise_equal(final_state(ref, "two-nodes"), final_state(p, "two-nodes"))

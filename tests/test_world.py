@@ -87,3 +87,20 @@ def test_a_resume_at_another_number_of_processes_is_recorded_and_carried_on():
     assert first == [{"step": 40, "from": 1, "to": 2}]
     assert reshards({"reshards": first}, 60, 2, two) == first  # carried by every later checkpoint
     assert reshards({"reshards": first}, 80, 2, SINGLE) == first + [{"step": 80, "from": 2, "to": 1}]
+
+
+def test_a_job_on_several_nodes_runs_one_torchrun_per_node_through_srun(tmp_path):
+    from segtrain import launch
+
+    # the job's command: srun starts it once per node with the node's CPUs; a bad exit ends all
+    assert launch.srun_argv(2, 4, ["python", "train_segment.py"]) == [
+        "srun", "--ntasks=2", "--cpus-per-task=4", "--kill-on-bad-exit=1", "--export=ALL", "python", "train_segment.py"]
+    # each node's: torchrun with no restarts, SIGUSR1 forwarded, meeting the others at the first node
+    argv = launch.node_argv(4, 2, "train_segment.py", 30, "node1:29411", "77")
+    assert {"--nnodes=2", "--nproc-per-node=4", "--max-restarts=0", "--rdzv-backend=c10d",
+            "--rdzv-endpoint=node1:29411", "--rdzv-id=segtrain-77"} <= set(argv)
+    assert any(a.startswith("--signals-to-handle=") and "SIGUSR1" in a for a in argv) and argv[-1] == "train_segment.py"
+    # outside SLURM there are no nodes to start: refused with the way out
+    r = subprocess.run([sys.executable, "-c", "from segtrain import launch; launch.as_ranks(1, 5, nodes=2)"],
+                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HERE.parent)})
+    assert r.returncode != 0 and "outside SLURM" in r.stderr and "profiles/slurm" in r.stderr

@@ -112,9 +112,39 @@ def model_settings(wildcards):
 
 
 def several_processes(run):
-    """("processes",) for a run of several processes: a change of their number measures
-    and plans again (absent for one, so runs of earlier versions keep their params)."""
-    return ("processes",) if RUNS[run].processes > 1 else ()
+    """("processes",) for a run of several processes (and "nodes" on several nodes): a change of
+    their number measures and plans again (absent for one, so runs of earlier versions keep their
+    params)."""
+    settings = RUNS[run]
+    processes = ("processes",) if settings.processes > 1 else ()
+    return processes + (("nodes",) if settings.nodes > 1 else ())
+
+
+def several_nodes(wildcards):
+    """A run's nodes when it trains on several (SLURM's nodes and tasks: one torchrun per node),
+    None otherwise (the resource stays unset)."""
+    nodes = RUNS[wildcards.run].nodes
+    return nodes if nodes > 1 else None
+
+
+def started_by_srun(wildcards):
+    """The launcher for a run on several nodes (srun): the job's command runs on the first node
+    and starts the others itself (snakemake-executor-plugin-slurm then runs it without its own
+    srun -n1); None for one node."""
+    return "srun" if RUNS[wildcards.run].nodes > 1 else None
+
+
+def check_nodes_executor():
+    """Refuse before any job a run on several nodes that this executor cannot give them."""
+    several = sorted(name for name, run in RUNS.items() if run.nodes > 1)
+    plugin = getattr(workflow, "executor_plugin", None)
+    executor = getattr(plugin, "cli_prefix", None) or getattr(plugin, "name", "local")
+    if several and executor not in ("slurm", "slurm-jobstep") and not workflow.dryrun:
+        raise WorkflowError(
+            f"run {several[0]}: nodes: {RUNS[several[0]].nodes} trains each segment on that many nodes of a SLURM "
+            f"job, and this Snakemake runs its jobs with the {executor} executor: run with --profile "
+            "profiles/slurm, or set nodes: 1 (processes: N trains with N processes on one machine)"
+        )
 
 
 def measure_settings(wildcards):

@@ -12,6 +12,12 @@ rule measure_checkpoint_cost:
     # plan refused a start-up share it would never have had.
     resources:
         measure_slots=1,
+        # several nodes (SLURM): the job's nodes, one task on each, started by the job's own srun
+        nodes=several_nodes,
+        tasks=several_nodes,
+        mpi=started_by_srun,
+        # not the plugin's --ntasks-per-gpu=<tasks> (one task per node drives all the node's GPUs)
+        tasks_per_gpu=lambda wildcards: 0 if RUNS[wildcards.run].nodes > 1 else None,
     params:
         run=measure_settings,
     shell:

@@ -19,6 +19,12 @@ rule train_segment:
     threads: lambda wildcards: RUNS[wildcards.run].threads * RUNS[wildcards.run].processes
     resources:
         runtime=runtime_minutes,
+        # several nodes (SLURM): the job's nodes, one task on each, started by the job's own srun
+        nodes=several_nodes,
+        tasks=several_nodes,
+        mpi=started_by_srun,
+        # not the plugin's --ntasks-per-gpu=<tasks> (one task per node drives all the node's GPUs)
+        tasks_per_gpu=lambda wildcards: 0 if RUNS[wildcards.run].nodes > 1 else None,
     params:
         model=model_settings,
         segment=segment_settings,
