@@ -172,7 +172,7 @@ def deadline_of(config: dict):
 
 
 # Settings of the pipeline's own loop that a script does itself
-SCRIPT_DOES_ITSELF = ("precision", "accumulate", "clip_grad_norm", "num_workers", "validation_split")
+SCRIPT_DOES_ITSELF = ("precision", "accumulate", "clip_grad_norm", "num_workers", "validation_split", "data_parallel")
 
 
 def _processes_problems(run: dict, where: str, base: Path) -> list[str]:
@@ -181,8 +181,16 @@ def _processes_problems(run: dict, where: str, base: Path) -> list[str]:
     script's own loop (not a trainer's)."""
     processes, nodes = run.get("processes", 1), run.get("nodes", 1)
     world = processes * nodes
+    sharded = run.get("data_parallel", "ddp") == "fsdp2"
     if world == 1:
-        return []
+        return [f"{where}.data_parallel: fsdp2 shards the model over several processes, and the run has one: "
+                "set processes above 1, or remove the key"] if sharded and run["framework"] == "torch" else []
+    if sharded and run.get("precision") == "fp16":
+        return [f"{where}.precision: fp16 with data_parallel: fsdp2 needs a sharded grad scaler, which is not "
+                "built yet: use bf16 (no scaler), or data_parallel: ddp"]
+    if sharded and run.get("clip_grad_norm") is not None:
+        return [f"{where}.clip_grad_norm: clipping sharded gradients (data_parallel: fsdp2) is not built yet: "
+                "remove it, or use data_parallel: ddp"]
     key = "processes" if nodes == 1 else "nodes"
     count = f"{world} processes" if nodes == 1 else f"{world} processes ({nodes} nodes x {processes})"
     if run["framework"] != "torch":

@@ -125,12 +125,13 @@ def task_sources(path: Path, base: Path = Path(".")) -> dict[str, str]:
 
 # Settings of the pipeline's PyTorch loop; Keras tasks set their equivalents on the optimizer.
 TRAINING_DEFAULTS = {"precision": "fp32", "accumulate": 1, "clip_grad_norm": None, "deterministic": True,
-                     "num_workers": 0}
+                     "num_workers": 0, "data_parallel": "ddp"}
 KERAS_EQUIVALENT = {
     "num_workers": "arrays (Keras tasks give arrays; loader workers are for PyTorch Datasets)",
     "precision": "keras.mixed_precision.set_global_policy('mixed_bfloat16') in build_model",
     "accumulate": "the optimizer's gradient_accumulation_steps",
     "clip_grad_norm": "the optimizer's global_clipnorm",
+    "data_parallel": "one process (Keras runs train in one process)",
 }
 
 

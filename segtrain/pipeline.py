@@ -160,7 +160,8 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
              + (f"gradients clipped to norm {clip:g}" if clip else "no gradient clipping")]
     processes = run.world_size
     if processes > 1:
-        how = "torchrun, DDP" if run.nodes == 1 else f"{run.nodes} nodes x {run.processes}: srun, torchrun, DDP"
+        how = "torchrun, " + ("FSDP2: the model sharded" if run.data_parallel == "fsdp2" else "DDP")
+        how = how if run.nodes == 1 else f"{run.nodes} nodes x {run.processes}: srun, {how}"
         lines.append(f"  {processes} processes per segment ({how}): each trains {batch // processes} of the "
                      f"{batch} samples of a step; the costs above were measured with {processes} processes; saves "
                      "are synchronous; a resume needs the same number of processes")

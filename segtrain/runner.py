@@ -325,6 +325,8 @@ class SegmentJob:
             if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
                 self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
                 new_best = True
+        if evaluating and self.world.world_size > 1:  # the main process's judgement, for every process
+            self.best, new_best = self.world.broadcast((self.best, new_best))
         seconds = self._save(state, _row(segment, self.attempt, step, row),
                              wait=step == segment.end) if save_now else None
         if new_best:

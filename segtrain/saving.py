@@ -130,6 +130,6 @@ class Saves:
             self._save_best(state, extra, best)
 
     def _save_best(self, state, extra: dict, best: dict) -> None:
-        if self.world.is_main:
-            save_best(self.run, self.segment, self.store, self.best_store, state, extra, best,
-                      state_format=self.state_format)
+        # every process: each writes its own files (its random streams, its shards)
+        save_best(self.run, self.segment, self.store, self.best_store, state, extra, best, world=self.world,
+                  state_format=self.state_format)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import store as store_mod
 from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY
+from .world import SINGLE
 
 
 def checkpoint_meta(run, segment, **more) -> dict:
@@ -21,19 +22,20 @@ def checkpoint_meta(run, segment, **more) -> dict:
     return meta
 
 
-def save_best(run, segment, store, best_store, state, extra, best, **more) -> None:
+def save_best(run, segment, store, best_store, state, extra, best, world=SINGLE, **more) -> None:
     """Keep the best state so far apart from the rotation: linked from the periodic checkpoint
-    of the same step when there is one, else written."""
+    of the same step when there is one, else written (by every process of ``world``, each its
+    own files, like a periodic checkpoint)."""
     step = extra["step"]
     meta = checkpoint_meta(run, segment, best=best, **more)
-    if store.path(step).exists():
-        def write(folder):
-            store_mod.link_or_copy(store.path(step), folder, skip={store_mod.MANIFEST})
+    if store.path(step).exists():  # every process's files are in it already: the main one links them
+        if world.is_main:
+            best_store.save(step, lambda folder: store_mod.link_or_copy(store.path(step), folder,
+                                                                        skip={store_mod.MANIFEST}), meta)
     else:
-        def write(folder):
-            state.write_state(folder, extra)
-    best_store.save(step, write, meta)
-    best_store.prune(protect={step})
+        best_store.save(step, lambda folder: state.write_state(folder, extra), meta, world=world)
+    if world.is_main:
+        best_store.prune(protect={step})
 
 
 def write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,

@@ -49,6 +49,8 @@ class RunSettings:
     """Processes that train each segment together on each node (torchrun, DDP)."""
     nodes: int = 1
     """Nodes of a SLURM job that train each segment together (srun, one torchrun per node)."""
+    data_parallel: str = "ddp"
+    """How several processes share the model: ddp (replicated) or fsdp2 (sharded by fully_shard)."""
     allow_reshard: bool = False
     """Whether a resume at another number of processes than the checkpoint's is allowed (not bitwise)."""
     precision: str = "fp32"
@@ -130,7 +132,8 @@ class RunSettings:
     def training(self) -> dict:
         """How a step of the pipeline's PyTorch loop is computed (the backends' ``training``)."""
         return {"precision": self.precision, "accumulate": self.accumulate, "clip_grad_norm": self.clip_grad_norm,
-                "deterministic": self.deterministic, "num_workers": self.num_workers}
+                "deterministic": self.deterministic, "num_workers": self.num_workers,
+                "data_parallel": self.data_parallel}
 
     def replace(self, **changes) -> RunSettings:
         return dataclasses.replace(self, **changes)

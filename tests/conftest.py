@@ -161,6 +161,8 @@ def torch_state_arrays(path: Path) -> dict:
     import torch
 
     state = torch.load(path, weights_only=True)
+    if state.get("sharded"):  # data_parallel: fsdp2: every rank's shards of the model and optimizer
+        return sharded_state_arrays(path.parent, state)
     arrays = {f"model.{k}": v.numpy() for k, v in state["model"].items()}
     # a script's checkpoint holds each tracked object's state (segtrain.session): its optimizers'
     optimizers = {n: o for n, o in state.get("tracked", {"optimizer": state.get("optimizer")}).items()
@@ -169,6 +171,25 @@ def torch_state_arrays(path: Path) -> dict:
         for pid, slot in optimizer["state"].items():
             arrays.update({f"{name}.{pid}.{k}": torch.as_tensor(v).numpy() for k, v in slot.items()})
     arrays["rng.torch"] = state["rng"]["torch"].numpy()
+    return arrays
+
+
+def sharded_state_arrays(folder: Path, state: dict) -> dict:
+    """``torch_state_arrays`` of a sharded checkpoint: each rank's rows of the model and optimizer
+    state, and each rank's random streams."""
+    import torch
+
+    def plain(value):
+        return value["__rows_of_dim0__"] if isinstance(value, dict) else value
+
+    arrays = {"rng.torch": state["rng"]["torch"].numpy()}
+    for shard in sorted(folder.glob("shard-*.pt")):
+        held = torch.load(shard, weights_only=True)
+        arrays.update({f"{shard.stem}.model.{k}": plain(v).numpy() for k, v in held["model"].items()})
+        for pid, slot in held["optimizer"]["state"].items():
+            arrays.update({f"{shard.stem}.optimizer.{pid}.{k}": torch.as_tensor(plain(v)).numpy()
+                           for k, v in slot.items()})
+        arrays[f"{shard.stem}.rng.torch"] = held["rng"]["torch"].numpy()
     return arrays
 
 

@@ -71,6 +71,16 @@ def test_several_processes_are_refused_where_they_cannot_train_with_the_reason()
     on_two = resolve(cfg({"nodes": 2, "batch_size": 32}), base=REPO)["r"]
     assert (on_two.world_size, on_two.model_definition["processes"]) == (2, 2)
     assert on_two.definition_hash == run.definition_hash
+    # FSDP2: several processes, one optimizer's loop; what is not built yet is refused by name
+    check(cfg({"data_parallel": "fsdp2"}), "runs.r.data_parallel", "set processes above 1")
+    check(cfg({"data_parallel": "fsdp2", "processes": 2, "precision": "fp16"}), "runs.r.precision", "use bf16")
+    check(cfg({"data_parallel": "fsdp2", "processes": 2, "clip_grad_norm": 1.0}), "runs.r.clip_grad_norm",
+          "not built yet")
+    check(script | {"runs": {"r": {**script["runs"]["r"], "data_parallel": "fsdp2"}}}, "runs.r.data_parallel",
+          "a script run does this in its own loop")
+    sharded = resolve(cfg({"processes": 2, "batch_size": 32, "data_parallel": "fsdp2"}), base=REPO)["r"]
+    assert sharded.model_definition["data_parallel"] == "fsdp2" and sharded.training["data_parallel"] == "fsdp2"
+    assert "data_parallel" not in run.model_definition  # DDP runs keep the definition they had
 
 
 def test_missing_task_file_is_refused():

@@ -8,11 +8,12 @@ import signal
 import time
 
 import pytest
+import torch
 
 from segtrain import store as st
 from segtrain.layout import RunPaths, run_root
 
-from conftest import CNN, assert_bitwise_equal, final_state
+from conftest import CNN, assert_bitwise_equal, final_state, model_file
 from support import wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -158,3 +159,28 @@ def test_a_script_with_seg_world_and_ddp_in_two_processes_ends_bitwise_identical
     exported = torch.load(project.run_dir("cut") / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in exported)  # the plain module's weights, not DDP's
     assert json.loads((project.run_dir("cut") / "costs.json").read_text())["processes"] == 2
+
+
+def test_fsdp2_in_one_segment_and_in_three_ends_bitwise_identical_from_sharded_checkpoints(project):
+    # the best is the first evaluation (mode max), at step 10, between two saves: both ranks write it
+    sharded = {**RANKED, "data_parallel": "fsdp2", "eval_every": 10, "monitor": "val_loss", "mode": "max"}
+    project.write_config({"whole": {**sharded, "steps_per_segment": 120},
+                          "thirds": {**sharded, "steps_per_segment": 40}})
+    project.snakemake()
+    assert_bitwise_equal(final_state(project, "whole"), final_state(project, "thirds"))
+    # every checkpoint holds each rank's shards, hashed in the manifest; the export is one whole model
+    manifest = st.verify(project.paths("thirds").store / st.step_dir_name(120))
+    assert manifest["world_size"] == 2 and manifest["state_format"] == "torch-sharded"
+    assert set(manifest["files"]) == {"state.pt", "shard-00000.pt", "shard-00001.pt"}
+    rows = [torch.load(project.paths("thirds").store / st.step_dir_name(120) / f"shard-0000{r}.pt",
+                       weights_only=True)["model"]["0.weight"] for r in (0, 1)]
+    exported = torch.load(model_file(project, "thirds"), weights_only=True)
+    assert [r["__rows_of_dim0__"].shape[0] for r in rows] == [2, 2] and exported["0.weight"].shape == (4, 1, 3, 3)
+    assert_bitwise_equal(torch.load(model_file(project, "whole"), weights_only=True), exported)
+    # the best checkpoint (evaluated between saves: written by both ranks) is whole and exported
+    best = json.loads((project.run_dir("thirds") / "segments" / "0002" / "segment.json").read_text())["best"]
+    assert best["step"] % 15, f"the test wants a best checkpoint between two saves: {best}"
+    assert set(st.verify(project.paths("thirds").store / "best" / st.step_dir_name(best["step"]))["files"]) == \
+        {"state.pt", "shard-00000.pt", "shard-00001.pt"}
+    assert_bitwise_equal(torch.load(model_file(project, "whole", best=True), weights_only=True),
+                         torch.load(model_file(project, "thirds", best=True), weights_only=True))

@@ -7,11 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from segtrain import runner
+from segtrain import store as st
 from segtrain.planning import Segment
 from segtrain.settings import RunSettings
 from segtrain.world import SINGLE, SeveralProcesses, current
+
+from conftest import assert_bitwise_equal
 
 HERE = Path(__file__).parent
 
@@ -104,3 +108,27 @@ def test_a_job_on_several_nodes_runs_one_torchrun_per_node_through_srun(tmp_path
     r = subprocess.run([sys.executable, "-c", "from segtrain import launch; launch.as_ranks(1, 5, nodes=2)"],
                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HERE.parent)})
     assert r.returncode != 0 and "outside SLURM" in r.stderr and "profiles/slurm" in r.stderr
+
+
+def test_fsdp2_shards_are_saved_by_each_rank_and_load_at_the_same_and_another_number_of_processes(tmp_path):
+    def ranks(n: int, mode: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+                               str(HERE / "ranks" / "fsdp_check.py"), mode, str(tmp_path)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+
+    ranks(2, "write")
+    manifest = st.verify(tmp_path / "ckpt" / st.step_dir_name(3))
+    assert set(manifest["files"]) == {"state.pt", "shard-00000.pt", "shard-00001.pt"} and manifest["world_size"] == 2
+    ranks(3, "read")  # another number of processes: every rank's rows joined, sharded again in 3
+    ranks(2, "read")  # the same number: each rank its own rows
+    written = torch.load(tmp_path / "write-2-0.pt", weights_only=True)
+    assert written["model.0.weight"].shape == (5, 6) and float(written["lr"]) == 0.05
+    for name in ["read-3-0", "read-3-1", "read-3-2", "read-2-0", "read-2-1"]:
+        assert_bitwise_equal(written, torch.load(tmp_path / f"{name}.pt", weights_only=True))
+    # the export's whole model: every rank's rows joined
+    from segtrain.backends.torch_sharded import sharded_weights
+
+    joined = sharded_weights(tmp_path / "ckpt" / st.step_dir_name(3))
+    assert_bitwise_equal({f"model.{k}": v for k, v in joined.items()},
+                         {k: v for k, v in written.items() if k.startswith("model.")})

@@ -21,6 +21,7 @@ from ..settings import RunSettings  # noqa: E402
 from ..taskfile import RunContext, call_task, load_task  # noqa: E402
 from ..world import current as current_world  # noqa: E402
 from .torch_data import _Prepared, _split, rank_share, step_loader  # noqa: E402
+from .torch_sharded import SHARDED_FORMAT, ShardedTorchState, shard_model  # noqa: E402
 from .torch_state import (  # noqa: E402
     Several,
     TorchSnapshot,
@@ -79,6 +80,7 @@ class Backend:
         self.accumulate = int(training.get("accumulate", 1))
         self.clip_grad_norm = training.get("clip_grad_norm")
         self.num_workers = int(training.get("num_workers", 0))
+        self.data_parallel = training.get("data_parallel", "ddp")
         deterministic = training.get("deterministic", True)
         self.device = configure(threads, deterministic)
         self.world = current_world()  # one process, or this rank of a data-parallel job (torchrun)
@@ -100,10 +102,18 @@ class Backend:
         """Build the model, optimizer and scheduler (given the run's context if they ask for it)."""
         self.model = call_task(self.task.build_model, self.params, run=context).to(self.device)
         self._all_modules = list(self.model.modules())
-        # several processes: each trains its share of every global batch and DDP averages the
-        # gradients (the same on every rank: the model, optimizer and scheduler stay replicated)
-        self._training_model = self.model if self.world.world_size == 1 else \
-            _Replicated(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # several processes: each trains its share of every global batch. DDP averages the
+        # gradients (the model, optimizer and scheduler stay replicated); FSDP2 shards the
+        # parameters and the optimizer's state over the processes and averages as it shards
+        self.sharded = self.world.world_size > 1 and self.data_parallel == "fsdp2"
+        if self.sharded:
+            self._training_model = shard_model(self.model, self.world, self.device)
+            self.state_format = SHARDED_FORMAT
+        elif self.world.world_size > 1:
+            self._training_model = _Replicated(self.model,
+                                               device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        else:
+            self._training_model = self.model
         # several optimizers (e.g. one per parameter group, each with its own schedule): a list,
         # tuple or dict, stepped together after each backward pass
         built = call_task(self.task.build_optimizer, self.model, self.params, run=context)
@@ -267,6 +277,9 @@ class Backend:
     def checkpointed(self) -> TorchState:
         """What a checkpoint holds: the model, optimizer, scheduler and grad scaler (those the run
         has), in the one PyTorch state format."""
+        if not hasattr(self, "_tracked") and self.sharded:
+            self._tracked = ShardedTorchState(self.model, self.optimizer,
+                                              {"scheduler": self.scheduler, "scaler": self.scaler}, self.world)
         if not hasattr(self, "_tracked"):
             self._tracked = TorchState({"model": self.model, "optimizer": self.optimizer,
                                         "scheduler": self.scheduler, "scaler": self.scaler}, owner="the task",

@@ -130,7 +130,9 @@ def all_finite(params) -> bool:
     """Whether every value of the tensors ``params`` is finite, in one read of each and one host
     sync: a NaN or an infinity makes its tensor's sum non-finite. A sum can also overflow when
     every value is finite but huge; such tensors are then checked value by value."""
-    params = [p.detach() for p in params]
+    # a parameter sharded over the processes (FSDP2's DTensor): this process's rows (every
+    # process checks its own, and they agree on the answer)
+    params = [(p.to_local() if type(p).__name__ == "DTensor" else p).detach() for p in params]
     if not params:
         return True
     sums = torch.stack([torch.sum(p, dtype=torch.float32) for p in params])
@@ -336,8 +338,16 @@ def _state_weights(folder: Path) -> dict:
     return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)["model"]
 
 
-# where each PyTorch state format keeps the model's weights (segtrain.lightning, segtrain.huggingface)
-WEIGHTS_OF = {"torch": _state_weights, "lightning": _lightning_weights, "huggingface": _trainer_weights}
+def _sharded_weights(folder: Path) -> dict:
+    from .torch_sharded import sharded_weights
+
+    return sharded_weights(folder)
+
+
+# where each PyTorch state format keeps the model's weights (segtrain.lightning, segtrain.huggingface,
+# segtrain.backends.torch_sharded)
+WEIGHTS_OF = {"torch": _state_weights, "lightning": _lightning_weights, "huggingface": _trainer_weights,
+              "torch-sharded": _sharded_weights}
 
 
 def exported_weights(folder: Path) -> dict:

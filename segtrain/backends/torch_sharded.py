@@ -1,0 +1,191 @@
+"""FSDP2 in the pipeline's PyTorch loop (``data_parallel: fsdp2``): the model's parameters and
+the optimizer's state are sharded over the processes (``fully_shard``), and a checkpoint holds
+each process's shards.
+
+Every process writes ``shard-<rank>.pt``: its rows of every sharded tensor (FSDP2 shards dim 0,
+rank by rank), its own copies of what is not sharded, and its random streams. The main process
+also writes ``state.pt``: what is replicated (schedulers, the grad scaler) and the job's extra.
+Each file is hashed as it is written; the checkpoint counts once every rank's files are durable
+(``CheckpointStore.save_together``). Everything loads with ``torch.load(weights_only=True)``: a
+sharded tensor is stored as its local rows, marked, and made a DTensor again on load. A resume
+at the same number of processes loads each process's own shards; one at another number
+(``allow_reshard``) joins every rank's rows and shards them again. The export joins the rows into
+one unsharded model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..store import CorruptCheckpoint, IncompatibleCheckpoint, read_manifest
+from .torch_state import (
+    STATE_FILE,
+    Several,
+    TorchState,
+    read_state_file,
+    reshard_seed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_state_file,
+)
+
+SHARDED_FORMAT = "torch-sharded"
+ROWS = "__rows_of_dim0__"  # marks a sharded tensor's local rows in a shard file
+
+
+def shard_file(rank: int) -> str:
+    """The file of a sharded checkpoint that holds rank ``rank``'s shards and random streams."""
+    return f"shard-{rank:05d}.pt"
+
+
+def shard_model(model: torch.nn.Module, world, device: torch.device) -> torch.nn.Module:
+    """Shard ``model`` over every process of ``world`` with FSDP2 (in place; build the optimizer
+    on its parameters afterwards)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model, mesh=init_device_mesh(device.type, (world.world_size,)))
+    return model
+
+
+def _is_sharded(value) -> bool:
+    return type(value).__name__ == "DTensor"
+
+
+def _local(value):
+    """``value`` with every sharded tensor replaced by a copy of this process's rows, marked."""
+    if isinstance(value, dict):
+        return type(value)((k, _local(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_local(v) for v in value)
+    if _is_sharded(value):
+        return {ROWS: value.to_local().detach().clone()}
+    return value.detach().clone() if torch.is_tensor(value) else value
+
+
+def _joined(parts: list):
+    """One rank-ordered list of the same tree from every rank -> the tree with each sharded
+    tensor's rows joined into the whole tensor; the rest as rank 0 has it."""
+    first = parts[0]
+    if isinstance(first, dict) and set(first) == {ROWS}:
+        return torch.cat([p[ROWS] for p in parts], dim=0)
+    if isinstance(first, dict):
+        return type(first)((k, _joined([p[k] for p in parts])) for k in first)
+    if isinstance(first, (list, tuple)):
+        return type(first)(_joined([p[i] for p in parts]) for i in range(len(first)))
+    return first
+
+
+def _rebuild(saved, like):
+    """A value saved by ``_local`` (or joined by ``_joined``) as a tensor like the live ``like``:
+    a DTensor with its mesh and placements when ``like`` is one."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(saved, dict) and set(saved) == {ROWS}:  # this rank's own rows
+        return DTensor.from_local(saved[ROWS], like.device_mesh, like.placements, shape=like.shape,
+                                  stride=like.stride())
+    if torch.is_tensor(saved) and _is_sharded(like) and saved.shape == like.shape:
+        # the whole tensor, joined (another number of processes); not a parameter's scalar (Adam's step)
+        return distribute_tensor(saved, like.device_mesh, like.placements, src_data_rank=None)
+    return saved
+
+
+def _optimizer_state(saved: dict, optimizer) -> dict:
+    """An optimizer's saved state dict with its sharded tensors rebuilt like the parameter they
+    belong to (state is keyed by the parameter's position in the param groups)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for index, entries in saved["state"].items():
+        param = params[int(index)]
+        state[index] = {k: _rebuild(v, param) for k, v in entries.items()}
+    return {**saved, "state": state}
+
+
+class ShardedTorchState(TorchState):
+    """The model (sharded by FSDP2), its one optimizer and the replicated objects (schedulers, a
+    grad scaler) of the pipeline's loop on several processes; see the module's docstring."""
+
+    state_format = SHARDED_FORMAT
+
+    def __init__(self, model, optimizer, replicated: dict, world):
+        if isinstance(optimizer, Several):
+            raise TypeError("data_parallel: fsdp2 trains with one optimizer so far, and the task builds "
+                            f"{len(optimizer.items)}: return one optimizer, or use data_parallel: ddp")
+        super().__init__(replicated, owner="the task", world=world)
+        # the sharded model as it is (TorchState would unwrap a module, and refuses a sharded one)
+        self.objects = {"model": model, "optimizer": optimizer, **self.objects}
+
+    def _replicated(self) -> dict:
+        return {n: obj.state_dict() for n, obj in self.objects.items() if n not in ("model", "optimizer")}
+
+    def write_state(self, folder: Path, extra: dict) -> None:
+        rank = self.world.rank
+        shard = {"model": _local(self.objects["model"].state_dict()),
+                 "optimizer": _local(self.objects["optimizer"].state_dict()),
+                 "rng": rng_state(), "rank": rank}
+        write_state_file(folder, shard, shard_file(rank))
+        if self.world.is_main:
+            write_state_file(folder, {"model": None, "tracked": self._replicated(), "rng": shard["rng"],
+                                      "extra": extra, "sharded": ["model", "optimizer"]})
+
+    def snapshot(self, extra: dict):
+        raise NotImplementedError("sharded states save synchronously (background writes of several processes "
+                                  "are not built yet)")
+
+    def _shards(self, folder: Path, ranks) -> list[dict]:
+        shards = []
+        for rank in ranks:
+            try:
+                shards.append(read_state_file(folder, name=shard_file(rank)))
+            except FileNotFoundError:
+                raise CorruptCheckpoint(f"{folder} has no {shard_file(rank)}") from None
+        return shards
+
+    def read_state(self, folder: Path) -> dict:
+        state = read_state_file(folder)
+        if state.get("sharded") != ["model", "optimizer"]:
+            raise IncompatibleCheckpoint(f"the checkpoint in {folder} holds an unsharded state ({STATE_FILE} alone), "
+                                         "and the run now shards its model (data_parallel: fsdp2): give the run a "
+                                         "new name to start over")
+        replicated, mine = state["tracked"], self._replicated()
+        if set(replicated) != set(mine):
+            raise IncompatibleCheckpoint(f"the checkpoint in {folder} holds {sorted(replicated)} besides the model "
+                                         f"and optimizer, and the task now builds {sorted(mine)}; build the same "
+                                         "objects, or give the run a new name to start over")
+        rank, size = self.world.rank, self.world.world_size
+        written_by = int(read_manifest(folder).get("world_size", 1))
+        if written_by == size:
+            (shard,) = self._shards(folder, [rank])
+            model_state, optimizer_state = shard["model"], shard["optimizer"]
+        else:  # another number of processes (allow_reshard): join every rank's rows, shard them again
+            shards = self._shards(folder, range(written_by))
+            model_state = _joined([s["model"] for s in shards])
+            optimizer_state = _joined([s["optimizer"] for s in shards])
+            shard = shards[rank] if rank < written_by else None
+        model, optimizer = self.objects["model"], self.objects["optimizer"]
+        try:
+            live = model.state_dict()
+            model.load_state_dict({k: _rebuild(v, live[k]) for k, v in model_state.items()})
+            optimizer.load_state_dict(_optimizer_state(optimizer_state, optimizer))
+            for name, obj in self.objects.items():
+                if name not in ("model", "optimizer"):
+                    obj.load_state_dict(replicated[name])
+        except (RuntimeError, KeyError, ValueError, IndexError) as exc:
+            raise IncompatibleCheckpoint(f"the checkpoint in {folder} does not fit what the task builds now ({exc}); "
+                                         "its definition changed: give the run a new name to start over") from None
+        if shard is None:  # a process the checkpoint's world did not have
+            seed_everything(reshard_seed(int(state["extra"]["step"]), rank))
+        else:
+            set_rng_state(shard["rng"])
+        return state["extra"]
+
+
+def sharded_weights(folder: Path) -> dict:
+    """The whole model of a sharded checkpoint: every rank's rows joined (for the export)."""
+    folder = Path(folder)
+    size = int(read_manifest(folder).get("world_size", 1))
+    return _joined([torch.load(folder / shard_file(r), map_location="cpu", weights_only=True)["model"]
+                    for r in range(size)])
