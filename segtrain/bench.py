@@ -22,9 +22,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-
-
-
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -220,11 +217,17 @@ def main(argv=None) -> int:
     ckpt.add_argument("--dir", default=".", help="folder on the storage to measure (the run's checkpoint_root)")
     ckpt.add_argument("--repeats", type=int, default=3)
     ckpt.add_argument("--no-keras", action="store_true", help="PyTorch only")
+    ckpt.add_argument("--processes", type=int, default=1,
+                      help="above 1: that many ranks (torchrun), each with its FSDP2 shard, against DCP")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    if args.what == "checkpoint":
+    if args.what == "checkpoint" and args.processes > 1:
+        from .bench_ranks import bench_ranks
+
+        print(bench_ranks(args.processes, parse_size(args.size), Path(args.dir), args.repeats))
+    elif args.what == "checkpoint":
         print(bench_checkpoint(parse_size(args.size), Path(args.dir), args.repeats, not args.no_keras))
     return 0
 

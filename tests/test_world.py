@@ -126,6 +126,14 @@ def test_fsdp2_shards_are_saved_by_each_rank_and_load_at_the_same_and_another_nu
     assert written["model.0.weight"].shape == (5, 6) and float(written["lr"]) == 0.05
     for name in ["read-3-0", "read-3-1", "read-3-2", "read-2-0", "read-2-1"]:
         assert_bitwise_equal(written, torch.load(tmp_path / f"{name}.pt", weights_only=True))
+    # rank 1's shard of step 4 is damaged: both ranks resume from step 3, each with its own rows
+    damaged = tmp_path / "ckpt" / st.step_dir_name(4) / "shard-00001.pt"
+    damaged.write_bytes(damaged.read_bytes()[:-3] + b"xyz")
+    ranks(2, "resume")
+    for r in (0, 1):
+        resumed = torch.load(tmp_path / f"resume-2-{r}.pt", weights_only=True)
+        assert int(resumed.pop("step")) == 3 and resumed.pop("skipped").tolist() == [4]
+        assert_bitwise_equal(written, resumed)
     # the export's whole model: every rank's rows joined
     from segtrain.backends.torch_sharded import sharded_weights
 

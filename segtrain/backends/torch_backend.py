@@ -108,7 +108,7 @@ class Backend:
         self.sharded = self.world.world_size > 1 and self.data_parallel == "fsdp2"
         if self.sharded:
             self._training_model = shard_model(self.model, self.world, self.device)
-            self.state_format = SHARDED_FORMAT
+            self.state_format, self.verified_reads = SHARDED_FORMAT, ShardedTorchState.verified_reads
         elif self.world.world_size > 1:
             self._training_model = _Replicated(self.model,
                                                device_ids=[self.device.index] if self.device.type == "cuda" else None)

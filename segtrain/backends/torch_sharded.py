@@ -104,11 +104,24 @@ def _optimizer_state(saved: dict, optimizer) -> dict:
     return {**saved, "state": state}
 
 
+class _HashedAsRead:
+    """The files of a sharded checkpoint that a rank hashes while it reads them (``state.pt`` and
+    every ``shard-*.pt``), so the verification before a load leaves them out: a rank reads its
+    own shard (or, resharding, all of them), and a shard that fails on any rank is skipped by all."""
+
+    def __contains__(self, name) -> bool:
+        return name == STATE_FILE or (str(name).startswith("shard-") and str(name).endswith(".pt"))
+
+    def __iter__(self):
+        return iter((STATE_FILE,))
+
+
 class ShardedTorchState(TorchState):
     """The model (sharded by FSDP2), its one optimizer and the replicated objects (schedulers, a
     grad scaler) of the pipeline's loop on several processes; see the module's docstring."""
 
     state_format = SHARDED_FORMAT
+    verified_reads = _HashedAsRead()
 
     def __init__(self, model, optimizer, replicated: dict, world):
         if isinstance(optimizer, Several):
