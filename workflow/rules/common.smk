@@ -134,11 +134,17 @@ def started_by_srun(wildcards):
     return "srun" if RUNS[wildcards.run].nodes > 1 else None
 
 
+def executor_name():
+    """The executor this Snakemake process runs jobs with (local, slurm, slurm-jobstep, ...)."""
+    plugin = getattr(workflow, "executor_plugin", None)
+    name = getattr(plugin, "cli_prefix", None) or getattr(plugin, "name", None)
+    return name or "local"
+
+
 def check_nodes_executor():
     """Refuse before any job a run on several nodes that this executor cannot give them."""
     several = sorted(name for name, run in RUNS.items() if run.nodes > 1)
-    plugin = getattr(workflow, "executor_plugin", None)
-    executor = getattr(plugin, "cli_prefix", None) or getattr(plugin, "name", "local")
+    executor = executor_name()
     if several and executor not in ("slurm", "slurm-jobstep") and not workflow.dryrun:
         raise WorkflowError(
             f"run {several[0]}: nodes: {RUNS[several[0]].nodes} trains each segment on that many nodes of a SLURM "

@@ -13,8 +13,11 @@ rule train_segment:
     benchmark:
         "benchmarks/train_segment/{run}/{segment}.tsv"
     # A high cap: whether a failed segment is tried again is decided by runtime_minutes (common.smk),
-    # from its attempts: progress always continues, repeating failures stop the run.
-    retries: SEGMENT_RETRY_CAP
+    # from its attempts: progress always continues, repeating failures stop the run. Only the
+    # Snakemake the user started retries: inside a cluster job (SLURM, a Kubernetes pod) a retry
+    # would start on a walltime already spent, and SLURM signals a job once; each attempt there
+    # is a new job.
+    retries: SEGMENT_RETRY_CAP if workflow.is_main_process else 0
     # every process of a segment (processes > 1: torchrun's ranks) trains with the run's threads
     threads: lambda wildcards: RUNS[wildcards.run].threads * RUNS[wildcards.run].processes
     resources:
