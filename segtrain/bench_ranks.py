@@ -64,7 +64,7 @@ def _rank_main(phase: str, work: Path, size: int, repeats: int) -> None:
 
     world = current()
     model, opt, width = _sharded_state(size, world)
-    state = ShardedTorchState(model, opt, {}, world)
+    state = ShardedTorchState({"model": model, "optimizer": opt}, world=world)
     store = store_mod.CheckpointStore(work / "store", keep=repeats + 1)
     times: dict[str, list[float]] = {}
 

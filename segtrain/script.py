@@ -219,11 +219,14 @@ class Session:
     # -- the rest is the job's --
     def _state(self):
         """The tracked objects in the one PyTorch state format (backends.torch_state.TorchState)."""
+        from .backends.torch_sharded import ShardedTorchState, is_sharded
         from .backends.torch_state import TorchState
 
         if "model" not in self._objects:
             raise ValueError("seg.steps(): track the model first, as seg.track(model=model, optimizer=...): its "
                              "weights are what a checkpoint restores and what the run exports")
+        if self.world.world_size > 1 and any(is_sharded(o) for o in self._objects.values()):
+            return ShardedTorchState(self._objects, world=self.world)  # a model the script sharded with FSDP2
         return TorchState(self._objects, world=self.world)
 
     def _optimizer(self):

@@ -185,10 +185,13 @@ def sharded_state_arrays(folder: Path, state: dict) -> dict:
     arrays = {"rng.torch": state["rng"]["torch"].numpy()}
     for shard in sorted(folder.glob("shard-*.pt")):
         held = torch.load(shard, weights_only=True)
-        arrays.update({f"{shard.stem}.model.{k}": plain(v).numpy() for k, v in held["model"].items()})
-        for pid, slot in held["optimizer"]["state"].items():
-            arrays.update({f"{shard.stem}.optimizer.{pid}.{k}": torch.as_tensor(plain(v)).numpy()
-                           for k, v in slot.items()})
+        for name, saved in held["tracked"].items():
+            if "state" in saved and "param_groups" in saved:  # an optimizer
+                for pid, slot in saved["state"].items():
+                    arrays.update({f"{shard.stem}.{name}.{pid}.{k}": torch.as_tensor(plain(v)).numpy()
+                                   for k, v in slot.items()})
+            else:
+                arrays.update({f"{shard.stem}.{name}.{k}": plain(v).numpy() for k, v in saved.items()})
         arrays[f"{shard.stem}.rng.torch"] = held["rng"]["torch"].numpy()
     return arrays
 

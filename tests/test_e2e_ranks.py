@@ -173,7 +173,7 @@ def test_fsdp2_in_one_segment_and_in_three_ends_bitwise_identical_from_sharded_c
     assert manifest["world_size"] == 2 and manifest["state_format"] == "torch-sharded"
     assert set(manifest["files"]) == {"state.pt", "shard-00000.pt", "shard-00001.pt"}
     rows = [torch.load(project.paths("thirds").store / st.step_dir_name(120) / f"shard-0000{r}.pt",
-                       weights_only=True)["model"]["0.weight"] for r in (0, 1)]
+                       weights_only=True)["tracked"]["model"]["0.weight"] for r in (0, 1)]
     exported = torch.load(model_file(project, "thirds"), weights_only=True)
     assert [r["__rows_of_dim0__"].shape[0] for r in rows] == [2, 2] and exported["0.weight"].shape == (4, 1, 3, 3)
     assert_bitwise_equal(torch.load(model_file(project, "whole"), weights_only=True), exported)
@@ -184,3 +184,19 @@ def test_fsdp2_in_one_segment_and_in_three_ends_bitwise_identical_from_sharded_c
         {"state.pt", "shard-00000.pt", "shard-00001.pt"}
     assert_bitwise_equal(torch.load(model_file(project, "whole", best=True), weights_only=True),
                          torch.load(model_file(project, "thirds", best=True), weights_only=True))
+
+
+def test_a_script_that_shards_its_model_with_fsdp2_resumes_bitwise_from_its_shards(project):
+    """A user's loop that calls fully_shard itself (seg.world), with a schedule: 1 segment and 3
+    end bitwise identical; each checkpoint holds both ranks' shards, the export one whole model."""
+    script = {"script": "tasks/script_fsdp_torch.py", "processes": 2, "total_steps": 120,
+              "checkpoint": {"every_steps": 20}}
+    project.write_config({"whole": {**script, "steps_per_segment": 120}, "thirds": {**script, "steps_per_segment": 40}})
+    project.snakemake()
+    assert_bitwise_equal(final_state(project, "whole"), final_state(project, "thirds"))
+    manifest = st.verify(project.paths("thirds").store / st.step_dir_name(120))
+    assert manifest["state_format"] == "torch-sharded"
+    assert set(manifest["files"]) == {"state.pt", "shard-00000.pt", "shard-00001.pt"}
+    exported = torch.load(model_file(project, "thirds"), weights_only=True)
+    assert exported["0.weight"].shape == (4, 1, 3, 3) and exported["4.weight"].shape == (10, 256)
+    assert_bitwise_equal(torch.load(model_file(project, "whole"), weights_only=True), exported)

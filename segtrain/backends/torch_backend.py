@@ -278,8 +278,9 @@ class Backend:
         """What a checkpoint holds: the model, optimizer, scheduler and grad scaler (those the run
         has), in the one PyTorch state format."""
         if not hasattr(self, "_tracked") and self.sharded:
-            self._tracked = ShardedTorchState(self.model, self.optimizer,
-                                              {"scheduler": self.scheduler, "scaler": self.scaler}, self.world)
+            self._tracked = ShardedTorchState({"model": self.model, "optimizer": self.optimizer,
+                                               "scheduler": self.scheduler, "scaler": self.scaler},
+                                              owner="the task", world=self.world)
         if not hasattr(self, "_tracked"):
             self._tracked = TorchState({"model": self.model, "optimizer": self.optimizer,
                                         "scheduler": self.scheduler, "scaler": self.scaler}, owner="the task",

@@ -1,10 +1,11 @@
-"""FSDP2 in the pipeline's PyTorch loop (``data_parallel: fsdp2``): the model's parameters and
-the optimizer's state are sharded over the processes (``fully_shard``), and a checkpoint holds
-each process's shards.
+"""FSDP2 in the pipeline's PyTorch loop (``data_parallel: fsdp2``) and in a script (a model the
+script sharded with ``fully_shard``): the model's parameters and the optimizer's state are
+sharded over the processes, and a checkpoint holds each process's shards.
 
-Every process writes ``shard-<rank>.pt``: its rows of every sharded tensor (FSDP2 shards dim 0,
-rank by rank), its own copies of what is not sharded, and its random streams. The main process
-also writes ``state.pt``: what is replicated (schedulers, the grad scaler) and the job's extra.
+Every process writes ``shard-<rank>.pt``: the state of each sharded object (the model, its
+optimizer) with its rows of every sharded tensor (FSDP2 shards dim 0, rank by rank), and its
+random streams. The main process also writes ``state.pt``: what is replicated (schedulers, the
+grad scaler, an EMA) and the job's extra.
 Each file is hashed as it is written; the checkpoint counts once every rank's files are durable
 (``CheckpointStore.save_together``). Everything loads with ``torch.load(weights_only=True)``: a
 sharded tensor is stored as its local rows, marked, and made a DTensor again on load. A resume
@@ -116,33 +117,48 @@ class _HashedAsRead:
         return iter((STATE_FILE,))
 
 
+def is_sharded(obj) -> bool:
+    """Whether ``obj`` is a module whose parameters FSDP2 sharded, or an optimizer of such."""
+    if isinstance(obj, torch.nn.Module):
+        # not by its parameters: between a forward without backward (an evaluation) and the next
+        # step, FSDP2 holds the root's parameters unsharded, as plain tensors
+        from torch.distributed.fsdp import FSDPModule
+
+        return any(isinstance(m, FSDPModule) for m in obj.modules()) or any(_is_sharded(p) for p in obj.parameters())
+    groups = getattr(obj, "param_groups", None)
+    return isinstance(groups, list) and any(_is_sharded(p) for g in groups for p in g.get("params", ()))
+
+
 class ShardedTorchState(TorchState):
-    """The model (sharded by FSDP2), its one optimizer and the replicated objects (schedulers, a
-    grad scaler) of the pipeline's loop on several processes; see the module's docstring."""
+    """Named objects of which some are sharded by FSDP2 (a module and its optimizer), the rest
+    replicated (schedulers, a grad scaler, an EMA), for the pipeline's loop or a script on several
+    processes; see the module's docstring."""
 
     state_format = SHARDED_FORMAT
     verified_reads = _HashedAsRead()
 
-    def __init__(self, model, optimizer, replicated: dict, world):
-        if isinstance(optimizer, Several):
-            raise TypeError("data_parallel: fsdp2 trains with one optimizer so far, and the task builds "
-                            f"{len(optimizer.items)}: return one optimizer, or use data_parallel: ddp")
-        super().__init__(replicated, owner="the task", world=world)
-        # the sharded model as it is (TorchState would unwrap a module, and refuses a sharded one)
-        self.objects = {"model": model, "optimizer": optimizer, **self.objects}
+    def __init__(self, objects: dict, owner: str = "the script", world=None):
+        objects = {name: obj for name, obj in objects.items() if obj is not None}
+        several = [name for name, obj in objects.items() if isinstance(obj, Several)]
+        if several:
+            raise TypeError(f"sharded training (FSDP2) takes one optimizer so far, and {owner} builds several "
+                            f"('{several[0]}'): use one optimizer, or DDP")
+        self.sharded = sorted(name for name, obj in objects.items() if is_sharded(obj))
+        super().__init__({n: obj for n, obj in objects.items() if n not in self.sharded}, owner=owner, world=world)
+        # the sharded objects as they are (TorchState would unwrap a module, and refuses a sharded one)
+        self.objects = {**{n: objects[n] for n in self.sharded}, **self.objects}
 
     def _replicated(self) -> dict:
-        return {n: obj.state_dict() for n, obj in self.objects.items() if n not in ("model", "optimizer")}
+        return {n: obj.state_dict() for n, obj in self.objects.items() if n not in self.sharded}
 
     def write_state(self, folder: Path, extra: dict) -> None:
         rank = self.world.rank
-        shard = {"model": _local(self.objects["model"].state_dict()),
-                 "optimizer": _local(self.objects["optimizer"].state_dict()),
+        shard = {"tracked": {n: _local(self.objects[n].state_dict()) for n in self.sharded},
                  "rng": rng_state(), "rank": rank}
         write_state_file(folder, shard, shard_file(rank))
         if self.world.is_main:
             write_state_file(folder, {"model": None, "tracked": self._replicated(), "rng": shard["rng"],
-                                      "extra": extra, "sharded": ["model", "optimizer"]})
+                                      "extra": extra, "sharded": self.sharded})
 
     def snapshot(self, extra: dict):
         raise NotImplementedError("sharded states save synchronously (background writes of several processes "
@@ -159,36 +175,39 @@ class ShardedTorchState(TorchState):
 
     def read_state(self, folder: Path) -> dict:
         state = read_state_file(folder)
-        if state.get("sharded") != ["model", "optimizer"]:
+        saved_sharded = state.get("sharded")
+        if saved_sharded is None:
             raise IncompatibleCheckpoint(f"the checkpoint in {folder} holds an unsharded state ({STATE_FILE} alone), "
-                                         "and the run now shards its model (data_parallel: fsdp2): give the run a "
-                                         "new name to start over")
+                                         f"and {self.owner} now shards its model (FSDP2): give the run a new name to "
+                                         "start over")
         replicated, mine = state["tracked"], self._replicated()
-        if set(replicated) != set(mine):
-            raise IncompatibleCheckpoint(f"the checkpoint in {folder} holds {sorted(replicated)} besides the model "
-                                         f"and optimizer, and the task now builds {sorted(mine)}; build the same "
-                                         "objects, or give the run a new name to start over")
+        if sorted(saved_sharded) != self.sharded or set(replicated) != set(mine):
+            raise IncompatibleCheckpoint(
+                f"the checkpoint in {folder} holds {sorted(saved_sharded)} sharded and {sorted(replicated)} "
+                f"replicated, and {self.owner} now builds {self.sharded} sharded and {sorted(mine)} replicated; "
+                "build the same objects, or give the run a new name to start over")
         rank, size = self.world.rank, self.world.world_size
         written_by = int(read_manifest(folder).get("world_size", 1))
         if written_by == size:
             (shard,) = self._shards(folder, [rank])
-            model_state, optimizer_state = shard["model"], shard["optimizer"]
+            saved = shard["tracked"]
         else:  # another number of processes (allow_reshard): join every rank's rows, shard them again
             shards = self._shards(folder, range(written_by))
-            model_state = _joined([s["model"] for s in shards])
-            optimizer_state = _joined([s["optimizer"] for s in shards])
+            saved = {n: _joined([s["tracked"][n] for s in shards]) for n in self.sharded}
             shard = shards[rank] if rank < written_by else None
-        model, optimizer = self.objects["model"], self.objects["optimizer"]
         try:
-            live = model.state_dict()
-            model.load_state_dict({k: _rebuild(v, live[k]) for k, v in model_state.items()})
-            optimizer.load_state_dict(_optimizer_state(optimizer_state, optimizer))
             for name, obj in self.objects.items():
-                if name not in ("model", "optimizer"):
+                if name not in self.sharded:
                     obj.load_state_dict(replicated[name])
+                elif isinstance(obj, torch.nn.Module):
+                    live = obj.state_dict()
+                    obj.load_state_dict({k: _rebuild(v, live[k]) for k, v in saved[name].items()})
+                else:
+                    obj.load_state_dict(_optimizer_state(saved[name], obj))
         except (RuntimeError, KeyError, ValueError, IndexError) as exc:
-            raise IncompatibleCheckpoint(f"the checkpoint in {folder} does not fit what the task builds now ({exc}); "
-                                         "its definition changed: give the run a new name to start over") from None
+            raise IncompatibleCheckpoint(f"the checkpoint in {folder} does not fit what {self.owner} builds now "
+                                         f"({exc}); its definition changed: give the run a new name to start over"
+                                         ) from None
         if shard is None:  # a process the checkpoint's world did not have
             seed_everything(reshard_seed(int(state["extra"]["step"]), rank))
         else:
@@ -200,5 +219,5 @@ def sharded_weights(folder: Path) -> dict:
     """The whole model of a sharded checkpoint: every rank's rows joined (for the export)."""
     folder = Path(folder)
     size = int(read_manifest(folder).get("world_size", 1))
-    return _joined([torch.load(folder / shard_file(r), map_location="cpu", weights_only=True)["model"]
+    return _joined([torch.load(folder / shard_file(r), map_location="cpu", weights_only=True)["tracked"]["model"]
                     for r in range(size)])

@@ -144,13 +144,13 @@ def all_finite(params) -> bool:
 
 def unwrapped(obj):
     """The module inside a ``DistributedDataParallel`` wrapper; anything else as it is. A model
-    sharded with FSDP2 (``fully_shard``) is refused with the reason: its state is sharded, which
-    this state format does not hold yet."""
+    sharded with FSDP2 (``fully_shard``) belongs in a sharded state (``torch_sharded``), which a
+    job of several processes makes; in a job of one it is refused with the reason."""
     if isinstance(obj, torch.nn.parallel.DistributedDataParallel):
         return obj.module
     if isinstance(obj, torch.nn.Module) and any(type(p).__name__ == "DTensor" for p in obj.parameters()):
-        raise TypeError("seg.track(): this model's parameters are sharded (FSDP2's fully_shard); a script's checkpoints "
-                        "hold replicated state so far: wrap it in DistributedDataParallel instead")
+        raise TypeError("seg.track(): this model's parameters are sharded (FSDP2's fully_shard) and the job runs one "
+                        "process: shard it only when seg.world.world_size is above 1 (processes: N in the config)")
     return obj
 
 

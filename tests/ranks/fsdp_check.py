@@ -21,7 +21,7 @@ model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Lin
 shard_model(model, world, torch.device("cpu"))
 optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
 scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-state = ShardedTorchState(model, optimizer, {"scheduler": scheduler}, world)
+state = ShardedTorchState({"model": model, "optimizer": optimizer, "scheduler": scheduler}, world=world)
 store = st.CheckpointStore(out / "ckpt", keep=3)
 
 
