@@ -131,15 +131,17 @@ def time_checkpoints(state, run: RunSettings, store_root: Path) -> dict:
     try:
         for i in range(run.measure_saves):
             extra = {"step": i + 1, "epoch": 0, "index": 0, "segment": -1}
-            if isinstance(state, Snapshots) and world.world_size == 1:  # several save synchronously
+            if isinstance(state, Snapshots):
                 t = time.perf_counter()
                 state.all_finite()  # a job checks the weights before every save
                 snap = state.snapshot(extra)
                 timed["snapshot"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                store.save(1000 + i, snap.write, meta)
+                store.save(1000 + i, snap.write, meta, world=world)  # several: each its files, committed together
                 timed["persist"].append(time.perf_counter() - t)
-                shutil.rmtree(store.path(1000 + i))
+                if world.is_main:
+                    shutil.rmtree(store.path(1000 + i))
+                world.barrier()
             t = time.perf_counter()
             state.all_finite()
             ckpt = store.save(i + 1, lambda folder: state.write_state(folder, extra), meta, world=world)

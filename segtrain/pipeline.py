@@ -163,8 +163,8 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
         how = "torchrun, " + ("FSDP2: the model sharded" if run.data_parallel == "fsdp2" else "DDP")
         how = how if run.nodes == 1 else f"{run.nodes} nodes x {run.processes}: srun, {how}"
         lines.append(f"  {processes} processes per segment ({how}): each trains {batch // processes} of the "
-                     f"{batch} samples of a step; the costs above were measured with {processes} processes; saves "
-                     "are synchronous; a resume needs the same number of processes")
+                     f"{batch} samples of a step; the costs above were measured with {processes} processes; a "
+                     "resume needs the same number of processes")
     if written_by is not None and written_by != processes:
         lines.append(f"  resume: NOT bitwise identical: the checkpoints were written by {written_by} process(es) and "
                      f"resume with {processes} (allow_reshard): every step trains the same samples, but the gradients "

@@ -37,6 +37,9 @@ class Saves:
     def begin(self, state) -> None:
         """Start saving ``state``: in the background when the run asks for it and the state can."""
         self.writer = BackgroundWriter() if self._in_background(state) else None
+        # several processes: the writer thread commits each checkpoint together over a process
+        # group of its own (collectives of two threads on one group would interleave)
+        self.writer_world = self.world.of_own() if self.writer is not None else self.world
         self.state_format = state.state_format  # recorded in every manifest: how the export reads it
 
     def _in_background(self, state) -> bool:
@@ -47,10 +50,6 @@ class Saves:
             wanted = getattr(self.segment, "async_save", False)
         if wanted and not isinstance(state, Snapshots):
             log.info("async_save: %s saves synchronously (it takes no snapshots)", type(state).__name__)
-            return False
-        if wanted and self.world.world_size > 1:
-            log.info("async_save: a segment of %d processes saves synchronously (background writes of several "
-                     "processes are not built yet)", self.world.world_size)
             return False
         return bool(wanted)
 
@@ -64,8 +63,10 @@ class Saves:
         return self.writer is not None and self.writer.busy
 
     def poll(self) -> None:
-        """Count a background write that finished meanwhile."""
-        if self.writer is not None and self.writer.done():
+        """Count a background write that finished meanwhile. With several processes a write is
+        counted at the next save instead, at the same step on every process (what it changes,
+        the checkpoint to fall back to and an error, must be the same on all of them)."""
+        if self.writer is not None and self.world.world_size == 1 and self.writer.done():
             self.settle()
 
     def settle(self) -> None:
@@ -101,7 +102,7 @@ class Saves:
                                **self.notes)
         if self.writer is not None and not wait:
             snap = state.snapshot(extra)
-            self.writer.submit(step, lambda: self._persist(step, snap.write, meta))
+            self.writer.submit(step, lambda: self._persist(step, snap.write, meta, self.writer_world))
             seconds = time.perf_counter() - t
             self.log.append({"step": step, "blocking_seconds": seconds, "persist_seconds": None})
         else:
@@ -112,12 +113,12 @@ class Saves:
         self.blocked.append(seconds)
         return seconds
 
-    def _persist(self, step: int, write, meta: dict) -> None:
+    def _persist(self, step: int, write, meta: dict, world=None) -> None:
         """Write, verify and rename the checkpoint of ``step``; prune the old ones. The metrics log
         is made durable first (each checkpoint also holds its step's row)."""
         if self.world.is_main and self.metrics is not None:
             self.metrics.sync()
-        self.store.save(step, write, meta, world=self.world)
+        self.store.save(step, write, meta, world=world or self.world)
         if self.world.is_main:
             self.store.prune(protect={step})
 

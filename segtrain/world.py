@@ -62,6 +62,12 @@ class World:
         """The reason of the lowest rank that has one, on every process; None when none has."""
         return reason
 
+    def of_own(self) -> World:
+        """This world over a process group of its own, for another thread's collectives (the
+        background checkpoint writer's), which must not interleave with the training thread's.
+        Every process makes it at the same point (making a group is itself collective)."""
+        return self
+
 
 SINGLE = World()
 
@@ -118,6 +124,12 @@ class Distributed(World):
         values = torch.tensor([row[k] for k in keys], dtype=torch.float64)
         dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.group)
         return {**row, **dict(zip(keys, (values / self.world_size).tolist()))}
+
+    def of_own(self) -> World:
+        import torch.distributed as dist
+
+        group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=collective_timeout()))
+        return Distributed(rank=self.rank, world_size=self.world_size, local_rank=self.local_rank, group=group)
 
     def agree_reason(self, reason: str | None) -> str | None:
         # the common case (nobody stops) costs one small all-reduce, not an object exchange

@@ -51,7 +51,9 @@ def test_two_processes_in_one_segment_in_four_and_with_a_rank_killed_end_bitwise
     r = project.snakemake("-n", check=False)
     assert r.returncode != 0 and "processes (2 -> 1)" in r.stdout + r.stderr
 
-    project.write_config({"killed": {**RANKED, "steps_per_segment": 30}})
+    # the killed run writes its checkpoints in the background (each rank its files, committed
+    # together by a writer thread on a process group of its own)
+    project.write_config({"killed": {**RANKED, "steps_per_segment": 30, "async_save": True}})
     store_root = project.paths("killed").store
     proc = project.popen()
     wait_for_checkpoint(store_root, 45, proc)  # segment 1, past its first save
@@ -165,7 +167,7 @@ def test_fsdp2_in_one_segment_and_in_three_ends_bitwise_identical_from_sharded_c
     # the best is the first evaluation (mode max), at step 10, between two saves: both ranks write it
     sharded = {**RANKED, "data_parallel": "fsdp2", "eval_every": 10, "monitor": "val_loss", "mode": "max"}
     project.write_config({"whole": {**sharded, "steps_per_segment": 120},
-                          "thirds": {**sharded, "steps_per_segment": 40}})
+                          "thirds": {**sharded, "steps_per_segment": 40, "async_save": True}})
     project.snakemake()
     assert_bitwise_equal(final_state(project, "whole"), final_state(project, "thirds"))
     # every checkpoint holds each rank's shards, hashed in the manifest; the export is one whole model

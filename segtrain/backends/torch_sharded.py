@@ -151,18 +151,25 @@ class ShardedTorchState(TorchState):
     def _replicated(self) -> dict:
         return {n: obj.state_dict() for n, obj in self.objects.items() if n not in self.sharded}
 
-    def write_state(self, folder: Path, extra: dict) -> None:
+    def _files(self, extra: dict) -> dict:
+        """This process's files of a checkpoint, by name: its shards (copies: ``_local``) and, on
+        the main process, the replicated state."""
         rank = self.world.rank
         shard = {"tracked": {n: _local(self.objects[n].state_dict()) for n in self.sharded},
                  "rng": rng_state(), "rank": rank}
-        write_state_file(folder, shard, shard_file(rank))
+        files = {shard_file(rank): shard}
         if self.world.is_main:
-            write_state_file(folder, {"model": None, "tracked": self._replicated(), "rng": shard["rng"],
-                                      "extra": extra, "sharded": self.sharded})
+            files[STATE_FILE] = {"model": None, "tracked": _local(self._replicated()), "rng": shard["rng"],
+                                 "extra": extra, "sharded": self.sharded}
+        return files
 
-    def snapshot(self, extra: dict):
-        raise NotImplementedError("sharded states save synchronously (background writes of several processes "
-                                  "are not built yet)")
+    def write_state(self, folder: Path, extra: dict) -> None:
+        for name, content in self._files(extra).items():
+            write_state_file(folder, content, name)
+
+    def snapshot(self, extra: dict) -> "ShardedSnapshot":
+        """This process's files copied now (every tensor cloned); ``.write(folder)`` writes them."""
+        return ShardedSnapshot(self._files(extra))
 
     def _shards(self, folder: Path, ranks) -> list[dict]:
         shards = []
@@ -213,6 +220,17 @@ class ShardedTorchState(TorchState):
         else:
             set_rng_state(shard["rng"])
         return state["extra"]
+
+
+class ShardedSnapshot:
+    """A process's files of a sharded checkpoint, copied; written by the background writer."""
+
+    def __init__(self, files: dict):
+        self.files = files
+
+    def write(self, folder: Path) -> None:
+        for name, content in self.files.items():
+            write_state_file(folder, content, name)
 
 
 def sharded_weights(folder: Path) -> dict:

@@ -215,12 +215,13 @@ def write_state_file(folder: Path, state: dict, name: str = STATE_FILE) -> None:
 class TorchSnapshot:
     """A state copied into host buffers (``HostCopy``), written by the background writer."""
 
-    def __init__(self, host: HostCopy, state: dict):
-        self.host, self.state = host, state
+    def __init__(self, host: HostCopy | None, state: dict, name: str = STATE_FILE):
+        self.host, self.state, self.name = host, state, name
 
     def write(self, folder: Path) -> None:
-        self.host.ready()  # the device-to-host copies have landed
-        write_state_file(folder, self.state)
+        if self.host is not None:
+            self.host.ready()  # the device-to-host copies have landed
+        write_state_file(folder, self.state, self.name)
 
 
 def modules_finite(modules) -> bool:
@@ -265,7 +266,10 @@ class TorchState:
             write_state_file(folder, {"rng": rng_state(), "rank": self.world.rank}, rank_file(self.world.rank))
 
     def snapshot(self, extra: dict) -> "TorchSnapshot":
-        """Copy the whole state into this job's host buffers; ``.write(folder)`` writes ``state.pt``."""
+        """Copy the whole state into this job's host buffers; ``.write(folder)`` writes ``state.pt``
+        (another process of several: its random streams, ``rank-<r>.pt``)."""
+        if not self.world.is_main:
+            return TorchSnapshot(None, {"rng": rng_state(), "rank": self.world.rank}, rank_file(self.world.rank))
         if not hasattr(self, "_host"):
             self._host = HostCopy()
         return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
