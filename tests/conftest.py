@@ -264,12 +264,31 @@ def pytest_terminal_summary(terminalreporter):
 TRAINED_TOGETHER = {"tests/test_e2e_resume.py": "baseline", "tests/test_e2e_report.py": "baseline"}
 
 
+# About how long each long scope takes on 2 busy cores (seconds, from CI's durations). The workers
+# take the longest first (greedy, longest processing time first): a long module started last would
+# keep one worker busy while the other has nothing left. A scope not named here counts as short.
+SCOPE_SECONDS = {
+    "tests/test_e2e_ranks.py": 700, "baseline": 600, "tests/test_e2e_slurm.py": 420, "tests/test_e2e_failures.py": 350,
+    "tests/test_e2e_training.py": 300, "tests/test_e2e_script.py": 290, "tests/test_e2e_exactness.py": 280,
+    "tests/test_e2e_dsri_workspace.py": 180, "tests/test_e2e_attempts.py": 170, "tests/test_e2e_rerun.py": 150,
+    "tests/test_e2e_trainers.py": 130, "tests/test_e2e_keras_fit.py": 120, "tests/test_e2e_compat.py": 110,
+    "tests/test_e2e_workers.py": 90, "tests/test_e2e_dsri_pod.py": 80, "tests/test_config.py": 70,
+    "tests/test_world.py": 60, "tests/test_e2e_profiles.py": 50,
+}
+
+
+def scope_of(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return TRAINED_TOGETHER.get(module, module)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.nodeid.split("::", 1)[0]
         if "baseline" in getattr(item, "fixturenames", ()) and TRAINED_TOGETHER.get(module) != "baseline":
             raise pytest.UsageError(f"{item.nodeid} reads the session's baseline: add {module} to TRAINED_TOGETHER "
                                     "in tests/conftest.py, so that xdist runs it on the worker that trained it")
+    items.sort(key=lambda item: -SCOPE_SECONDS.get(scope_of(item.nodeid), 0))  # stable: the rest keep their order
 
 
 try:
@@ -283,8 +302,8 @@ if LoadScopeScheduling is not None:
         share a session fixture (``TRAINED_TOGETHER``)."""
 
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return TRAINED_TOGETHER.get(module, module)
+            return scope_of(nodeid)
 
     def pytest_xdist_make_scheduler(config, log):
+        config.option.loadscopereorder = False  # the collection's order is already longest first
         return _ModulesTogether(config, log)
