@@ -33,6 +33,7 @@ include: "workflow/rules/report.smk"
 # Cheap bookkeeping runs where Snakemake runs, not as cluster jobs.
 localrules:
     all,
+    models,
     plan_segments,
     merge_metrics,
     plot_run,
@@ -48,3 +49,10 @@ rule all:
     default_target: True
     input:
         get_final_targets,
+
+
+# `snakemake models`: train and export every run, without the figures and the comparison
+# (`snakemake` makes them later from what is there).
+rule models:
+    input:
+        get_model_targets,

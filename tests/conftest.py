@@ -39,6 +39,10 @@ TASKS = {"mlp": (MLP, 1500), "cnn": (CNN, 1000), "kmlp": (KMLP, 600), "kcnn": (K
 class Project:
     """A copy of the workflow in a temporary folder, run with the real snakemake."""
 
+    # what snakemake makes when a test names nothing: a module that reads no figure sets
+    # SNAKEMAKE_TARGETS = ("models",) (the plan and the exports only; set per test, below)
+    targets: tuple[str, ...] = ()
+
     def __init__(self, root: Path):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,8 @@ class Project:
         return path
 
     def snakemake(self, *args, check=True, timeout=600, env=None) -> subprocess.CompletedProcess:
-        cmd = [SNAKEMAKE, *args] if any(a.startswith("--profile") for a in args) else [SNAKEMAKE, "--cores", "2", *args]
+        cmd = [SNAKEMAKE, *self.targets, *args] if any(a.startswith("--profile") for a in args) else \
+            [SNAKEMAKE, "--cores", "2", *self.targets, *args]
         r = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout,
                            env={**os.environ, **(env or {})})
         if check and r.returncode != 0:
@@ -66,7 +71,7 @@ class Project:
         return r
 
     def popen(self, *args, **kw) -> subprocess.Popen:
-        return subprocess.Popen([SNAKEMAKE, "--cores", "2", *args], cwd=self.root, stdout=subprocess.PIPE,
+        return subprocess.Popen([SNAKEMAKE, "--cores", "2", *self.targets, *args], cwd=self.root, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, **kw)
 
     def git_commit_all(self, *, leave_out: tuple[str, ...] = ()) -> None:
@@ -216,6 +221,13 @@ def assert_bitwise_equal(a: dict, b: dict):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), f"tensor {k} differs"
+
+
+@pytest.fixture(autouse=True)
+def _snakemake_targets(request):
+    Project.targets = tuple(getattr(request.module, "SNAKEMAKE_TARGETS", ()))
+    yield
+    Project.targets = ()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from segtrain import store as st
 from support import wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
 FAILING = {"task": "tasks/failing_digits_torch.py", "params": {"fail_at": 130}, "validation_split": 0}
 SLOW = {"task": "tasks/slow_digits_torch.py", "params": {"pause": 0.0}}

@@ -10,6 +10,7 @@ import pytest
 from conftest import Project, assert_bitwise_equal, final_state
 
 pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
 RUN = {"task": "tasks/slow_digits_torch.py", "total_steps": 2000, "steps_per_segment": 1000}
 SETTINGS = dict(measure_steps=3, measure_saves=2, checkpoint={"every_steps": 200}, log_every=10)

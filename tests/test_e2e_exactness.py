@@ -11,6 +11,7 @@ from segtrain.layout import SEGMENT_SUMMARY
 from conftest import KMLP, assert_bitwise_equal, final_state
 
 pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
 AUGMENT = {"task": "tasks/augment_digits_torch.py", "checkpoint": {"every_steps": 25}}
 

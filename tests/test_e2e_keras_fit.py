@@ -9,6 +9,7 @@ from conftest import Project, assert_bitwise_equal, final_state, load_weights, m
 from support import three_failures
 
 pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
 TOTAL = 400
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, Project, assert_bitwise_equal, final_state, load_weights, model_file
 
 pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
 
 @pytest.fixture(scope="module")

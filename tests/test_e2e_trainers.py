@@ -16,6 +16,7 @@ from conftest import Project, last_logged_step
 from support import wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
 TOTAL = 300
 

@@ -14,6 +14,7 @@ from segtrain.layout import working_metrics
 from conftest import assert_bitwise_equal, final_state, last_logged_step
 
 pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
 TASK = {"task": "tasks/dataset_digits_torch.py", "params": {"pause": 0.02}, "total_steps": 400,
         "steps_per_segment": 200}

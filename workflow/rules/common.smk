@@ -291,6 +291,19 @@ def runs_of(framework):
     return "|".join(names) if names else "(?!x)x"
 
 
+def get_model_targets(wildcards):
+    """Per run: the plan and the exported models (last and best), without the figures."""
+    targets = []
+    for name, run in RUNS.items():
+        ext = EXPORT_EXT[run.framework]
+        targets += [
+            Files.of(Files.plan_txt, run=name),
+            Files.of(Files.model, run=name, ext=ext),
+            Files.of(Files.model_best, run=name, ext=ext),
+        ]
+    return targets
+
+
 def get_final_targets(wildcards):
     """Per run: the plan, the exported models, the merged metrics and the report's figures.
     (Each of them lists the whole chain of segments, in order, once the plan exists.)"""
