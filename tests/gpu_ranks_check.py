@@ -24,10 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
-COPIED = ("Snakefile", "workflow", "scripts", "segtrain", "examples", "profiles")
+sys.path.insert(0, str(REPO / "tests"))
 CNN = {"task": "examples/digits_cnn_torch.py", "params": {"channels": 32, "dropout": 0.3, "lr_step": 300},
        "batch_size": 64, "checkpoint": {"every_steps": 25}}
 
@@ -40,18 +38,14 @@ def devices() -> tuple[str, int]:
     return "cpu", 2
 
 
-def project(root: Path, runs: dict, steps: int) -> None:
-    root.mkdir(parents=True)
-    for name in COPIED:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    (root / "config").mkdir()
-    defaults = {"time_limit": "30m", "safety_margin": "10s", "log_every": 25, "measure_steps": 10, "measure_saves": 3}
-    cfg = {"defaults": defaults, "runs": {name: {**spec, "total_steps": steps} for name, spec in runs.items()}}
-    (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+def project(root: Path, runs: dict, steps: int) -> Path:
+    """A copy of the workflow (the test suite's ``Project``) with these runs in its config."""
+    from conftest import Project
+
+    p = Project(root)
+    p.write_config({name: {**spec, "total_steps": steps} for name, spec in runs.items()}, time_limit="30m",
+                   safety_margin="10s", log_every=25, measure_steps=10, measure_saves=3)
+    return p.root
 
 
 def final_arrays(run_dir: Path) -> dict:
@@ -102,9 +96,9 @@ def main() -> int:
     if processes == 1:
         result["note"] = "one GPU: NCCL runs one process per GPU, so only one process was checked"
     try:
-        project(work / "proj", runs, args.steps)
+        root = project(work / "proj", runs, args.steps)
         done = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", str(max(2, processes))],
-                              cwd=work / "proj", capture_output=True, text=True)
+                              cwd=root, capture_output=True, text=True)
         result["snakemake_exit"] = done.returncode
         if done.returncode != 0:
             result["error"] = done.stderr[-3000:]

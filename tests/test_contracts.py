@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 from segtrain import store as st
 from segtrain.backends import Backend, load_backend
-from segtrain.backends.torch_state import STATE_FILE, TorchState, exported_weights
+from segtrain.backends.torch_state import STATE_FILE, TorchState
+from segtrain.backends.torch_weights import exported_weights
 from segtrain.checkpointing import Evaluated, Snapshots, TrainingState
 from segtrain.config import resolve
 from segtrain.planning import Segment

@@ -27,11 +27,11 @@ from .torch_state import (  # noqa: E402
     TorchSnapshot,
     TorchState,
     all_finite,
-    exported_weights,
     isolated_rng,
     seed_everything,
     several,
 )
+from .torch_weights import exported_weights  # noqa: E402
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
 

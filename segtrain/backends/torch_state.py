@@ -1,7 +1,7 @@
 """The one PyTorch state format: what the loop and scripts save and restore (modules,
 optimizers, schedulers, scalers, the random generators of Python, NumPy and torch), written as
-tensors and plain values so it loads with ``torch.load(weights_only=True)``; and where each
-PyTorch format (this one, Lightning's, Hugging Face's) keeps a model's weights for the export."""
+tensors and plain values so it loads with ``torch.load(weights_only=True)``. (Where each PyTorch
+format keeps a model's weights, for the export: ``torch_weights``.)"""
 
 from __future__ import annotations
 
@@ -326,41 +326,3 @@ class TorchState:
 
 
 LIGHTNING_CHECKPOINT = "lightning.ckpt"  # what segtrain.lightning writes: Lightning's own checkpoint
-
-
-def _lightning_weights(folder: Path) -> dict:
-    return torch.load(folder / LIGHTNING_CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def _trainer_weights(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
-
-
-def _state_weights(folder: Path) -> dict:
-    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)["model"]
-
-
-def _sharded_weights(folder: Path) -> dict:
-    from .torch_sharded import sharded_weights
-
-    return sharded_weights(folder)
-
-
-# where each PyTorch state format keeps the model's weights (segtrain.lightning, segtrain.huggingface,
-# segtrain.backends.torch_sharded)
-WEIGHTS_OF = {"torch": _state_weights, "lightning": _lightning_weights, "huggingface": _trainer_weights,
-              "torch-sharded": _sharded_weights}
-
-
-def exported_weights(folder: Path) -> dict:
-    """The model weights of the checkpoint in ``folder``, read by its recorded state format."""
-    recorded = read_manifest(folder).get("state_format")
-    if recorded is None:  # written before formats were recorded (loop and scripts: state.pt, else theirs)
-        recorded = "torch" if (folder / STATE_FILE).exists() else (
-            "lightning" if (folder / LIGHTNING_CHECKPOINT).exists() else "huggingface")
-    if recorded not in WEIGHTS_OF:
-        raise ValueError(f"{folder} holds a '{recorded}' checkpoint, which the PyTorch export cannot read "
-                         f"(it reads {', '.join(sorted(WEIGHTS_OF))})")
-    return WEIGHTS_OF[recorded](folder)
