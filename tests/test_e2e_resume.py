@@ -93,17 +93,22 @@ def test_keras_exports_load_with_plain_apis_and_predict_like_the_final_state(bas
 @pytest.mark.parametrize("task", ["cnn", "kcnn"])
 def test_sigkill_of_training_process_resumes_from_newest_periodic_checkpoint(project, baseline, task):
     spec, total = TASKS[task]
-    # five segments, killed in the middle one
-    project.write_config({"cnn-kill": {**spec, "total_steps": total, "steps_per_segment": total // 5}})
+    # five segments, killed in the middle one a quarter into it: three checkpoints before its end,
+    # so the kill lands while it trains (a kill after its output is complete fails nothing; a
+    # save a segment's end away from the kill let that happen to the Keras run, whose steps take ms)
+    segment = total // 5
+    kill_after = 2 * segment + segment // 4
+    project.write_config({"cnn-kill": {**spec, "total_steps": total, "steps_per_segment": segment,
+                                       "checkpoint": {"every_steps": segment // 4}, "eval_every": 50}})  # as the baseline
     proc = project.popen()
     store_root = project.paths("cnn-kill").store
-    wait_for_checkpoint(store_root, total // 2 + 50, proc)
+    wait_for_checkpoint(store_root, kill_after, proc)
     pid = int((store_root / ".lock").read_text().split()[1])
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode != 0  # the killed job failed the run
     resume_at = newest_after_kill(store_root)
-    assert total // 2 + 50 <= resume_at < total
+    assert kill_after <= resume_at < 3 * segment
 
     project.snakemake()
     retried = [a for a in project.attempts("cnn-kill") if "resumed_from" in a and a["attempt"] >= 2]
