@@ -63,6 +63,7 @@ class DigitsCNN(L.LightningModule):
 segtrain.session(total_steps=args.steps)  # segtrain: alone, how long to train
 checkpoints = segtrain.lightning.Checkpoints()  # segtrain
 trainer = L.Trainer(max_steps=checkpoints.max_steps, callbacks=[checkpoints],  # segtrain: max_steps, callbacks
+                    devices=checkpoints.devices, num_nodes=checkpoints.num_nodes,  # segtrain: the run's processes
                     enable_checkpointing=False, logger=False, enable_progress_bar=False, accelerator="auto",
                     val_check_interval=200, check_val_every_n_epoch=None)
 trainer.fit(DigitsCNN(args.lr), datamodule=DigitsData(), **checkpoints.resume)  # segtrain: **checkpoints.resume

@@ -24,7 +24,6 @@ from .definition import (
     model_definition,
     model_hash,
     task_functions,
-    trainer_ways_in,
 )
 from .durations import DurationError, parse_duration, parse_percent
 from .planning import MAX_SEGMENTS
@@ -197,12 +196,6 @@ def _processes_problems(run: dict, where: str, base: Path) -> list[str]:
         return [f"{where}.{key}: {count} train PyTorch runs so far; a Keras run trains in one process: "
                 f"set {key}: 1"]
     if run.get("script") is not None:
-        words = str(run["script"]).split()
-        script = find_task(words[0], base) if words else None
-        trainer = sorted(trainer_ways_in(script)) if script is not None else []
-        if trainer:
-            return [f"{where}.{key}: {count}: the script trains through {trainer[0]}, which runs in one process "
-                    f"so far (seg.steps() loops train with several): set {key}: 1"]
         return []
     share = world * run.get("accumulate", 1)
     if run["batch_size"] % share:

@@ -36,28 +36,6 @@ def task_functions(path: Path) -> set[str]:
     return names
 
 
-TRAINER_WAYS_IN = ("segtrain.keras", "segtrain.lightning", "segtrain.huggingface")
-
-
-def trainer_ways_in(path: Path) -> set[str]:
-    """The trainer callbacks of segtrain (Keras fit, Lightning, Hugging Face) a script imports,
-    read without running it; an unreadable file gives none (its own check reports it)."""
-    try:
-        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError, OSError):
-        return set()
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-        else:
-            continue
-        found |= {way for way in TRAINER_WAYS_IN for name in names if name == way or name.startswith(way + ".")}
-    return found
-
-
 CONTEXT_FUNCTIONS = ("build_model", "build_optimizer", "build_scheduler")
 
 

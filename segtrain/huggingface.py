@@ -16,9 +16,19 @@ on a stop signal or near the deadline saves at the next step and ends the job fo
 Trainer resumes from that folder itself (``resume_from_checkpoint``; it loads with
 ``weights_only=True``) and skips the data it has already seen in the epoch.
 
+With ``processes`` (and ``nodes``) above 1 the pipeline starts the script under torchrun and the
+Trainer trains with DDP in the job's process group: its main process writes the model, optimizer,
+scheduler and ``trainer_state.json``, every process its RNG states (``rng_state_<rank>.pth``); the
+stop is agreed by all processes at a step.
+
+The metrics: the Trainer is asked to log at the run's ``log_every`` (and at saves and the run's
+evaluation steps), whatever its ``logging_steps``: its training loss, averaged since its last
+log, joins that step's row. Its evaluations (``eval_strategy``, ``compute_metrics``) join the row
+of the step they followed, without their timings, so ``monitor: eval_loss`` (or
+``eval_accuracy``, mode max) picks the best checkpoint (``model.best.*``).
+
 What holds: the interval, the deadline and signal stops and the step count are exact; the data
-position is the Trainer's own. ``loss`` in the metrics is the Trainer's last logged training loss
-(every ``logging_steps``).
+position is the Trainer's own (it skips the batches it has seen, and restores its RNG states).
 """
 
 from __future__ import annotations
@@ -54,8 +64,9 @@ class _TrainerState:
         trainer._save_optimizer_and_scheduler(folder)
         trainer._save_scaler(folder)
         trainer._save_rng_state(folder)
-        trainer.state.save_to_json(os.path.join(folder, "trainer_state.json"))
-        Path(folder, EXTRA).write_text(json.dumps(extra))
+        if trainer.args.should_save:  # the main process (the writers above check it themselves)
+            trainer.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+            Path(folder, EXTRA).write_text(json.dumps(extra))
 
     def read_state(self, folder: Path) -> dict:
         import torch
@@ -79,7 +90,7 @@ class Checkpoints(TrainerCallback):
         self.state = _TrainerState()
         self.hook = TrainerHook(self.state, "the Trainer's")
         self.max_steps = self.hook.max_steps
-        self._loss = None
+        self._ended_segment = False
 
     def train(self, trainer, **kwargs):
         """``trainer.train``, resumed from the newest verified checkpoint of this segment's chain."""
@@ -90,16 +101,37 @@ class Checkpoints(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.state.trainer is None:
             raise RuntimeError("call checkpoints.train(trainer) instead of trainer.train(): it resumes the run")
-        if self.hook.start(state.global_step):
-            control.should_training_stop = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self._loss = logs["loss"]
+        if self.hook.start(state.global_step, args.world_size,
+                           "the Trainer takes its processes from torchrun, which the pipeline starts; keep "
+                           "TrainingArguments' parallelism settings at their defaults"):
+            control.should_training_stop = self._ended_segment = True
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.hook.logs_now(state.global_step):
+            control.should_log = True  # the loss at the run's log_every, whatever logging_steps says
         row = {"lr": self.state.trainer.optimizer.param_groups[0]["lr"]}
-        if self._loss is not None:
-            row["loss"] = self._loss
         if self.hook.step_done(state.global_step, row):
             control.should_training_stop = True
+            self._ended_segment = state.global_step < self.max_steps  # the run's end is the Trainer's own
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # a segment's end inside an epoch is not the epoch's end: no epoch-end evaluation (nor
+        # log, nor save) that an uninterrupted run would not do there (at the run's last step the
+        # Trainer evaluates as it would without the callback)
+        if self._ended_segment and abs(state.epoch - round(state.epoch)) > 1e-6:
+            control.should_evaluate = control.should_log = control.should_save = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:  # the training loss averaged since the Trainer's last log
+            self.hook.metrics({"loss": logs["loss"]}, evaluation=False)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        values = {k: v for k, v in (metrics or {}).items()
+                  if k.startswith("eval_") and not k.endswith(TIMINGS)}
+        self.hook.metrics(values, evaluation=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.hook.end(state.global_step)
+
+
+TIMINGS = ("_runtime", "_samples_per_second", "_steps_per_second")  # of the evaluation: not metrics

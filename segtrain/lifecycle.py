@@ -78,6 +78,18 @@ class StopFlag:
             signal.signal(sig, self._handler)
         self.installed = True
 
+    def reclaim(self) -> list[str]:
+        """Catch the stop signals again where a framework put its own handler in (Lightning's
+        SIGTERM handler ends its loop at a batch's end, without the job's save); returns the
+        names of the signals taken back."""
+        if not self.installed:
+            return []
+        taken = [sig for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
+                 if signal.getsignal(sig) != self._handler]
+        for sig in taken:
+            signal.signal(sig, self._handler)
+        return [signal.Signals(sig).name for sig in taken]
+
     def _handler(self, signum, frame):
         self.request(f"signal {signal.Signals(signum).name}", signum)
         if self._interrupting:

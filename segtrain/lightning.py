@@ -4,7 +4,8 @@ path for a ``Trainer`` script (``script: train.py`` in a run of the config).
     import segtrain.lightning
 
     checkpoints = segtrain.lightning.Checkpoints()
-    trainer = L.Trainer(max_steps=checkpoints.max_steps, callbacks=[checkpoints], enable_checkpointing=False)
+    trainer = L.Trainer(max_steps=checkpoints.max_steps, callbacks=[checkpoints], enable_checkpointing=False,
+                        devices=checkpoints.devices, num_nodes=checkpoints.num_nodes)
     trainer.fit(model, train_loader, val_loader, **checkpoints.resume)   # ckpt_path, weights_only=True
 
 Each optimizer step is handed to the job: it saves (Lightning's own checkpoint,
@@ -14,6 +15,16 @@ whole run), and on a stop signal or near the deadline saves at the next step and
 ends the job for a retry. ``resume`` names the newest verified checkpoint, which Lightning loads
 (model, optimizers, schedulers, loops, callbacks) with ``weights_only=True``.
 
+The metrics: the training loss of every step the run logs (``log_every``), and what validation
+logs (``self.log("val_loss", ...)`` in ``validation_step``) at the step it followed, so
+``monitor: val_loss`` picks the best checkpoint (``model.best.*``) at Lightning's own validation
+schedule (``val_check_interval``).
+
+With ``processes`` (and ``nodes``) above 1 the pipeline starts the script under torchrun, and
+Lightning's DDP joins the job's process group (``devices``/``num_nodes`` are the run's; a Trainer
+that trains another number of processes is refused when it starts). Every process calls the save
+(Lightning's main process writes the checkpoint); the stop is agreed by all processes at a step.
+
 What holds, honestly: the interval, the deadline and signal stops and the step count are exact;
 the data position is Lightning's (its loaders restart the epoch on a mid-epoch resume, unless they
 are stateful), so a resumed run is not bitwise identical to an uninterrupted one.
@@ -22,6 +33,7 @@ are stateful), so a resumed run is not bitwise identical to an uninterrupted one
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -29,8 +41,11 @@ import torch
 
 from .backends.torch_state import LIGHTNING_CHECKPOINT
 from .checkpointing import as_numbers
+from .lifecycle import STOP
 from .script import finite
 from .trainer_hook import TrainerHook
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = LIGHTNING_CHECKPOINT
 EXTRA = "segtrain.json"
@@ -47,8 +62,10 @@ class _LightningState:
         self.restored: Path | None = None
 
     def write_state(self, folder: Path, extra: dict) -> None:
+        # every process calls it (a collective under DDP); Lightning's main process writes it
         self.trainer.save_checkpoint(Path(folder) / CHECKPOINT, weights_only=False)
-        (Path(folder) / EXTRA).write_text(json.dumps(extra))
+        if self.trainer.is_global_zero:
+            (Path(folder) / EXTRA).write_text(json.dumps(extra))
 
     def read_state(self, folder: Path) -> dict:
         # a Lightning checkpoint that a weights_only load refuses is refused here, before Lightning loads it
@@ -69,6 +86,11 @@ class Checkpoints(L.Callback):
         self.state = _LightningState()
         self.hook = TrainerHook(self.state, "Lightning's")
         self.max_steps = self.hook.max_steps
+        run = self.hook.seg.run
+        self.devices, self.num_nodes = run.processes, run.nodes  # the Trainer's, under the job's torchrun
+        self._training_names: set[str] = set()
+        self._validation_names: set[str] = set()
+        self._before: set[str] = set()
 
     @property
     def resume(self) -> dict:
@@ -78,12 +100,40 @@ class Checkpoints(L.Callback):
 
     def on_train_start(self, trainer, pl_module):  # after Lightning restored its loops and optimizers
         self.state.trainer = trainer
-        if self.hook.start(trainer.global_step):
+        # Lightning's SIGTERM handler ends its loop at a batch's end, without the job's save (and,
+        # with several processes, broadcasts from inside the handler): the job's own handler again
+        taken = STOP.reclaim()
+        if taken:
+            log.info("the job handles %s itself: a stop saves at the next step (agreed by every process)",
+                     ", ".join(taken))
+        if self.hook.start(trainer.global_step, trainer.world_size,
+                           "give the Trainer devices=checkpoints.devices, num_nodes=checkpoints.num_nodes"):
             trainer.should_stop = True
+        if self.hook.job is not None and not self.hook.seg.measuring:
+            # the loop ends at the segment's end as at a max_steps (no stop request: Lightning runs
+            # an extra validation on one); schedules were built from the run's total before this
+            trainer.fit_loop.epoch_loop.max_steps = self.hook.job.segment.end
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         row = {"loss": outputs["loss"].detach()} if isinstance(outputs, dict) and "loss" in outputs else {}
         if trainer.optimizers:
             row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        if self.hook.step_done(trainer.global_step, row):
-            trainer.should_stop = True
+        self.hook.step_done(trainer.global_step, row)  # the segment's end ends the loop (max_steps)
+        self._training_names |= set(trainer.callback_metrics) - self._validation_names
+
+    def on_validation_start(self, trainer, pl_module):
+        self._before = set(trainer.callback_metrics)
+
+    def on_validation_end(self, trainer, pl_module):
+        """The validation metrics (what validation logged: the names new to it, or known from an
+        earlier validation) join the row of the step the validation followed."""
+        found = set(trainer.callback_metrics)
+        self._validation_names |= (found - self._before) - self._training_names
+        values = {k: v for k, v in trainer.callback_metrics.items() if k in self._validation_names}
+        if trainer.sanity_checking:  # before training: only the names count (the measure job reads them)
+            self.hook.metric_names |= set(values)
+            return
+        self.hook.metrics(values, evaluation=True)
+
+    def on_train_end(self, trainer, pl_module):
+        self.hook.end(trainer.global_step)

@@ -85,6 +85,12 @@ def check_monitor(run: RunSettings, measured: dict) -> None:
     import difflib
 
     names = measured.get("metric_names")
+    trainer = measured.get("evaluates")
+    if names and trainer and run.monitor not in names:
+        log.warning("monitor %s: %s evaluates on its own schedule and has not computed it yet (it computed: %s); "
+                    "the best checkpoint is judged by %s whenever it does, and the last model is exported as the "
+                    "best if it never does", run.monitor, trainer, ", ".join(sorted(names)), run.monitor)
+        return
     if names and run.monitor.startswith("val_") and not any(n.startswith("val_") for n in names):
         log.warning("monitor %s: the run has no validation data (validation_split 0, no build_validation); "
                     "the last checkpoint is exported as the best", run.monitor)

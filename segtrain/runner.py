@@ -84,6 +84,10 @@ class SegmentJob:
         self._row: dict = {}
         self._rows: list[dict] | None = None  # the outputs of a call that trained several steps
         self._call_seconds, self._call_steps = 0.0, 1  # the client's last call: its seconds and steps
+        # a trainer that logs and evaluates itself (segtrain.trainer_hook) completes a step's row
+        # after the step was counted: the row is held until the next one
+        self.holds_rows = False
+        self._held: dict | None = None
         self.store = self.ledger = None
 
     def open(self) -> None:
@@ -232,14 +236,15 @@ class SegmentJob:
         self._call_steps = count
         return count
 
-    def steps(self, state, evaluate=None, after_evaluation=None):
+    def steps(self, state, evaluate=None, after_evaluation=None, hold_finish=False):
         """Yield the number of each step to train (the first is ``restored step + 1``), from the
         restored step to the segment's end; between them: evaluate, save, log, and stop in time.
 
         ``evaluate()`` returns validation metrics (run on RNG streams of its own);
-        ``after_evaluation(row, monitor)`` steps a metric-driven scheduler."""
-        run, segment = self.run, self.segment
-        run_end = int(run.total_steps or segment.end)
+        ``after_evaluation(row, monitor)`` steps a metric-driven scheduler. ``hold_finish``: yield
+        None once the last step is counted, and write the segment's output at the next call (a
+        trainer may still evaluate that step)."""
+        segment = self.segment
         saves = self.saves
         saves.begin(state)
         t0 = self.clock()
@@ -270,7 +275,7 @@ class SegmentJob:
             now = self.clock()
             report_due = self.world.is_main and now - last_progress >= 10
             for i, raw in enumerate(raws):
-                row = self._after_step(state, raw, evaluate, after_evaluation, run_end,
+                row = self._after_step(state, raw, evaluate, after_evaluation,
                                        read=report_due and i == len(raws) - 1)
             if (report_due or self.step == segment.end) and self.world.is_main:
                 rate = (self.step - first_step) / max(now - t0, 1e-9)
@@ -279,9 +284,11 @@ class SegmentJob:
                          self.step, segment.end, f"{row['loss']:.4f}" if "loss" in row else "(not logged)", rate,
                          eta, self.deadline - now)
                 last_progress = now
+        if hold_finish:
+            yield None
         self._finish()
 
-    def _after_step(self, state, raw: dict, evaluate, after_evaluation, run_end: int, read: bool) -> dict:
+    def _after_step(self, state, raw: dict, evaluate, after_evaluation, read: bool) -> dict:
         """Count one trained step, whose outputs are ``raw``; evaluate, save and log as its number
         asks. Returns its row: numbers where it was read (``read`` asks for that in any case)."""
         run, segment = self.run, self.segment
@@ -290,9 +297,9 @@ class SegmentJob:
         # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
         # (every eval_every steps and the run's last step, not at segment ends), so neither the
         # plan's cut points nor the measured costs can change what training draws.
-        evaluating = step % segment.eval_every == 0 or step == run_end
+        evaluating = self.evaluates_at(step)
         save_now = step % segment.interval == 0 or step == segment.end
-        logged = save_now or evaluating or step % run.log_every == 0
+        logged = self.logs_at(step)
         # The loss is read (a wait for the device) only on the steps that log, save or evaluate;
         # a NaN between them shows at the next one, and no checkpoint ever holds NaN weights.
         if logged:
@@ -318,23 +325,70 @@ class SegmentJob:
                     f"'{segment.monitor}', which step {step} did not compute: set validation_split (or give "
                     "the task build_validation), or monitor: loss")
             after_evaluation(row, segment.monitor)
-        new_best = False
-        if evaluating and segment.monitor in row:
-            value = row[segment.monitor]
-            best = self.best
-            if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
-                self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
-                new_best = True
+        new_best = evaluating and segment.monitor in row and self._better(row[segment.monitor], step)
         if evaluating and self.world.world_size > 1:  # the main process's judgement, for every process
             self.best, new_best = self.world.broadcast((self.best, new_best))
         seconds = self._save(state, _row(segment, self.attempt, step, row),
                              wait=step == segment.end) if save_now else None
         if new_best:
             self.saves.best(state, self._extra(step), self.best)
-        if logged and self.world.is_main:
-            self.metrics.append({**_row(segment, self.attempt, step, row),
-                                 "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
+        if logged:
+            self._record({**_row(segment, self.attempt, step, row),
+                          "save_seconds": "" if seconds is None else f"{seconds:.6f}"})
         return row
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether ``step`` evaluates: every eval_every steps and the run's last step."""
+        return step % self.segment.eval_every == 0 or step == int(self.run.total_steps or self.segment.end)
+
+    def logs_at(self, step: int) -> bool:
+        """Whether ``step`` gets a row in the metrics: it logs (log_every), saves or evaluates."""
+        segment = self.segment
+        return (step % self.run.log_every == 0 or step % segment.interval == 0 or step == segment.end
+                or self.evaluates_at(step))
+
+    def _better(self, value: float, step: int) -> bool:
+        """Whether ``value`` of the monitored metric at ``step`` is the best so far (it then is)."""
+        best, segment = self.best, self.segment
+        if best is None or (value < best["value"] if segment.mode == "min" else value > best["value"]):
+            self.best = {"monitor": segment.monitor, "mode": segment.mode, "value": value, "step": step}
+            return True
+        return False
+
+    def _record(self, row: dict) -> None:
+        """A step's row into the metrics log (the main process's), or held (``holds_rows``)."""
+        if not self.world.is_main:
+            return
+        if self.holds_rows:
+            self._release()
+            self._held = row
+        else:
+            self.metrics.append(row)
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self.metrics.append(self._held)
+            self._held = None
+
+    def add_metrics(self, state, metrics: dict, judge: bool = True) -> bool:
+        """What a trainer computed itself after the step counted last (its logged training loss,
+        its evaluation), by every process: the main process's numbers complete that step's row,
+        and the monitored metric among them (``judge``) may make that step the best. Returns
+        whether it did. Ignored once the segment's output is written or before training began."""
+        if self.summary is not None or not self.started or self.stopped:
+            return False
+        numbers = self.world.broadcast({k: v for k, v in state.as_numbers(metrics).items()
+                                        if isinstance(v, (int, float))})
+        step, segment = self.step, self.segment
+        if self.world.is_main:
+            if self._held is None or int(self._held["step"]) != step:
+                self._release()
+                self._held = _row(segment, self.attempt, step, {})
+            self._held.update(numbers)
+        if judge and segment.monitor in numbers and self._better(float(numbers[segment.monitor]), step):
+            self.saves.best(state, self._extra(step), self.best)
+            return True
+        return False
 
     def _extra(self, step: int) -> dict:
         extra = {"step": step, "segment": self.segment.index, "best": self.best}
@@ -356,6 +410,8 @@ class SegmentJob:
 
     def _stop(self, state, why: str, row: dict):
         step = self.step
+        if self.world.is_main:
+            self._release()
         self.saves.settle()  # a write in flight completes first (it may be this very step's)
         if step > self.segment.start and not self.world.broadcast(self.store.path(step).exists()):
             logged = _row(self.segment, self.attempt, step, row)
@@ -369,17 +425,19 @@ class SegmentJob:
 
     def _finish(self) -> None:
         segment = self.segment
+        if self.world.is_main:
+            self._release()
         final = self.store.path(segment.end)
         store_mod.verify(final)
         self.ledger.end(segment.index, self.attempt, self.step, "completed", "", saved_step=segment.end,
                         **self.timing)
-        history = self.ledger.records(segment.index)
-        best_ckpt = self.best_store.newest_valid(max_step=segment.end)
-        if self.best is not None and (best_ckpt is None or best_ckpt.step != self.best["step"]):
-            log.warning("the best checkpoint (%s %s at step %s) does not verify; the segment keeps %s", self.best["monitor"],
-                        self.best["value"], self.best["step"],
-                        f"the best one that does (step {best_ckpt.step})" if best_ckpt else "no best checkpoint")
-        if self.world.is_main:
+        if self.world.is_main:  # the others' view of the best may predate the main one's link to it
+            history = self.ledger.records(segment.index)
+            best_ckpt = self.best_store.newest_valid(max_step=segment.end)
+            if self.best is not None and (best_ckpt is None or best_ckpt.step != self.best["step"]):
+                log.warning("the best checkpoint (%s %s at step %s) does not verify; the segment keeps %s",
+                            self.best["monitor"], self.best["value"], self.best["step"],
+                            f"the best one that does (step {best_ckpt.step})" if best_ckpt else "no best checkpoint")
             self.summary = write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
                                          self.saves.blocked, self.started_wall, history, best_ckpt, self.saves.log)
         self.summary = self.world.broadcast(self.summary)  # the output is complete, for every process

@@ -277,7 +277,8 @@ class Session:
                              len(loader) if hasattr(loader, "__len__") else 0,
                              "segtrain" if isinstance(loader, SegmentLoader) else "the script's own", marks.startup)
 
-    def _finish_measure(self, state, step_times, names, evaluate, steps_per_epoch, data_loader, startup):
+    def _finish_measure(self, state, step_times, names, evaluate, steps_per_epoch, data_loader, startup,
+                        evaluates: str = ""):
         """Time evaluations and saves and loads, write the costs, end the script."""
         from . import store as store_mod
         from .measure import costs_of, time_checkpoints, time_evaluations
@@ -292,6 +293,8 @@ class Session:
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
                          store_root=store_root)
         costs["data_loader"] = data_loader
+        if evaluates:  # a trainer evaluates on its own schedule: its metrics may not be known yet
+            costs["evaluates"] = evaluates
         if self.world.is_main:  # several processes: each measured its share; the main one's are the job's
             store_mod.write_json_atomic(Path(costs_file), {**costs, "processes": self.world.world_size})
             log.info("measured: %s", costs)

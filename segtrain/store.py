@@ -302,8 +302,12 @@ class CheckpointStore:
             written_hashes(tmp)
             write_files(tmp)
             mine = written_hashes(tmp)
-            for name in mine:
-                fsync_path(tmp / name)
+            # a framework's own writer (Lightning's, the Trainer's) does not hash: every rank makes
+            # durable what it finds (its own files among them); the main process hashes, below,
+            # the files nobody reported, once every rank has written
+            for path in tmp.iterdir():
+                if path.is_file():
+                    fsync_path(path)
         except Exception as exc:
             error = exc
         reports = world.all_gather((mine, f"{type(error).__name__}: {error}" if error else None))
@@ -317,6 +321,11 @@ class CheckpointStore:
                     if clash:
                         raise StoreError(f"two processes wrote {sorted(clash)} into the checkpoint of step {step}")
                     files.update(rank_files)
+                for path in sorted(tmp.iterdir()):
+                    if path.name not in files and path.name != MANIFEST:
+                        if not path.is_file():
+                            raise StoreError(f"{path.name} in the checkpoint of step {step} is not a file")
+                        files[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
                 manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": dict(sorted(files.items())),
                             "world_size": world.world_size, **(meta or {})}
                 write_json_atomic(tmp / MANIFEST, manifest)

@@ -22,6 +22,8 @@ class TrainerHook:
         self.state, self.data_position = state, data_position
         self.job = self.seg._job
         self._steps = None
+        self.trained = False  # the job's segment is trained (its output is written at the trainer's end)
+        self.metric_names: set[str] = set()  # what the trainer computed itself (for the measure job)
         if self.seg.measuring:
             from .measure import StepMarks
 
@@ -37,9 +39,14 @@ class TrainerHook:
             return self._marks.count
         return self.seg.total_steps
 
-    def start(self, global_step: int) -> bool:
-        """The trainer is about to train from ``global_step`` (after its own restore); returns True
-        when this job has nothing to train."""
+    def start(self, global_step: int, trainer_world: int, how: str) -> bool:
+        """The trainer is about to train from ``global_step`` (after its own restore) in
+        ``trainer_world`` processes; returns True when this job has nothing to train. ``how`` says
+        how the trainer is told the job's processes."""
+        world = self.seg.world.world_size
+        if trainer_world != world:
+            raise RuntimeError(f"the trainer trains in {trainer_world} process(es) and the job runs {world} (the run's "
+                               f"processes x nodes): {how}")
         if self.job is None or self.seg.measuring:
             return False
         if global_step != self.job.step:
@@ -49,7 +56,8 @@ class TrainerHook:
             log.warning("resumed at step %d from %s; the data position is %s own (not bitwise identical to an "
                         "uninterrupted run unless the trainer skips exactly the batches it has seen)",
                         self.job.step, self.state.restored, self.data_position)
-        self._steps = self.job.steps(self.state)
+        self.job.holds_rows = True  # the trainer's own numbers for a step come after the step
+        self._steps = self.job.steps(self.state, hold_finish=True)
         return self._advance()
 
     def step_done(self, global_step: int, row: dict) -> bool:
@@ -62,16 +70,53 @@ class TrainerHook:
         self.job.log(row)
         return self._advance()
 
-    def _advance(self) -> bool:
+    def metrics(self, values: dict, evaluation: bool) -> None:
+        """What the trainer computed itself for the step handed last (its logged loss, its
+        evaluation's metrics), on every process: into that step's row; an evaluation's monitored
+        metric may make the step the best (a logged loss does at the run's evaluation steps)."""
+        self.metric_names |= set(values)
+        if self._steps is None or self.seg.measuring or not values:
+            return
+        judge = evaluation or self.job.evaluates_at(self.job.step)
+        self.job.add_metrics(self.state, values, judge=judge)
+
+    def logs_now(self, global_step: int) -> bool:
+        """Whether the job records a row for ``global_step`` (its log_every, saves, evaluations):
+        the trainer is asked to log its loss there."""
+        return self._steps is not None and not self.seg.measuring and self.job.logs_at(global_step)
+
+    def end(self, global_step: int) -> None:
+        """The trainer ended (its own train-end hook): the segment's output is written, or, when
+        the trainer stopped before the segment's end, the job fails with the reason."""
+        if self._steps is None or self.seg.measuring:
+            return
+        if not self.trained:
+            segment = self.job.segment
+            raise RuntimeError(
+                f"the trainer ended at step {global_step}, before segment {segment.index}'s end step {segment.end}: "
+                f"its own limit (max_epochs or num_train_epochs, max_time, early stopping) ended training before the "
+                f"run's total_steps {self.seg.total_steps}; set the run's total_steps to the steps the trainer trains, "
+                "or leave its limit to the callback's max_steps")
         try:
             next(self._steps)
         except StopIteration:
+            pass
+        self._steps = None
+
+    def _advance(self) -> bool:
+        try:
+            step = next(self._steps)
+        except StopIteration:  # a job with nothing to train (its segment's end was restored)
+            self.trained = True
+            return True
+        if step is None:
+            self.trained = True
             return True
         return False
 
     def _measure(self, global_step: int) -> bool:
         self._marks.mark()
         if global_step >= self.max_steps:
-            self.seg._finish_measure(self.state, self._marks.step_times(), {"loss", "lr"}, None, 0,
-                                     self.data_position, self._marks.startup)
+            self.seg._finish_measure(self.state, self._marks.step_times(), {"loss", "lr"} | self.metric_names, None,
+                                     0, self.data_position, self._marks.startup, evaluates="the trainer")
         return False

@@ -25,6 +25,20 @@ def wait_for_checkpoint(store_root, min_step, proc, timeout=120):
     raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
 
 
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(c) for c in fh.read().split()]
+
+
+def ranks_of(store_root) -> tuple[int, int, int]:
+    """(launcher, rank 0, rank 1) of the segment training now: rank 0 holds the store's lock."""
+    rank0 = int((store_root / ".lock").read_text().split()[1])
+    with open(f"/proc/{rank0}/stat") as fh:
+        launcher = int(fh.read().rsplit(")", 1)[1].split()[1])
+    (rank1,) = [c for c in children(launcher) if c != rank0]
+    return launcher, rank0, rank1
+
+
 def newest_after_kill(store_root):
     ck = st.CheckpointStore(store_root).newest_valid()
     return ck.step

@@ -55,8 +55,12 @@ def test_several_processes_are_refused_where_they_cannot_train_with_the_reason()
     check(cfg({"processes": 2, "batch_size": 33}), "runs.r.batch_size", "equal shares of 2 processes", "multiple of 2")
     check(cfg({"processes": 2, "batch_size": 32, "accumulate": 3}), "of 3 micro-batches", "multiple of 6")
     check(cfg({**KMLP, "processes": 2}), "runs.r.processes", "PyTorch runs so far")
-    trainer = {"runs": {"r": {"script": "tests/tasks/script_lightning.py", "total_steps": 10, "processes": 2}}}
-    check(trainer, "runs.r.processes", "through segtrain.lightning", "seg.steps() loops train with several")
+    fit = {"runs": {"r": {"script": "tests/tasks/script_fit_keras.py", "framework": "keras", "total_steps": 10,
+                          "processes": 2}}}
+    check(fit, "runs.r.processes", "a Keras run trains in one process")
+    for trainer in ("script_lightning.py", "script_huggingface.py"):  # DDP under the job's torchrun
+        runs = {"runs": {"r": {"script": f"tests/tasks/{trainer}", "total_steps": 10, "processes": 2}}}
+        assert resolve(runs, base=REPO)["r"].world_size == 2
     script = {"runs": {"r": {"script": "tests/tasks/script_ddp_torch.py --lr 0.1", "total_steps": 10, "processes": 2}}}
     assert resolve(script, base=REPO)["r"].model_definition["processes"] == 2
     run = resolve(cfg({"processes": 2, "batch_size": 32}), base=REPO)["r"]

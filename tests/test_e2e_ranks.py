@@ -14,27 +14,13 @@ from segtrain import store as st
 from segtrain.layout import RunPaths, run_root
 
 from conftest import CNN, assert_bitwise_equal, final_state, model_file
-from support import wait_for_checkpoint
+from support import ranks_of, wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 
 # dropout draws from each rank's own stream: every rank's streams must come back on a resume
 RANKED = {**CNN, "params": {**CNN["params"], "channels": 4}, "processes": 2, "batch_size": 32,
           "checkpoint": {"every_steps": 15}, "total_steps": 120}
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        return [int(c) for c in fh.read().split()]
-
-
-def ranks_of(store_root) -> tuple[int, int, int]:
-    """(launcher, rank 0, rank 1) of the segment training now: rank 0 holds the store's lock."""
-    rank0 = int((store_root / ".lock").read_text().split()[1])
-    with open(f"/proc/{rank0}/stat") as fh:
-        launcher = int(fh.read().rsplit(")", 1)[1].split()[1])
-    (rank1,) = [c for c in children(launcher) if c != rank0]
-    return launcher, rank0, rank1
 
 
 def test_two_processes_in_one_segment_in_four_and_with_a_rank_killed_end_bitwise_identical(project):

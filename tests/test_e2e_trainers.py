@@ -10,10 +10,11 @@ import time
 
 import pytest
 
+from segtrain import store as st
 from segtrain.layout import SEGMENT_STATE, working_metrics
 
 from conftest import Project, last_logged_step
-from support import wait_for_checkpoint
+from support import ranks_of, wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
@@ -21,14 +22,15 @@ SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exp
 TOTAL = 300
 
 
-def stopped_by_sigterm(tmp_path, script):
-    """Runs ref (1 segment) and cut (2 segments, SIGTERM past step 70 with retries); returns the
-    project and the step the stop saved at."""
+def stopped_by_sigterm(tmp_path, script, monitor):
+    """Runs ref (1 segment) and cut (2 segments, SIGTERM past step 70 with retries), the best
+    checkpoint judged by the trainer's own validation metric ``monitor``; returns the project and
+    the step the stop saved at."""
     p = Project(tmp_path / "proj")
     p.write_config({
         "ref": {"script": script, "total_steps": TOTAL, "steps_per_segment": TOTAL},
         "cut": {"script": f"{script} --step-sleep 0.02", "total_steps": TOTAL, "steps_per_segment": TOTAL // 2},
-    }, log_every=1, monitor="loss")
+    }, log_every=10, monitor=monitor)
     store_root = p.paths("cut").store
     proc = p.popen("--retries", "2")
     wait_for_checkpoint(store_root, 50, proc, timeout=300)
@@ -47,11 +49,42 @@ def stopped_by_sigterm(tmp_path, script):
     return p, stopped[0]["end_step"]
 
 
+def metric_rows(p, run):
+    """The run's metrics over all its segments, one row per step."""
+    import pandas as pd
+
+    frames = [pd.read_csv(f) for f in sorted(p.paths(run).segments.glob("*/metrics.csv"))]
+    return pd.concat(frames).drop_duplicates("step", keep="last").set_index("step")
+
+
+def best_of(p, run):
+    import json
+
+    return json.loads(sorted(p.paths(run).segments.glob("*/segment.json"))[-1].read_text())["best"]
+
+
+def assert_the_trainers_metrics(p, monitor, evaluated_at=None):
+    """The training loss at every log_every step; the trainer's own evaluations at the same steps
+    in both runs; the best checkpoint judged by them, the same step in both."""
+    rows = {run: metric_rows(p, run) for run in ("ref", "cut")}
+    for run, m in rows.items():
+        assert set(range(10, TOTAL + 1, 10)) <= set(m["loss"].dropna().index), (run, m)
+    steps = [sorted(m[monitor].dropna().index) for m in rows.values()]
+    assert steps[0] == steps[1] and steps[0], steps
+    if evaluated_at is not None:
+        assert steps[0] == evaluated_at
+    best = [best_of(p, run) for run in rows]
+    assert best[0]["step"] == best[1]["step"] in steps[0] and best[0]["monitor"] == monitor, best
+    return rows, best[0]
+
+
 def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step(tmp_path, measured):
     pytest.importorskip("lightning")
     import torch
 
-    p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_lightning.py")
+    p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_lightning.py", "val_loss")
+    # Lightning validates every 100 steps (val_check_interval) in both, and not at the cut
+    rows, best = assert_the_trainers_metrics(p, "val_loss", evaluated_at=[100, 200, 300])
     final = {}
     for run in ("ref", "cut"):
         ckpt = torch.load(p.paths(run).segment_dir(1) / SEGMENT_STATE / "lightning.ckpt" if run == "cut"
@@ -74,7 +107,15 @@ def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_p
 
     from safetensors.torch import load_file
 
-    p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_huggingface.py")
+    p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_huggingface.py", "eval_loss")
+    # the Trainer evaluates at each epoch's end (46 steps) and at the run's end in both, not at the
+    # cut (step 150), with its compute_metrics; its default logging_steps (500) logs no loss: the
+    # callback asks for it at the run's log_every
+    rows, best = assert_the_trainers_metrics(p, "eval_loss", evaluated_at=[*range(46, TOTAL + 1, 46), TOTAL])
+    assert rows["ref"]["eval_accuracy"].dropna().equals(rows["cut"]["eval_accuracy"].dropna())
+    assert rows["ref"]["eval_loss"].dropna().equals(rows["cut"]["eval_loss"].dropna())
+    best_ref, best_cut = (torch_load(p.run_dir(run) / "model.best.pt") for run in ("ref", "cut"))
+    assert all(best_ref[k].equal(best_cut[k]) for k in best_ref)
     final = {}
     for run, last in (("ref", "0000"), ("cut", "0001")):
         state = p.paths(run).segments / last / SEGMENT_STATE
@@ -94,3 +135,58 @@ def torch_load(path):
     import torch
 
     return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("script", ["tasks/script_lightning.py", "tasks/script_huggingface.py"])
+def test_a_trainer_in_two_processes_stops_at_one_step_on_a_sigterm_to_the_launcher_and_resumes(tmp_path, measured,
+                                                                                               script):
+    """The callbacks under torchrun (DDP over gloo): a SIGTERM to the launcher, as SLURM or a pod
+    sends it, stops both processes at one step with one complete checkpoint; the retry resumes there.
+    The Trainer's run ends bitwise identical to an uninterrupted 2-process one (its RNG states are
+    saved per process); Lightning's run reaches the same step (its data position is its own)."""
+    pytest.importorskip("lightning" if "lightning" in script else "transformers")
+    import torch
+
+    total, part = 160, 80
+    two = {"processes": 2, "total_steps": total, "checkpoint": {"every_steps": 20}}
+    p = Project(tmp_path / "proj")
+    p.write_config({"whole": {"script": script, **two, "steps_per_segment": total},
+                    "cut": {"script": f"{script} --step-sleep 0.05", **two, "steps_per_segment": part}},
+                   log_every=1, monitor="loss")
+    store_root = p.paths("cut").store
+    proc = p.popen("--retries", "2")
+    wait_for_checkpoint(store_root, 20, proc, timeout=300)
+    while last_logged_step(working_metrics(store_root, 0)) < 30:
+        time.sleep(0.005)
+    launcher, _, _ = ranks_of(store_root)
+    os.kill(launcher, signal.SIGTERM)
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, proc.stdout.read()[-3000:]
+
+    attempts = p.attempts("cut")
+    stopped = [a for a in attempts if a.get("status") == "stopped"]
+    assert len(stopped) == 1 and "SIGTERM" in stopped[0]["reason"], attempts
+    step = stopped[0]["end_step"]
+    # saved at the step: a checkpoint both processes wrote together (one rank elsewhere would not commit it)
+    assert 30 <= step < part and stopped[0]["saved_step"] == step, stopped
+    starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
+    assert starts == [(0, 0), (0, step), (1, part)]
+    manifest = st.verify(store_root / st.step_dir_name(total))  # the step-31 checkpoint is pruned by then
+    assert manifest["world_size"] == 2
+
+    if "lightning" in script:
+        final = {run: torch.load(p.paths(run).segment_dir(n) / SEGMENT_STATE / "lightning.ckpt", weights_only=True)
+                 for run, n in (("whole", 0), ("cut", 1))}
+        assert final["whole"]["global_step"] == final["cut"]["global_step"] == total
+        weights = {run: final[run]["state_dict"] for run in final}
+    else:
+        from safetensors.torch import load_file
+
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(manifest["files"])  # each process's streams
+        weights = {run: load_file(str(p.paths(run).segment_dir(n) / SEGMENT_STATE / "model.safetensors"))
+                   for run, n in (("whole", 0), ("cut", 1))}
+    diff = max((weights["whole"][k] - weights["cut"][k]).abs().max().item() for k in weights["whole"])
+    measured(f"{script} x2", f"SIGTERM to torchrun: both processes stopped at step {step}, resumed there; "
+             f"max |weight difference| vs uninterrupted {diff:.4g}")
+    if "huggingface" in script:
+        assert all(weights["whole"][k].equal(weights["cut"][k]) for k in weights["whole"])

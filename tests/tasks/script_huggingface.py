@@ -1,6 +1,8 @@
-"""A Hugging Face Trainer script for the tests: a tiny BERT (built from its config, nothing is
-downloaded) classifying the digits, read as 64 tokens of 17 grey levels; checkpointed and stopped
-by segtrain.huggingface.Checkpoints. --step-sleep slows each step."""
+"""A Hugging Face Trainer script for the tests, as the text-classification guide writes one: a tiny
+BERT (built from its config, nothing is downloaded) classifying the digits, read as 64 tokens of
+17 grey levels, evaluated every epoch with compute_metrics, logging at the Trainer's default
+logging_steps; checkpointed and stopped by segtrain.huggingface.Checkpoints. --step-sleep slows
+each step."""
 
 import argparse
 import time
@@ -43,7 +45,14 @@ config = BertConfig(vocab_size=17, hidden_size=32, num_hidden_layers=2, num_atte
 model = BertForSequenceClassification(config)
 training = TrainingArguments(output_dir="hf-out", max_steps=checkpoints.max_steps, per_device_train_batch_size=32,
                              learning_rate=1e-3, warmup_steps=20, lr_scheduler_type="linear", save_strategy="no",
-                             logging_steps=10, report_to=[], use_cpu=True, seed=0, data_seed=0,
-                             full_determinism=True, disable_tqdm=True, dataloader_drop_last=True)
-trainer = Trainer(model=model, args=training, train_dataset=Digits(0, 1500), callbacks=[checkpoints, Slow()])
+                             eval_strategy="epoch", per_device_eval_batch_size=128, report_to=[], use_cpu=True,
+                             seed=0, data_seed=0, full_determinism=True, disable_tqdm=True, dataloader_drop_last=True)
+
+
+def compute_metrics(prediction):
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+trainer = Trainer(model=model, args=training, train_dataset=Digits(0, 1500), eval_dataset=Digits(1500, 1797),
+                  compute_metrics=compute_metrics, callbacks=[checkpoints, Slow()])
 checkpoints.train(trainer)

@@ -49,5 +49,6 @@ segtrain.session(total_steps=args.steps)
 checkpoints = segtrain.lightning.Checkpoints()
 trainer = L.Trainer(max_steps=checkpoints.max_steps, callbacks=[checkpoints], enable_checkpointing=False,
                     logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                    devices=1, deterministic=True, val_check_interval=100, check_val_every_n_epoch=None)
+                    devices=checkpoints.devices, num_nodes=checkpoints.num_nodes, deterministic=True,
+                    val_check_interval=100, check_val_every_n_epoch=None)
 trainer.fit(Digits(), train, val, **checkpoints.resume)
