@@ -79,6 +79,27 @@ def frozen_segments(run_root: Path) -> list[planning.Segment]:
     return done
 
 
+def how_to_validate(run: RunSettings, measured: dict) -> str:
+    """How a run of this way in adds validation data, in its own terms."""
+    loader = measured.get("data_loader", "segtrain")
+    if loader == "Lightning's":
+        return "give trainer.fit a val_dataloader whose validation_step logs it (self.log('val_loss', ...))"
+    if loader == "the Trainer's":
+        return "give the Trainer an eval_dataset and eval_strategy (it then logs eval_loss: monitor: eval_loss)"
+    if run.is_script and run.framework == "keras":
+        return "give segtrain.keras.fit validation_data=(x_val, y_val) or validation_split=0.1"
+    if run.is_script:
+        return "give seg.steps an evaluate function returning {'val_loss': ...}: seg.steps(loader, evaluate=evaluate)"
+    return "set validation_split (e.g. 0.1) in the run's config, or give the task a build_validation function"
+
+
+def notice(run: RunSettings, text: str) -> None:
+    """A notice for the person who runs the workflow: in the log, and on the job's standard output
+    (Snakemake's terminal, for a local run)."""
+    log.warning("%s", text)
+    print(f"segtrain: run {run.name}: {text}", flush=True)
+
+
 def check_monitor(run: RunSettings, measured: dict) -> None:
     """The monitor must be a metric the measured jobs logged (known only once a step and an
     evaluation ran, so checked here, before any training job)."""
@@ -87,13 +108,14 @@ def check_monitor(run: RunSettings, measured: dict) -> None:
     names = measured.get("metric_names")
     trainer = measured.get("evaluates")
     if names and trainer and run.monitor not in names:
-        log.warning("monitor %s: %s evaluates on its own schedule and has not computed it yet (it computed: %s); "
-                    "the best checkpoint is judged by %s whenever it does, and the last model is exported as the "
-                    "best if it never does", run.monitor, trainer, ", ".join(sorted(names)), run.monitor)
+        notice(run, f"monitor {run.monitor}: {trainer} evaluates on its own schedule and has not computed it yet "
+                    f"(it computed: {', '.join(sorted(names))}); the best checkpoint is judged by {run.monitor} "
+                    "whenever it does, and the last model is exported as the best if it never does. Without "
+                    "validation so far: " + how_to_validate(run, measured))
         return
     if names and run.monitor.startswith("val_") and not any(n.startswith("val_") for n in names):
-        log.warning("monitor %s: the run has no validation data (validation_split 0, no build_validation); "
-                    "the last checkpoint is exported as the best", run.monitor)
+        notice(run, f"monitor {run.monitor}: the run has no validation, so the last checkpoint is exported as the "
+                    f"best. To validate: {how_to_validate(run, measured)}")
         return
     if names and run.monitor not in names:
         close = difflib.get_close_matches(run.monitor, names, n=1)
@@ -139,6 +161,18 @@ def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) ->
     return result
 
 
+# What a resume through a trainer's callback keeps, as this project's tests found it
+TRAINER_EXACTNESS = {
+    "the Trainer's": "bitwise identical in this project's tests (1 and 2 processes, SIGTERM and kills): the "
+                     "Trainer restores its RNG states and skips the batches it has seen; it needs the Trainer's "
+                     "full_determinism=True (deterministic kernels), and a data collator or dataset that draws "
+                     "random numbers only from the Trainer's streams",
+    "Lightning's": "NOT bitwise identical: the data position after a resume is Lightning's own (its loaders "
+                   "start their epoch again on a mid-epoch resume), and the random streams are not restored; the "
+                   "same steps, validations and best step, with other numbers",
+}
+
+
 def training_lines(run: RunSettings, measured: dict | None = None, written_by: int | None = None) -> tuple[bool, list[str]]:
     """How each step is computed, and whether a resume is bitwise identical: for the plan.
     ``written_by``: the number of processes that wrote the run's newest checkpoint, if any."""
@@ -150,6 +184,8 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
             lines.append("  resume: NOT bitwise identical: the script's own data loader starts again at its "
                          "beginning on a resume; give its dataset to seg.dataloader(dataset, batch_size) for an "
                          "exact data position")
+        elif loader in TRAINER_EXACTNESS:
+            lines.append("  resume: at the exact step; " + TRAINER_EXACTNESS[loader])
         elif loader != "segtrain":
             lines.append(f"  resume: at the exact step, NOT bitwise identical: the data position after a resume is "
                          f"{loader} own")

@@ -200,7 +200,7 @@ class Session:
             yield from self._measure_steps(state, loader, evaluate)
             return
         if self._job is None:
-            yield from self._standalone_steps(loader)
+            yield from self._standalone_steps(state, loader, evaluate)
             return
         job = self._job
         if job.started:
@@ -250,7 +250,12 @@ class Session:
             raise RuntimeError(f"segment {job.segment.index} ended at step {job.step}, before its end step "
                                f"{job.segment.end}")
 
-    def _standalone_steps(self, loader):
+    def _standalone_steps(self, state, loader, evaluate):
+        """The script run alone (``python train.py``): every step of the run, no checkpoints; the
+        evaluation once at the end, as the job's would (a broken ``evaluate`` shows here, not first
+        in the pipeline's measure job)."""
+        from .training import evaluation_seed
+
         batches = iter(loader.batches(0, self.total_steps)) if isinstance(loader, SegmentLoader) \
             else _foreign_batches(loader, 0)
         for step in range(1, self.total_steps + 1):
@@ -259,6 +264,11 @@ class Session:
             if step % self.run.log_every == 0 or step == self.total_steps:
                 log.info("step %d/%d %s", step, self.total_steps,
                          ", ".join(f"{k} {float(v):.4g}" for k, v in self._row.items()))
+        if evaluate is not None:
+            with state.isolated_rng(evaluation_seed(self.seed, self.total_steps)):
+                metrics = state.as_numbers(evaluate())
+            log.info("evaluation at step %d: %s", self.total_steps,
+                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
 
     def _measure_steps(self, state, loader, evaluate):
         """A measure job: time steps, evaluations and checkpoints, write the costs, end the script."""
@@ -335,6 +345,8 @@ def run_script(run: RunSettings, sess: Session) -> None:
     script = Path(find_task(run.task) or run.task).resolve()
     args = list(run.script_args or ())
     _prepare_process(run)
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        sys.stdout.reconfigure(line_buffering=True)  # the script's prints reach the job's log in order
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [str(script), *args]
     sys.path.insert(0, str(script.parent))

@@ -31,3 +31,5 @@ def test_a_keras_fit_script_killed_and_stopped_across_segments_ends_bitwise_iden
     # the script exported its own model (two named inputs): the same weights
     assert_bitwise_equal(load_weights(model_file(p, "kf-4")), load_weights(model_file(ref, "kf-1")))
     assert "resuming at step" in (p.root / "logs" / "train_segment" / "kf-4" / "0001.log").read_text()
+    # the script's own print goes to its job's log
+    assert "epoch 0 begins" in (ref.root / "logs" / "train_segment" / "kf-1" / "0000.log").read_text()

@@ -117,6 +117,7 @@ def test_the_script_runs_alone_without_the_pipeline(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "without checkpoints" in r.stderr and "step 100/120" in r.stderr and "step 120/120" in r.stderr
+    assert "evaluation at step 120: val_loss" in r.stderr  # alone, evaluate() runs once, at the end
     r = subprocess.run([sys.executable, str(REPO / "tests" / SCRIPT)], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0 and "segtrain.session(total_steps=100)" in r.stderr

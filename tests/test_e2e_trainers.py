@@ -129,6 +129,8 @@ def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_p
     assert all(final["ref"][k].equal(final["cut"][k]) for k in final["ref"])
     exported = torch_load(p.run_dir("cut") / "model.pt")
     assert all(exported[k].equal(final["cut"][k]) for k in exported)
+    plan = (p.run_dir("cut") / "plan.txt").read_text()
+    assert "resume: at the exact step; bitwise identical in this project's tests" in plan
 
 
 def torch_load(path):

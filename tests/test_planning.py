@@ -218,6 +218,23 @@ def test_a_monitor_the_run_does_not_log_is_refused_with_a_suggestion():
     check_monitor(RunSettings(monitor="val_loss"), {"metric_names": ["loss", "lr"]})  # no validation: best = last
 
 
+@pytest.mark.parametrize("settings, measured, hint", [
+    ({}, {}, "set validation_split"),
+    ({"script_args": ()}, {}, "seg.steps(loader, evaluate=evaluate)"),
+    ({"script_args": (), "framework": "keras"}, {}, "segtrain.keras.fit validation_data="),
+    ({"script_args": ()}, {"data_loader": "Lightning's", "evaluates": "the trainer"}, "val_dataloader"),
+    ({"script_args": ()}, {"data_loader": "the Trainer's", "evaluates": "the trainer"}, "eval_dataset"),
+])
+def test_a_run_without_validation_is_told_on_the_terminal_how_to_add_it_in_its_own_way_in(settings, measured, hint,
+                                                                                          capsys):
+    from segtrain.pipeline import check_monitor
+    from segtrain.settings import RunSettings
+
+    check_monitor(RunSettings(name="r", monitor="val_loss", **settings), {"metric_names": ["loss", "lr"], **measured})
+    out = capsys.readouterr().out
+    assert out.startswith("segtrain: run r: monitor val_loss:") and hint in out, out
+
+
 def test_background_saves_plan_with_the_blocking_time_and_a_full_last_save_per_job():
     c = planning.Costs(step_seconds=0.01, save_seconds=2.0, snapshot_seconds=0.1, persist_seconds=1.9)
     plan = planning.make_plan(total_steps=100_000, time_limit=3600, costs=c,

@@ -22,4 +22,4 @@ rule measure_checkpoint_cost:
         run=measure_settings,
     shell:
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/measure_checkpoint_cost.py '
-        "--run {params.run:q} --output {output:q} 2>> {log:q}"
+        "--run {params.run:q} --output {output:q} >> {log:q} 2>&1"

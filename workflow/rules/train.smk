@@ -34,7 +34,8 @@ rule train_segment:
     shell:
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/train_segment.py '
         "--run {params.model:q} --segment {params.segment:q} "
-        "--previous '{input}' --threads {threads} --output {output:q} 2>> {log:q}; "
+        # the script's own output (print) goes to the job's log too
+        "--previous '{input}' --threads {threads} --output {output:q} >> {log:q} 2>&1; "
         # exit 0 without a finished output (a script's os._exit): fail with the reason, not as missing files
         f"test -e {{output:q}}/{SEGMENT_SUMMARY} || "
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/check_segment_output.py '
