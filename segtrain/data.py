@@ -35,8 +35,10 @@ class DataOrder:
     ``indices`` restricts training to those samples (the rest is held out for validation).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, indices: np.ndarray | None = None):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, indices: np.ndarray | None = None,
+                 shuffle: bool = True):
         self.indices = None if indices is None else np.asarray(indices)
+        self.shuffle = shuffle  # False: every epoch in the samples' own order
         if self.indices is not None:
             num_samples = len(self.indices)
         if batch_size < 1:
@@ -52,7 +54,8 @@ class DataOrder:
 
     def permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._cached_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples) if self.shuffle \
+                else np.arange(self.num_samples)
             self._cached_epoch = epoch
         return self._perm
 

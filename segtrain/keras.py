@@ -5,8 +5,8 @@ In a run with ``script: train.py`` and ``framework: keras``::
     import segtrain.keras
 
     model.compile(optimizer, loss, metrics=[...])
-    segtrain.keras.fit(model, x, y, batch_size=64, sample_weight=w, validation_data=(xv, yv),
-                       callbacks=[...])
+    segtrain.keras.fit(model, x, y, batch_size=64, epochs=15, validation_split=0.1,   # was: model.fit(...)
+                       sample_weight=w, class_weight={0: 1.0, 1: 3.0}, callbacks=[...])
 
 It runs ``model.fit`` epoch by epoch (a resumed epoch from where the checkpoint left it) on the
 batches of the pipeline's seeded order, and hands every step to the job: saves at the planned
@@ -14,11 +14,22 @@ interval, evaluation at ``eval_every``, the deadline stop and the stop signals, 
 ``x``, ``y`` and ``sample_weight`` are arrays, or dicts or lists of arrays (multi-input models),
 sliced along their first axis. A resume is bitwise identical to an uninterrupted run.
 
-Limits, said here and at run time: one step per execution (compile with the default
-``steps_per_execution=1``); your callbacks see the true epoch numbers, but their own counters (an
-EarlyStopping's patience, a ReduceLROnPlateau's wait) start afresh in every job; the logged
-training loss and metrics are fit's running means since the start of the epoch or of the job,
-whichever is later (the weights do not depend on them).
+``model.fit``'s arguments, honoured: ``batch_size``, ``epochs`` (the run's length: epochs x
+steps per epoch must equal the config's ``total_steps``, or the measure job says the number to
+set; alone, they are the length), ``validation_split`` (Keras's rule: the last fraction of the
+samples, before shuffling), ``validation_data`` (it wins over the split, as in Keras),
+``validation_batch_size``, ``shuffle`` (True: every epoch shuffled by the run's seed; False: the
+samples' order), ``class_weight`` (times ``sample_weight``), ``sample_weight``, ``callbacks``,
+``verbose``. Refused with the reason: ``initial_epoch`` other than 0 (the pipeline resumes),
+``steps_per_epoch``, ``validation_steps``, ``validation_freq`` other than 1 (evaluations follow
+``eval_every``), ``shuffle="batch"``.
+
+Limits, said here and at run time: each epoch drops its last partial batch (Keras trains it);
+one step per execution (compile with the default ``steps_per_execution=1``); your callbacks see
+the true epoch numbers, but their own counters (an EarlyStopping's patience, a ReduceLROnPlateau's
+wait) start afresh in every job; the logged training loss and metrics are fit's running means
+since the start of the epoch or of the job, whichever is later (the weights do not depend on
+them); it returns nothing (no History: the metrics are in the run's log).
 """
 
 from __future__ import annotations
@@ -81,43 +92,100 @@ class _Driver(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def fit(model, x, y=None, *, batch_size: int = 32, sample_weight=None, validation_data=None, callbacks=None,
-        verbose: int = 0):
-    """``model.fit`` for a pipeline job (see the module's text); returns nothing: the run's metrics
-    are in its metrics log, its report and TensorBoard files."""
+def _split(data, at: int):
+    """``data`` (an array, or dicts or lists of arrays) cut at sample ``at``: (before, from)."""
+    if data is None:
+        return None, None
+    return _take(data, np.arange(at)), _take(data, np.arange(at, _num_samples(data)))
+
+
+def _class_weighted(y, sample_weight, class_weight: dict):
+    """Per-sample weights from ``class_weight`` ({class: weight}), times ``sample_weight`` as
+    Keras does; the classes are the labels (integers, or the argmax of one-hot rows)."""
+    if isinstance(y, (dict, list, tuple)):
+        raise ValueError("segtrain.keras.fit: class_weight needs one array of labels y (Keras's own rule for a model "
+                         "with several outputs: give sample_weight instead)")
+    labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        labels = labels.argmax(axis=1)
+    labels = labels.reshape(len(labels)).astype(np.int64)
+    missing = sorted(set(np.unique(labels).tolist()) - set(class_weight))
+    if missing:
+        raise ValueError(f"segtrain.keras.fit: class_weight has no weight for class(es) {missing}")
+    weights = np.array([class_weight[c] for c in labels], dtype=np.float32)
+    return weights if sample_weight is None else weights * np.asarray(sample_weight, dtype=np.float32)
+
+
+def _refuse(**given):
+    for name, (value, default, why) in given.items():
+        if value is not default and value != default:
+            raise ValueError(f"segtrain.keras.fit: {name}={value!r}: {why}")
+
+
+def fit(model, x, y=None, batch_size: int | None = None, epochs: int | None = None, verbose="auto", callbacks=None,
+        validation_split: float = 0.0, validation_data=None, shuffle=True, class_weight=None, sample_weight=None,
+        initial_epoch: int = 0, steps_per_epoch=None, validation_steps=None, validation_batch_size=None,
+        validation_freq: int = 1):
+    """``model.fit`` for a pipeline job, with ``model.fit``'s arguments (see the module's text);
+    returns nothing: the run's metrics are in its metrics log, its report and TensorBoard files."""
+    from . import script as script_mod
     from .backends.keras_backend import KerasState
     from .data import DataOrder
-    from .script import session
 
-    seg = session()
     if not model.compiled:
         raise RuntimeError("segtrain.keras.fit: compile the model first (model.compile(optimizer, loss, ...))")
     if getattr(model, "steps_per_execution", 1) not in (1, None):
         raise ValueError(f"segtrain.keras.fit: the model is compiled with steps_per_execution="
                          f"{model.steps_per_execution}; a checkpoint must see every step: compile with "
-                         "steps_per_execution=1 (the default)")
+                         "steps_per_execution=1 (the default); several steps per call are not built for fit yet")
+    _refuse(initial_epoch=(initial_epoch, 0, "the pipeline resumes the run itself, at the exact step: remove it"),
+            steps_per_epoch=(steps_per_epoch, None, "an epoch is every sample once (the last partial batch "
+                             "dropped): remove it, and set the run's length with epochs or total_steps"),
+            validation_steps=(validation_steps, None, "the validation data is evaluated whole: remove it"),
+            validation_freq=(validation_freq, 1, "evaluations follow the run's eval_every (config): remove it"))
+    if shuffle not in (True, False):
+        raise ValueError(f"segtrain.keras.fit: shuffle={shuffle!r}: the pipeline shuffles every epoch by the run's "
+                         "seed (True) or keeps the samples' order (False)")
+    if validation_data is None and validation_split:
+        if not 0 < validation_split < 1:
+            raise ValueError(f"segtrain.keras.fit: validation_split={validation_split}: give a fraction in (0, 1)")
+        at = int(np.floor(_num_samples(x) * (1.0 - validation_split)))  # Keras's rule: the last samples, unshuffled
+        (x, vx), (y, vy), (sample_weight, vw) = _split(x, at), _split(y, at), _split(sample_weight, at)
+        validation_data = (vx, vy) if vw is None else (vx, vy, vw)
+    if class_weight is not None:
+        sample_weight = _class_weighted(y, sample_weight, class_weight)
+    batch_size = batch_size or 32
+    order = DataOrder(_num_samples(x), batch_size, 0, shuffle=bool(shuffle))
+    planned = None if epochs is None else epochs * order.steps_per_epoch
+    seg = script_mod._ACTIVE or script_mod._STANDALONE or script_mod.session(total_steps=planned or order.steps_per_epoch)
+    if planned is not None and (seg._job is not None or seg.measuring) and planned != seg.total_steps:
+        raise ValueError(
+            f"segtrain.keras.fit: epochs={epochs} trains {epochs} x {order.steps_per_epoch} = {planned} steps "
+            f"({_num_samples(x)} samples in batches of {batch_size}, the last partial batch dropped), and the run's "
+            f"total_steps is {seg.total_steps}: set total_steps: {planned} in the config, or remove epochs")
+    order = DataOrder(_num_samples(x), batch_size, seg.seed, shuffle=bool(shuffle))
     arrays = (x, y, sample_weight)
     if not model.built:
         model(_take(x, np.arange(1)))
     state = KerasState(model)
-    order = DataOrder(_num_samples(x), batch_size, seg.seed)
     evaluate = None
     if validation_data is not None:
         vx, vy, *vw = validation_data
 
         def evaluate():
-            logs = model.evaluate(vx, vy, sample_weight=vw[0] if vw else None, batch_size=batch_size, verbose=0,
-                                  return_dict=True)
+            logs = model.evaluate(vx, vy, sample_weight=vw[0] if vw else None,
+                                  batch_size=validation_batch_size or batch_size, verbose=0, return_dict=True)
             return {f"val_{k}": float(v) for k, v in logs.items()}
 
+    verbose = 0 if verbose == "auto" else verbose
     user_callbacks = list(callbacks or [])
     if seg.exporting:
         seg._export_keras(state, model)
     if seg.measuring:
         _measure(seg, model, state, arrays, order, evaluate, user_callbacks, verbose)
     if seg._job is None:  # alone, outside the pipeline
-        steps = seg.total_steps
-        model.fit(_StepBatches(arrays, order, 0, steps), epochs=1, callbacks=user_callbacks, verbose=verbose or 2)
+        model.fit(_StepBatches(arrays, order, 0, seg.total_steps), epochs=1, callbacks=user_callbacks,
+                  verbose=verbose or 2)
         return
     job = seg._job
     job.restore_once(state)

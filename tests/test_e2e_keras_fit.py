@@ -1,7 +1,8 @@
-"""A Keras `fit` script (two named inputs, sample weights, dropout, a schedule, validation data,
-a callback of its own) through segtrain.keras.fit and the real snakemake command: 4 segments
-with a SIGKILL of the training process, a SIGTERM and a SIGKILL of Snakemake end bitwise identical
-to 1 segment."""
+"""A Keras `fit` script (two named inputs, sample and class weights, dropout, a schedule, epochs,
+validation_split, a callback of its own) through segtrain.keras.fit and the real snakemake
+command: 4 segments with a SIGKILL of the training process, a SIGTERM and a SIGKILL of Snakemake
+end bitwise identical to 1 segment; epochs that disagree with total_steps are refused by the
+measure job, before any training job, with the number to set."""
 
 import pytest
 
@@ -11,7 +12,7 @@ from support import three_failures
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
 
-TOTAL = 400
+TOTAL = 400  # the script's epochs=8 of 50 steps
 
 
 def fit_run(args="", **more):
@@ -33,3 +34,10 @@ def test_a_keras_fit_script_killed_and_stopped_across_segments_ends_bitwise_iden
     assert "resuming at step" in (p.root / "logs" / "train_segment" / "kf-4" / "0001.log").read_text()
     # the script's own print goes to its job's log
     assert "epoch 0 begins" in (ref.root / "logs" / "train_segment" / "kf-1" / "0000.log").read_text()
+    # the validation split is evaluated: val_ metrics in the rows
+    assert "val_loss" in (ref.paths("kf-1").segments / "0000" / "metrics.csv").read_text().splitlines()[0]
+
+    ref.write_config({"kf-1": fit_run(steps_per_segment=TOTAL), "other": fit_run("--epochs 6")})
+    r = ref.snakemake("--show-failed-logs", check=False)  # as the profiles set it
+    assert r.returncode != 0 and "set total_steps: 300 in the config" in r.stdout + r.stderr
+    assert not ref.paths("other").segments.exists()  # no training job ran

@@ -143,3 +143,29 @@ def test_one_call_trains_up_to_the_next_save_or_evaluation_and_about_a_second(tm
     assert job.free_steps(100) == 40
     job.step, job._call_seconds, job._call_steps = 0, 3.0, 1  # a step longer than a second: one at a time
     assert job.free_steps(32) == 1
+
+
+def test_fit_takes_model_fits_arguments_or_refuses_them_with_the_reason():
+    import keras
+    import numpy as np
+
+    import segtrain.keras as skf
+
+    # class_weight: one weight per label (one-hot rows too), times the sample weights
+    w = skf._class_weighted(np.array([0, 1, 1]), np.array([1.0, 2.0, 3.0]), {0: 0.5, 1: 2.0})
+    assert w.tolist() == [0.5, 4.0, 6.0]
+    assert skf._class_weighted(np.eye(2)[[1, 0]], None, {0: 1.0, 1: 3.0}).tolist() == [3.0, 1.0]
+    with pytest.raises(ValueError, match=r"no weight for class\(es\) \[2\]"):
+        skf._class_weighted(np.array([0, 2]), None, {0: 1.0})
+    # validation_split: Keras's cut, the last samples
+    (a, b) = skf._split({"p": np.arange(10)}, 9)
+    assert a["p"].tolist() == list(range(9)) and b["p"].tolist() == [9]
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    x = np.zeros((8, 2), "float32")
+    for kwargs, why in [({"initial_epoch": 2}, "the pipeline resumes"), ({"steps_per_epoch": 3}, "every sample once"),
+                        ({"validation_freq": 2}, "eval_every"), ({"shuffle": "batch"}, "run's seed"),
+                        ({"validation_split": 1.5}, r"fraction in \(0, 1\)")]:
+        with pytest.raises(ValueError, match=why):
+            skf.fit(model, x, x, **kwargs)
