@@ -87,6 +87,7 @@ class SegmentJob:
         # a trainer that logs and evaluates itself (segtrain.trainer_hook) completes a step's row
         # after the step was counted: the row is held until the next one
         self.holds_rows = False
+        self.epoch_steps = 0  # an epoch-shaped script's epoch (segtrain.epochs): its last step logs and judges
         self._held: dict | None = None
         self.store = self.ledger = None
 
@@ -325,7 +326,8 @@ class SegmentJob:
                     f"'{segment.monitor}', which step {step} did not compute: set validation_split (or give "
                     "the task build_validation), or monitor: loss")
             after_evaluation(row, segment.monitor)
-        new_best = evaluating and segment.monitor in row and self._better(row[segment.monitor], step)
+        judging = evaluating or (self.epoch_steps and step % self.epoch_steps == 0)
+        new_best = judging and segment.monitor in row and self._better(row[segment.monitor], step)
         if evaluating and self.world.world_size > 1:  # the main process's judgement, for every process
             self.best, new_best = self.world.broadcast((self.best, new_best))
         seconds = self._save(state, _row(segment, self.attempt, step, row),
@@ -345,7 +347,7 @@ class SegmentJob:
         """Whether ``step`` gets a row in the metrics: it logs (log_every), saves or evaluates."""
         segment = self.segment
         return (step % self.run.log_every == 0 or step % segment.interval == 0 or step == segment.end
-                or self.evaluates_at(step))
+                or self.evaluates_at(step) or (self.epoch_steps and step % self.epoch_steps == 0))
 
     def _better(self, value: float, step: int) -> bool:
         """Whether ``value`` of the monitored metric at ``step`` is the best so far (it then is)."""

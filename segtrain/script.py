@@ -26,6 +26,7 @@ import runpy
 import sys
 from pathlib import Path
 
+from .epochs import SegmentDone
 from .settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,46 @@ class Session:
             yield step, next(batches)
         self._check_ended(job)
 
+    def epochs(self, loader, evaluate=None):
+        """Yield the epoch numbers (from 0) this job trains, for a script whose loop is
+        epoch-shaped; inside each, ``seg.batches()`` yields the epoch's batches (see
+        ``segtrain.epochs``: per-epoch schedulers and tests keep their place). ``loader`` is
+        ``seg.dataloader(...)`` (an exact resume) or the script's own. Restores the newest
+        checkpoint first; saves, logs and stops in time as ``seg.steps`` does."""
+        from .epochs import EpochLoop, Paired
+
+        if self.run.framework != "torch":
+            raise RuntimeError("seg.epochs() drives a PyTorch loop; a Keras script calls segtrain.keras.fit(model, ...)")
+        if not hasattr(loader, "__len__") or len(loader) < 1:
+            raise ValueError("seg.epochs(loader): the loader must have a length (its batches per epoch)")
+        state = self._state()
+        per = len(loader)
+        if self._job is None or self._measure is not None:  # alone, or the measure job: its steps in epochs
+            pairs = Paired(self._measure_steps(state, loader, evaluate) if self._measure is not None
+                           else self._standalone_steps(state, loader, evaluate))
+            self._epochs = EpochLoop(None, pairs.steps(), pairs.batches(), per, int(self.total_steps))
+        else:
+            job = self._job
+            if job.started:
+                raise RuntimeError("seg.epochs() is called a second time in one job; call it once, for the whole "
+                                   "training")
+            job.restore_once(state, into="the tracked objects")
+            job.epoch_steps = per
+            batches = self._batches(loader, job)
+            self._epochs = EpochLoop(job, job.steps(state, evaluate=evaluate, hold_finish=True), batches, per,
+                                     int(self.total_steps))
+        yield from self._epochs.epochs()
+
+    def batches(self):
+        """This epoch's batches that this job trains (inside ``for epoch in seg.epochs(loader)``)."""
+        if getattr(self, "_epochs", None) is None:
+            raise RuntimeError("seg.batches() runs inside `for epoch in seg.epochs(loader):`")
+        optimizer = self._optimizer() if self._job is not None and self._measure is None else None
+        for batch in self._epochs.batches():
+            if optimizer is not None:
+                self._job.log({"lr": optimizer.param_groups[0]["lr"]})
+            yield batch
+
     # -- the rest is the job's --
     def _state(self):
         """The tracked objects in the one PyTorch state format (backends.torch_state.TorchState)."""
@@ -353,7 +394,7 @@ def run_script(run: RunSettings, sess: Session) -> None:
     _ACTIVE = sess
     try:
         runpy.run_path(str(script), run_name="__main__")
-    except _MeasureDone:
+    except (_MeasureDone, SegmentDone):
         return
     except SystemExit as exc:
         if exc.code not in (0, None):
