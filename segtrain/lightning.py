@@ -25,9 +25,12 @@ Lightning's DDP joins the job's process group (``devices``/``num_nodes`` are the
 that trains another number of processes is refused when it starts). Every process calls the save
 (Lightning's main process writes the checkpoint); the stop is agreed by all processes at a step.
 
-What holds, honestly: the interval, the deadline and signal stops and the step count are exact;
-the data position is Lightning's (its loaders restart the epoch on a mid-epoch resume, unless they
-are stateful), so a resumed run is not bitwise identical to an uninterrupted one.
+What holds: the interval, the deadline and signal stops and the step count are exact; every
+process's random streams are saved beside the checkpoint and restored when training starts. With
+its training data from ``seg.dataloader(dataset, batch_size)`` (a stateful loader in the run's
+seeded order, set to the exact step on a resume) a resumed run is bitwise identical to an
+uninterrupted one (tested, 1 and 2 processes); with a plain ``DataLoader`` the data position is
+Lightning's (it starts the epoch again on a mid-epoch resume), and the plan says so.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .backends.torch_state import LIGHTNING_CHECKPOINT
+from .backends.torch_state import LIGHTNING_CHECKPOINT, read_state_file, rng_state, set_rng_state, write_state_file
 from .checkpointing import as_numbers
 from .lifecycle import STOP
 from .script import finite
@@ -51,25 +54,35 @@ CHECKPOINT = LIGHTNING_CHECKPOINT
 EXTRA = "segtrain.json"
 
 
+def rng_file(rank: int) -> str:
+    return f"rng-{rank:05d}.pt"
+
+
 class _LightningState:
     """What the job saves and restores: Lightning's checkpoint, and the job's extra beside it."""
 
     state_format = "lightning"
     verified_reads = ()  # Lightning reads its checkpoint itself: verified whole before
 
-    def __init__(self):
+    def __init__(self, rank: int = 0):
         self.trainer = None
+        self.rank = rank
         self.restored: Path | None = None
+        self.rng: dict | None = None  # this process's random streams at the restored step
 
     def write_state(self, folder: Path, extra: dict) -> None:
         # every process calls it (a collective under DDP); Lightning's main process writes it
         self.trainer.save_checkpoint(Path(folder) / CHECKPOINT, weights_only=False)
         if self.trainer.is_global_zero:
             (Path(folder) / EXTRA).write_text(json.dumps(extra))
+        # Lightning keeps no random streams: each process's own, beside its checkpoint
+        write_state_file(folder, {"rng": rng_state()}, name=rng_file(self.rank))
 
     def read_state(self, folder: Path) -> dict:
         # a Lightning checkpoint that a weights_only load refuses is refused here, before Lightning loads it
         torch.load(Path(folder) / CHECKPOINT, map_location="cpu", weights_only=True)
+        if (Path(folder) / rng_file(self.rank)).exists():  # (written from this version on)
+            self.rng = read_state_file(folder, name=rng_file(self.rank))["rng"]
         self.restored = Path(folder) / CHECKPOINT
         return json.loads((Path(folder) / EXTRA).read_text())
 
@@ -83,7 +96,9 @@ class Checkpoints(L.Callback):
     """Hands each optimizer step to the pipeline's job (see the module's text)."""
 
     def __init__(self):
-        self.state = _LightningState()
+        from .script import session
+
+        self.state = _LightningState(rank=session().world.rank)
         self.hook = TrainerHook(self.state, "Lightning's")
         self.max_steps = self.hook.max_steps
         run = self.hook.seg.run
@@ -99,7 +114,14 @@ class Checkpoints(L.Callback):
         return {"ckpt_path": str(self.state.restored) if self.state.restored else None, "weights_only": True}
 
     def on_train_start(self, trainer, pl_module):  # after Lightning restored its loops and optimizers
+        from .script import SegmentLoader
+
         self.state.trainer = trainer
+        if isinstance(trainer.train_dataloader, SegmentLoader):  # seg.dataloader: the exact data position
+            trainer.train_dataloader.position = trainer.global_step * trainer.accumulate_grad_batches
+            self.hook.data_position = "segtrain"
+        if self.state.rng is not None:  # the random streams of the restored step (the sanity check drew since)
+            set_rng_state(self.state.rng)
         # Lightning's SIGTERM handler ends its loop at a batch's end, without the job's save (and,
         # with several processes, broadcasts from inside the handler): the job's own handler again
         taken = STOP.reclaim()

@@ -167,9 +167,9 @@ TRAINER_EXACTNESS = {
                      "Trainer restores its RNG states and skips the batches it has seen; it needs the Trainer's "
                      "full_determinism=True (deterministic kernels), and a data collator or dataset that draws "
                      "random numbers only from the Trainer's streams",
-    "Lightning's": "NOT bitwise identical: the data position after a resume is Lightning's own (its loaders "
-                   "start their epoch again on a mid-epoch resume), and the random streams are not restored; the "
-                   "same steps, validations and best step, with other numbers",
+    "Lightning's": "NOT bitwise identical: the data position after a resume is Lightning's own (a plain "
+                   "DataLoader starts its epoch again on a mid-epoch resume); give the training data to "
+                   "seg.dataloader(dataset, batch_size) for a bitwise resume (tested)",
 }
 
 

@@ -73,7 +73,10 @@ def finite(modules) -> bool:
 class SegmentLoader:
     """Batches in the pipeline's seeded order (a function of the seed and the global step), so a
     resume at any step reads exactly the batch an uninterrupted run would. Made by
-    ``Session.dataloader``; iterating it alone gives one epoch from its start."""
+    ``Session.dataloader``. Iterated (by a trainer: Lightning), it gives the rest of the epoch of
+    ``position`` (the global step of its next batch) and moves on; ``state_dict`` makes it a
+    resumable loader to Lightning, and segtrain.lightning sets ``position`` from the global step
+    on a resume (a trainer that prefetches saves a state one batch ahead)."""
 
     def __init__(self, dataset, batch_size: int, seed: int, num_workers: int = 0, collate_fn=None,
                  pin_memory: bool | None = None, prefetch_factor: int | None = None, world=None):
@@ -89,6 +92,13 @@ class SegmentLoader:
         self.num_workers, self.collate_fn, self.prefetch_factor = num_workers, collate_fn, prefetch_factor
         self.pin_memory = pin_memory
         self.order = DataOrder(len(dataset), batch_size, seed)
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state.get("position", 0))
 
     def __len__(self) -> int:
         return self.order.steps_per_epoch
@@ -105,7 +115,10 @@ class SegmentLoader:
                            rank=self.world.rank, world_size=self.world.world_size)
 
     def __iter__(self):
-        return iter(self.batches(0, len(self)))
+        start = self.position
+        for i, batch in enumerate(self.batches(start, (start // len(self) + 1) * len(self))):
+            self.position = start + i + 1
+            yield batch
 
 
 def _foreign_batches(loader, start: int):

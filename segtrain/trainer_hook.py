@@ -52,7 +52,7 @@ class TrainerHook:
         if global_step != self.job.step:
             raise RuntimeError(f"the trainer starts at step {global_step} and the job at {self.job.step}: resume "
                                "the trainer from the checkpoint the callback names (see its module's text)")
-        if self.job.step > 0:
+        if self.job.step > 0 and self.data_position != "segtrain":
             log.warning("resumed at step %d from %s; the data position is %s own (not bitwise identical to an "
                         "uninterrupted run unless the trainer skips exactly the batches it has seen)",
                         self.job.step, self.state.restored, self.data_position)

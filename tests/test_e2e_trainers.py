@@ -1,8 +1,8 @@
 """Lightning and Hugging Face Trainer scripts with their segtrain callbacks, through the real
 snakemake command: stopped mid-segment by SIGTERM, each resumes from the verified checkpoint at the
-step it stopped and reaches the same final step. The weights' difference from an uninterrupted
-run is printed: Lightning restarts its loader's epoch on a mid-epoch resume (not bitwise
-identical); the Hugging Face Trainer skips the batches it has seen and ends bitwise identical."""
+step it stopped and ends bitwise identical to an uninterrupted run (Lightning's data from the
+stateful seg.dataloader; the Trainer skips the batches it has seen), with the trainers' own
+validation metrics at the same steps and the same best model; in one process and in two."""
 
 import os
 import signal
@@ -78,13 +78,16 @@ def assert_the_trainers_metrics(p, monitor, evaluated_at=None):
     return rows, best[0]
 
 
-def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step(tmp_path, measured):
+def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_path, measured):
+    """Its training data from seg.dataloader (a stateful loader Lightning restores mid-epoch, set to
+    the exact step by the callback) and every process's random streams restored: bitwise."""
     pytest.importorskip("lightning")
     import torch
 
     p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_lightning.py", "val_loss")
     # Lightning validates every 100 steps (val_check_interval) in both, and not at the cut
     rows, best = assert_the_trainers_metrics(p, "val_loss", evaluated_at=[100, 200, 300])
+    assert rows["ref"]["val_loss"].dropna().equals(rows["cut"]["val_loss"].dropna())
     final = {}
     for run in ("ref", "cut"):
         ckpt = torch.load(p.paths(run).segment_dir(1) / SEGMENT_STATE / "lightning.ckpt" if run == "cut"
@@ -97,8 +100,11 @@ def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step(tmp_path, measur
     norm = max(final["ref"][k].abs().max().item() for k in final["ref"])
     measured("lightning", f"stopped at step {stopped_at}, resumed there; final step {TOTAL} in both; "
              f"max |weight difference| vs uninterrupted {diff:.4g} (max |weight| {norm:.4g})")
+    assert all(torch.equal(final["ref"][k], final["cut"][k]) for k in final["ref"])
+    best_ref, best_cut = (torch_load(p.run_dir(run) / "model.best.pt") for run in ("ref", "cut"))
+    assert all(best_ref[k].equal(best_cut[k]) for k in best_ref)
     plan = (p.run_dir("cut") / "plan.txt").read_text()
-    assert "NOT bitwise identical: the data position after a resume is Lightning's own" in plan
+    assert "resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order" in plan
 
 
 def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_path, measured):
@@ -144,8 +150,8 @@ def test_a_trainer_in_two_processes_stops_at_one_step_on_a_sigterm_to_the_launch
                                                                                                script):
     """The callbacks under torchrun (DDP over gloo): a SIGTERM to the launcher, as SLURM or a pod
     sends it, stops both processes at one step with one complete checkpoint; the retry resumes there.
-    The Trainer's run ends bitwise identical to an uninterrupted 2-process one (its RNG states are
-    saved per process); Lightning's run reaches the same step (its data position is its own)."""
+    Both runs end bitwise identical to an uninterrupted 2-process one (every process's random
+    streams saved; Lightning's data from seg.dataloader, each process its share of a step)."""
     pytest.importorskip("lightning" if "lightning" in script else "transformers")
     import torch
 
@@ -190,5 +196,4 @@ def test_a_trainer_in_two_processes_stops_at_one_step_on_a_sigterm_to_the_launch
     diff = max((weights["whole"][k] - weights["cut"][k]).abs().max().item() for k in weights["whole"])
     measured(f"{script} x2", f"SIGTERM to torchrun: both processes stopped at step {step}, resumed there; "
              f"max |weight difference| vs uninterrupted {diff:.4g}")
-    if "huggingface" in script:
-        assert all(weights["whole"][k].equal(weights["cut"][k]) for k in weights["whole"])
+    assert all(weights["whole"][k].equal(weights["cut"][k]) for k in weights["whole"])

@@ -1,4 +1,5 @@
-"""A Lightning Trainer script for the tests: an MLP on the digits with a validation loader,
+"""A Lightning Trainer script for the tests: an MLP with dropout on the digits, its training data
+from seg.dataloader (stateful: an exact resume), a validation loader logging val_loss,
 checkpointed and stopped by segtrain.lightning.Checkpoints. --step-sleep slows each step."""
 
 import argparse
@@ -41,11 +42,11 @@ class Digits(L.LightningModule):
 digits = load_digits()
 x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
 y = torch.tensor(digits.target)
-train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:1500], y[:1500]), batch_size=32, shuffle=True,
-                                    drop_last=True, generator=torch.Generator().manual_seed(0))
 val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[1500:], y[1500:]), batch_size=128)
 
-segtrain.session(total_steps=args.steps)
+seg = segtrain.session(total_steps=args.steps)
+# seg.dataloader: a stateful loader in the run's seeded order (was a shuffled DataLoader)
+train = seg.dataloader(torch.utils.data.TensorDataset(x[:1500], y[:1500]), batch_size=32)
 checkpoints = segtrain.lightning.Checkpoints()
 trainer = L.Trainer(max_steps=checkpoints.max_steps, callbacks=[checkpoints], enable_checkpointing=False,
                     logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
