@@ -306,8 +306,11 @@ class CheckpointStore:
             # durable what it finds (its own files among them); the main process hashes, below,
             # the files nobody reported, once every rank has written
             for path in tmp.iterdir():
-                if path.is_file():
-                    fsync_path(path)
+                try:
+                    if path.is_file():
+                        fsync_path(path)
+                except FileNotFoundError:  # another rank's temporary file, renamed meanwhile: not ours
+                    pass
         except Exception as exc:
             error = exc
         reports = world.all_gather((mine, f"{type(error).__name__}: {error}" if error else None))
