@@ -20,6 +20,11 @@ logs (``self.log("val_loss", ...)`` in ``validation_step``) at the step it follo
 ``monitor: val_loss`` picks the best checkpoint (``model.best.*``) at Lightning's own validation
 schedule (``val_check_interval``).
 
+The segment's end is set as the epoch loop's ``max_steps`` once training starts (no stop request:
+Lightning would run an extra validation on one), so ``trainer.max_steps`` reads the segment's end
+from then on; schedules built in ``configure_optimizers`` (from ``max_steps`` or
+``estimated_stepping_batches``) span the whole run.
+
 With ``processes`` (and ``nodes``) above 1 the pipeline starts the script under torchrun, and
 Lightning's DDP joins the job's process group (``devices``/``num_nodes`` are the run's; a Trainer
 that trains another number of processes is refused when it starts). Every process calls the save

@@ -328,7 +328,7 @@ class SegmentJob:
             after_evaluation(row, segment.monitor)
         judging = evaluating or (self.epoch_steps and step % self.epoch_steps == 0)
         new_best = judging and segment.monitor in row and self._better(row[segment.monitor], step)
-        if evaluating and self.world.world_size > 1:  # the main process's judgement, for every process
+        if judging and self.world.world_size > 1:  # the main process's judgement, for every process
             self.best, new_best = self.world.broadcast((self.best, new_best))
         seconds = self._save(state, _row(segment, self.attempt, step, row),
                              wait=step == segment.end) if save_now else None
