@@ -24,12 +24,18 @@ samples' order), ``class_weight`` (times ``sample_weight``), ``sample_weight``, 
 ``steps_per_epoch``, ``validation_steps``, ``validation_freq`` other than 1 (evaluations follow
 ``eval_every``), ``shuffle="batch"``.
 
+The logged training loss and metrics are fit's running means since the epoch began, in a
+resumed job too (the checkpoint keeps them; an evaluation between epochs does not reset them).
+A model compiled with ``steps_per_execution=N`` trains N steps per graph call, as ``fit`` does: a
+call also ends at each save, evaluation and segment end, and calls stay aligned to multiples of N,
+so the same steps end a call in every run; fit reports a call's last step only, so the loss is
+logged at the logged steps that end a call (all of them when ``log_every`` is a multiple of N), and
+a stop takes effect at the end of a call. The weights do not depend on the grouping (tested).
+
 Limits, said here and at run time: each epoch drops its last partial batch (Keras trains it);
-one step per execution (compile with the default ``steps_per_execution=1``); your callbacks see
-the true epoch numbers, but their own counters (an EarlyStopping's patience, a ReduceLROnPlateau's
-wait) start afresh in every job; the logged training loss and metrics are fit's running means
-since the start of the epoch or of the job, whichever is later (the weights do not depend on
-them); it returns nothing (no History: the metrics are in the run's log).
+your callbacks see the true epoch numbers, but their own counters (an EarlyStopping's patience, a
+ReduceLROnPlateau's wait) start afresh in every job; it returns nothing (no History: the metrics
+are in the run's log).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .backends.keras_backend import KerasState, _host_array  # noqa: E402
 
 
 def _take(data, idx):
@@ -76,20 +84,86 @@ class _StepBatches(keras.utils.PyDataset):
 
 
 class _Driver(keras.callbacks.Callback):
-    """Hands each finished step to the job (``advance``) and ends ``fit`` when the job is done."""
+    """Hands each finished step to the job and ends ``fit`` when the job is done. With
+    ``steps_per_execution`` N, Keras reports only a call's last step: the steps before it are
+    handed over unseen (no row; a call never ends past a save or an evaluation, see ``fit``)."""
 
-    def __init__(self, advance, before=None):
+    def __init__(self, job, steps, state, per_call: int):
         super().__init__()
-        self.advance, self.before, self.done = advance, before, False
+        self.job, self.steps, self.state, self.per_call = job, steps, state, per_call
+        self.done, self.begin, self.means = False, 0, None
+        self.count = 0  # the steps of the fit call running
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # fit reset its running means just now; a call that starts inside an epoch continues them
+        if self.means is not None:
+            self.state.set_means(self.means)
+            self.means = None
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.before is not None:
-            self.before()
+        self.begin = batch
+        if self.per_call == 1:
+            self.job.log({"lr": self.model.optimizer.learning_rate})
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.advance(logs or {}):
+        logs = dict(logs or {})
+        if self.per_call == 1:
+            self.job.log(logs)
+        else:
+            # Keras numbers a call's last step as if it were full; the fit call's last one may be shorter
+            last = min(batch, self.count - 1)
+            self.job.log_steps([None] * (last - self.begin) + [{**logs, "lr": _rate_of_last_step(self.model)}])
+        try:
+            next(self.steps)
+        except StopIteration:
             self.done = True
             self.model.stop_training = True
+
+
+def _rate_of_last_step(model):
+    """The learning rate the step just trained used (a schedule's value at the step before the
+    optimizer's count; ``optimizer.learning_rate`` already gives the next step's)."""
+    optimizer = model.optimizer
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        return rate(optimizer.iterations - 1)
+    return optimizer.learning_rate
+
+
+class _FitState(KerasState):
+    """The model's training state and fit's running means (the loss and compiled metrics since
+    the epoch began), so that a job resumed inside an epoch logs what an uninterrupted fit logs."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.restored_means = None
+
+    def _more(self):
+        variables = self.model.metrics_variables
+        return ({f"fit_mean_{i:05d}": _host_array(v) for i, v in enumerate(variables)},
+                {"fit_means": [[v.path, list(v.shape)] for v in variables]})
+
+    def _read_more(self, data: dict, meta: dict) -> None:
+        recorded = meta.get("fit_means")  # absent in checkpoints written before they were saved
+        self.restored_means = None if recorded is None else [
+            np.array(data[f"fit_mean_{i:05d}"]) for i in range(len(recorded))]
+
+    def means(self) -> list:
+        return [np.array(v.numpy()) for v in self.model.metrics_variables]
+
+    def set_means(self, values) -> None:
+        variables = self.model.metrics_variables
+        if values is None:
+            return
+        if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "the checkpoint's running means of the loss and metrics do not fit the model's compiled metrics "
+                "(%d values for %d variables): they start afresh at this step", len(values), len(variables))
+            return
+        for v, a in zip(variables, values):
+            v.assign(a)
 
 
 def _split(data, at: int):
@@ -129,15 +203,10 @@ def fit(model, x, y=None, batch_size: int | None = None, epochs: int | None = No
     """``model.fit`` for a pipeline job, with ``model.fit``'s arguments (see the module's text);
     returns nothing: the run's metrics are in its metrics log, its report and TensorBoard files."""
     from . import script as script_mod
-    from .backends.keras_backend import KerasState
     from .data import DataOrder
 
     if not model.compiled:
         raise RuntimeError("segtrain.keras.fit: compile the model first (model.compile(optimizer, loss, ...))")
-    if getattr(model, "steps_per_execution", 1) not in (1, None):
-        raise ValueError(f"segtrain.keras.fit: the model is compiled with steps_per_execution="
-                         f"{model.steps_per_execution}; a checkpoint must see every step: compile with "
-                         "steps_per_execution=1 (the default); several steps per call are not built for fit yet")
     _refuse(initial_epoch=(initial_epoch, 0, "the pipeline resumes the run itself, at the exact step: remove it"),
             steps_per_epoch=(steps_per_epoch, None, "an epoch is every sample once (the last partial batch "
                              "dropped): remove it, and set the run's length with epochs or total_steps"),
@@ -167,14 +236,18 @@ def fit(model, x, y=None, batch_size: int | None = None, epochs: int | None = No
     arrays = (x, y, sample_weight)
     if not model.built:
         model(_take(x, np.arange(1)))
-    state = KerasState(model)
+    if hasattr(model, "_symbolic_build"):  # the compiled metrics now, not at the first step: their
+        model._symbolic_build(data_batch=_StepBatches(arrays, order, 0, 1)[0])  # means are in every save
+    state = _FitState(model)
     evaluate = None
     if validation_data is not None:
         vx, vy, *vw = validation_data
 
         def evaluate():
+            means = state.means()  # evaluate resets the metrics; training's running means go on after it
             logs = model.evaluate(vx, vy, sample_weight=vw[0] if vw else None,
                                   batch_size=validation_batch_size or batch_size, verbose=0, return_dict=True)
+            state.set_means(means)
             return {f"val_{k}": float(v) for k, v in logs.items()}
 
     verbose = 0 if verbose == "auto" else verbose
@@ -196,33 +269,38 @@ def fit(model, x, y=None, batch_size: int | None = None, epochs: int | None = No
         logging.getLogger(__name__).warning(
             "resuming at step %d: your callbacks see the true epoch numbers, but their own counters (patience, "
             "wait, best) start afresh in this job", job.step)
+    per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+    if per_call > 1 and job.run.log_every % per_call and seg.world.is_main:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "steps_per_execution=%d: fit reports the loss at the end of each call of %d steps, so a logged step "
+            "inside a call has no row (log_every %d is not a multiple of %d: set log_every: %d for a row at every "
+            "logged step)", per_call, per_call, job.run.log_every, per_call, per_call * -(-job.run.log_every // per_call))
     steps = job.steps(state, evaluate=evaluate)
     try:
         next(steps)
     except StopIteration:
         return
-
-    def before():
-        job.log({"lr": model.optimizer.learning_rate})
-
-    def advance(logs):
-        job.log(logs)
-        try:
-            next(steps)
-        except StopIteration:
-            return True
-        return False
-
-    driver = _Driver(advance, before)
+    driver = _Driver(job, steps, state, per_call)
+    spe = order.steps_per_epoch
+    means = state.restored_means  # the checkpoint's: the running means at the step resumed
     while not driver.done:
         step = job.step
-        epoch = step // order.steps_per_epoch
-        count = min(order.steps_per_epoch - step % order.steps_per_epoch, job.segment.end - step)
+        epoch = step // spe
+        count = min(spe - step % spe, job.segment.end - step)
+        if per_call > 1:
+            # A call of several steps ends at a save, an evaluation and the segment's end; and calls
+            # stay aligned to multiples of steps_per_execution, so the same steps end a call (and have
+            # their loss logged) in every run, whatever its segments and resumes.
+            count = min(count, job.next_event() - step, per_call - step % per_call if step % per_call else count)
+        driver.means, driver.count = (means if step % spe else None), count
         model.fit(_StepBatches(arrays, order, step, count), initial_epoch=epoch, epochs=epoch + 1,
                   callbacks=[driver, *user_callbacks], verbose=verbose, shuffle=False)
         if job.step != step + count and not driver.done:
             raise RuntimeError(f"model.fit ended at step {job.step}, before step {step + count}: a callback "
                                "stopped training (e.g. EarlyStopping); the run's length is total_steps")
+        means = state.means()
 
 
 def _measure(seg, model, state, arrays, order, evaluate, callbacks, verbose):
@@ -231,12 +309,18 @@ def _measure(seg, model, state, arrays, order, evaluate, callbacks, verbose):
 
     marks = StepMarks(seg.run)
     names: set = {"lr"}
+    per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+    # several steps per call: the first call (tracing) and whole calls after it, timed per call
+    count = marks.count if per_call == 1 else per_call * (1 + -(-marks.count // per_call))
 
     class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.begin = batch
+
         def on_train_batch_end(self, batch, logs=None):
             names.update((logs or {}).keys())
-            marks.mark()
+            marks.mark(batch - self.begin + 1)
 
-    model.fit(_StepBatches(arrays, order, 0, marks.count), epochs=1, callbacks=[Timer(), *callbacks],
+    model.fit(_StepBatches(arrays, order, 0, count), epochs=1, callbacks=[Timer(), *callbacks],
               verbose=verbose, shuffle=False)
     seg._finish_measure(state, marks.step_times(), names, evaluate, order.steps_per_epoch, "segtrain", marks.startup)

@@ -45,8 +45,13 @@ class StepMarks:
         self.marks: list[float] = []
         self.startup: float | None = None
 
-    def mark(self) -> None:
-        self.marks.append(time.perf_counter())
+    def mark(self, steps: int = 1) -> None:
+        """``steps`` steps ended now (several: one call trained them, each taking an equal share)."""
+        now = time.perf_counter()
+        last = self.marks[-1] if self.marks else None
+        if last is not None and steps > 1:
+            self.marks.extend(last + (now - last) * i / steps for i in range(1, steps))
+        self.marks.append(now)
         if self.startup is None:
             self.startup = process_age()
 

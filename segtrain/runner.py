@@ -216,8 +216,10 @@ class SegmentJob:
         """What the current step computed (loss, metrics; tensors are read only on logging steps)."""
         self._row.update(row)
 
-    def log_steps(self, rows: list[dict]) -> None:
-        """What each of the several steps trained in this call computed, in order (see ``free_steps``)."""
+    def log_steps(self, rows: list[dict | None]) -> None:
+        """What each of the several steps trained in this call computed, in order (see ``free_steps``);
+        None for a step whose outputs the client never saw (Keras ``fit`` reports only a call's
+        last step): it gets no row, and may not save or evaluate."""
         self._rows = list(rows)
 
     def free_steps(self, limit: int, seconds: float = 1.0) -> int:
@@ -225,17 +227,22 @@ class SegmentJob:
         up to the next step that saves, evaluates or ends the segment (none of those may fall
         inside a call), at most ``limit``, and about ``seconds`` of training at the last call's
         pace, so that the stop flag and the deadline are still checked that often."""
+        pace = self._call_seconds / max(self._call_steps, 1)
+        by_time = int(seconds / pace) if pace > 0 else 1
+        count = max(1, min(limit, by_time, self.next_event() - self.step))
+        self._call_steps = count
+        return count
+
+    def next_event(self) -> int:
+        """The next step after the current one that saves, evaluates or ends the segment: the
+        last step a call of several may train."""
         run, segment, done = self.run, self.segment, self.step
         run_end = int(run.total_steps or segment.end)
         events = [segment.end, (done // segment.interval + 1) * segment.interval,
                   (done // segment.eval_every + 1) * segment.eval_every]
         if run_end > done:
             events.append(run_end)
-        pace = self._call_seconds / max(self._call_steps, 1)
-        by_time = int(seconds / pace) if pace > 0 else 1
-        count = max(1, min(limit, by_time, min(events) - done))
-        self._call_steps = count
-        return count
+        return min(events)
 
     def steps(self, state, evaluate=None, after_evaluation=None, hold_finish=False):
         """Yield the number of each step to train (the first is ``restored step + 1``), from the
@@ -295,6 +302,11 @@ class SegmentJob:
         run, segment = self.run, self.segment
         self.step += 1
         step = self.step
+        if raw is None:  # a step inside a call whose outputs only its last step reported
+            if step % segment.interval == 0 or step == segment.end or self.evaluates_at(step):
+                raise RuntimeError(f"step {step} saves or evaluates, and its outputs were not handed over "
+                                   "(a call of several steps must end at it: see next_event)")
+            return {}
         # Evaluation runs on RNG streams of its own and at steps fixed by the global step alone
         # (every eval_every steps and the run's last step, not at segment ends), so neither the
         # plan's cut points nor the measured costs can change what training draws.

@@ -63,9 +63,16 @@ def three_failures(p, run, segment_steps, interval):
     proc = p.popen("--retries", "2")
     first_save = 2 * segment_steps + interval
     wait_for_checkpoint(store_root, first_save, proc)
-    while last_logged_step(working_metrics(store_root, 2)) < first_save + 10:
+    while last_logged_step(working_metrics(store_root, 2)) < first_save + 3:
         time.sleep(0.005)
-    os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGTERM)
+    # frozen (SIGSTOP) while the signal is sent, so that a busy machine cannot carry the job to its
+    # segment's end before the SIGTERM lands; it arrives as the job runs again (SIGCONT)
+    job = int((store_root / ".lock").read_text().split()[1])
+    os.kill(job, signal.SIGSTOP)
+    frozen_at = last_logged_step(working_metrics(store_root, 2))
+    assert frozen_at < 3 * segment_steps - 1, f"the job reached step {frozen_at} before the SIGTERM"
+    os.kill(job, signal.SIGTERM)
+    os.kill(job, signal.SIGCONT)
 
     # 3. SIGKILL of Snakemake in segment 3
     wait_for_checkpoint(store_root, 3 * segment_steps + interval, proc)
@@ -80,11 +87,20 @@ def three_failures(p, run, segment_steps, interval):
 
     attempts = p.attempts(run)
     stopped = [a for a in attempts if a.get("status") == "stopped" and "SIGTERM" in a.get("reason", "")]
-    assert stopped and stopped[0]["end_step"] > first_save + 10 and stopped[0]["end_step"] % interval != 0
+    assert stopped and frozen_at <= stopped[0]["end_step"] < 3 * segment_steps, attempts
+    assert stopped[0]["end_step"] > first_save and stopped[0]["end_step"] % interval != 0, attempts
     starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
     assert (1, killed_at) in starts and (2, stopped[0]["end_step"]) in starts
     assert sum(1 for segment, _ in starts if segment == 3) == 2  # segment 3 ran again after Snakemake's kill
     return attempts
+
+
+def metric_rows(project, run):
+    """The run's metrics over all its segments, one row per step (a retried step's last row)."""
+    import pandas as pd
+
+    frames = [pd.read_csv(f) for f in sorted(project.paths(run).segments.glob("*/metrics.csv"))]
+    return pd.concat(frames).drop_duplicates("step", keep="last").set_index("step")
 
 
 def read_scalars(folder):

@@ -7,7 +7,7 @@ test's metrics are in the rows of the epochs' last steps and pick the best check
 import pytest
 
 from conftest import Project, assert_bitwise_equal, final_state
-from support import three_failures
+from support import metric_rows, three_failures
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # plans and exports only
@@ -20,8 +20,6 @@ SCRIPT = {"script": "tasks/script_epochs_torch.py", "total_steps": TOTAL, "check
 def test_an_epoch_loop_with_a_per_epoch_scheduler_and_test_resumes_bitwise_through_failures(tmp_path):
     import json
 
-    import pandas as pd
-
     ref = Project(tmp_path / "ref")
     ref.write_config({"whole": {**SCRIPT, "steps_per_segment": TOTAL}}, monitor="val_loss", log_every=5)
     ref.snakemake()
@@ -33,15 +31,11 @@ def test_an_epoch_loop_with_a_per_epoch_scheduler_and_test_resumes_bitwise_throu
     whole, cut = final_state(ref, "whole"), final_state(p, "cut")
     assert_bitwise_equal(whole, cut)
 
-    def rows(project, run):
-        frames = [pd.read_csv(f) for f in sorted(project.paths(run).segments.glob("*/metrics.csv"))]
-        return pd.concat(frames).drop_duplicates("step", keep="last").set_index("step")
-
-    tested = {run: rows(project, run)["val_loss"].dropna() for project, run in ((ref, "whole"), (p, "cut"))}
+    tested = {run: metric_rows(project, run)["val_loss"].dropna() for project, run in ((ref, "whole"), (p, "cut"))}
     assert list(tested["whole"].index) == list(range(PER_EPOCH, TOTAL + 1, PER_EPOCH))  # one test per epoch
     assert tested["whole"].equals(tested["cut"])
     # StepLR stepped once per epoch: the learning rate of the last epoch's steps is lr * 0.7^5
-    lr = rows(p, "cut")["lr"].dropna()
+    lr = metric_rows(p, "cut")["lr"].dropna()
     assert lr.loc[TOTAL] == pytest.approx(0.7 ** 5) and lr.loc[PER_EPOCH] == pytest.approx(1.0)
     best = [json.loads(sorted(project.paths(run).segments.glob("*/segment.json"))[-1].read_text())["best"]
             for project, run in ((ref, "whole"), (p, "cut"))]

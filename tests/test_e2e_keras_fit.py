@@ -7,7 +7,7 @@ measure job, before any training job, with the number to set."""
 import pytest
 
 from conftest import Project, assert_bitwise_equal, final_state, load_weights, model_file
-from support import three_failures
+from support import metric_rows, three_failures
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
@@ -21,14 +21,23 @@ def fit_run(args="", **more):
 
 
 def test_a_keras_fit_script_killed_and_stopped_across_segments_ends_bitwise_identical(tmp_path):
-    ref = Project(tmp_path / "ref")
-    ref.write_config({"kf-1": fit_run(steps_per_segment=TOTAL)})
+    ref = Project(tmp_path / "ref")  # one step per call
+    ref.write_config({"kf-1": fit_run(steps_per_segment=TOTAL)}, log_every=1)
     ref.snakemake()
 
-    p = Project(tmp_path / "killed")
-    p.write_config({"kf-4": fit_run("--step-sleep 0.02", steps_per_segment=TOTAL // 4)}, log_every=1)
+    p = Project(tmp_path / "killed")  # 8 steps per call, as fit(steps_per_execution=8) runs them
+    p.write_config({"kf-4": fit_run("--step-sleep 0.02 --steps-per-execution 8", steps_per_segment=TOTAL // 4)},
+                   log_every=1)
     three_failures(p, "kf-4", TOTAL // 4, 50)
     assert_bitwise_equal(final_state(p, "kf-4"), final_state(ref, "kf-1"))
+    # fit's running means (loss, accuracy since the epoch began) and the rate, at every step a call
+    # of 8 ended, equal the uninterrupted run's, also in the epochs resumed in their middle
+    ours, theirs = metric_rows(p, "kf-4"), metric_rows(ref, "kf-1")
+    called = ours[ours["loss"].notna()]
+    assert set(called.index) >= set(range(8, TOTAL + 1, 8))
+    for column in ("loss", "accuracy", "lr"):
+        assert called[column].equals(theirs[column].loc[called.index]), column
+    assert ours["val_loss"].dropna().equals(theirs["val_loss"].dropna())
     # the script exported its own model (two named inputs): the same weights
     assert_bitwise_equal(load_weights(model_file(p, "kf-4")), load_weights(model_file(ref, "kf-1")))
     assert "resuming at step" in (p.root / "logs" / "train_segment" / "kf-4" / "0001.log").read_text()

@@ -14,7 +14,7 @@ from segtrain import store as st
 from segtrain.layout import SEGMENT_STATE, working_metrics
 
 from conftest import Project, last_logged_step
-from support import ranks_of, wait_for_checkpoint
+from support import metric_rows, ranks_of, wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
@@ -47,14 +47,6 @@ def stopped_by_sigterm(tmp_path, script, monitor):
     starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
     assert starts == [(0, 0), (0, stopped[0]["end_step"]), (1, TOTAL // 2)]
     return p, stopped[0]["end_step"]
-
-
-def metric_rows(p, run):
-    """The run's metrics over all its segments, one row per step."""
-    import pandas as pd
-
-    frames = [pd.read_csv(f) for f in sorted(p.paths(run).segments.glob("*/metrics.csv"))]
-    return pd.concat(frames).drop_duplicates("step", keep="last").set_index("step")
 
 
 def best_of(p, run):

@@ -146,6 +146,8 @@ class KerasState:
         key, keys, pos, has_gauss, cached = np.random.get_state()
         arrays["numpy_rng_keys"] = keys
         arrays["keras_global_seed"] = self.global_seed.state.numpy()
+        more_arrays, more_meta = self._more()
+        arrays.update(more_arrays)
         if buffers is not None:
             for name, value in arrays.items():
                 buf = buffers.get(name)
@@ -160,8 +162,16 @@ class KerasState:
             "optimizer_variables": [[v.path, list(v.shape)] for v in opt_vars],
             "python_rng": [version, list(internal), gauss],
             "numpy_rng": [key, int(pos), int(has_gauss), float(cached)],
+            **more_meta,
         }
         return KerasSnapshot(arrays, meta)
+
+    def _more(self) -> tuple[dict, dict]:
+        """Arrays and JSON a subclass saves besides the variables (``_read_more`` gets them back)."""
+        return {}, {}
+
+    def _read_more(self, data: dict, meta: dict) -> None:
+        """What ``_more`` saved, from a checkpoint being read."""
 
     def write_state(self, folder: Path, extra: dict) -> None:
         self._collect(extra).write(folder)
@@ -202,6 +212,7 @@ class KerasState:
         random.setstate((version, tuple(internal), gauss))
         key, pos, has_gauss, cached = meta["numpy_rng"]
         np.random.set_state((key, keys, pos, has_gauss, cached))
+        self._read_more(data, meta)
         return meta["extra"]
 
     as_numbers = staticmethod(as_numbers)

@@ -1,6 +1,7 @@
 """A Keras `fit` script for the tests: two named inputs, sample and class weights, dropout, a
-validation split, epochs and a callback of the user's, trained through segtrain.keras.fit. --step-sleep slows each
-step (through a callback) so kills land where a test wants them."""
+validation split, epochs, steps_per_execution and a callback of the user's, trained through
+segtrain.keras.fit. --step-sleep slows each step (through a callback) so kills land where a test
+wants them."""
 
 import argparse
 import os
@@ -17,6 +18,7 @@ import segtrain.keras  # noqa: E402
 p = argparse.ArgumentParser()
 p.add_argument("--step-sleep", type=float, default=0.0)
 p.add_argument("--epochs", type=int, default=8)
+p.add_argument("--steps-per-execution", type=int, default=1)
 args = p.parse_args()
 
 digits = load_digits()
@@ -31,7 +33,8 @@ h = keras.layers.Concatenate()([keras.layers.Dense(32, activation="relu")(pix_in
 h = keras.layers.Dropout(0.2)(h)
 model = keras.Model({"pixels": pix_in, "rows": row_in}, keras.layers.Dense(10)(h))
 model.compile(keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 100, 0.8)),
-              keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+              steps_per_execution=args.steps_per_execution)
 
 
 class Epochs(keras.callbacks.Callback):
@@ -40,9 +43,12 @@ class Epochs(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         print(f"epoch {epoch} begins", flush=True)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begin = batch
+
+    def on_train_batch_end(self, batch, logs=None):  # once per call of steps_per_execution steps
         if args.step_sleep:
-            time.sleep(args.step_sleep)
+            time.sleep(args.step_sleep * (batch - self.begin + 1))  # (the last call may be shorter)
 
 
 # model.fit's own arguments: epochs give the run's length (8 x 50 steps of 32 of the 1617 training
