@@ -215,6 +215,10 @@ def _entry_problems(run: dict, where: str, base: Path, given: set) -> list[str]:
         if not run.get("task"):
             return [f"{where}: give task: (a task file; the pipeline runs the loop) or script: (your own "
                     "training script with segtrain.session()); see README, 'Bringing your training'"]
+        if not run.get("total_steps"):
+            return [f"{where}.total_steps: missing; give the run's training steps (only a script run may leave it "
+                    "out, when its framework gives the length: segtrain.keras.fit's epochs, Lightning's max_epochs, "
+                    "the Trainer's num_train_epochs)"]
         return []
     if run.get("task"):
         return [f"{where}: task and script are both set; keep one (script runs your own loop, task the pipeline's)"]
@@ -299,7 +303,7 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
             problems.append(f"{where}.safety_margin: leaves no time in a {run['time_limit']} job; lower it")
 
         per = run.get("steps_per_segment")
-        if isinstance(per, int) and math.ceil(run["total_steps"] / per) > MAX_SEGMENTS:
+        if isinstance(per, int) and math.ceil(run.get("total_steps", 0) / per) > MAX_SEGMENTS:
             problems.append(f"{where}.total_steps: {run['total_steps']:,} steps in segments of {per} make "
                             f"{math.ceil(run['total_steps'] / per):,} jobs, more than {MAX_SEGMENTS:,}; check "
                             "total_steps for a typo, or raise steps_per_segment")

@@ -142,7 +142,7 @@ def model_definition(run: dict, task_path: Path, base: Path = Path(".")) -> dict
         definition["script_args"] = run["script_args"]
     definition["sources"] = task_sources(task_path, base)
     if uses_run_context(task_path):
-        definition["total_steps"] = run["total_steps"]
+        definition["total_steps"] = run.get("total_steps", 0)
     return definition
 
 

@@ -101,9 +101,13 @@ class Checkpoints(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.state.trainer is None:
             raise RuntimeError("call checkpoints.train(trainer) instead of trainer.train(): it resumes the run")
+        own = None
+        if args.max_steps != self.max_steps:  # the Trainer's own limit: num_train_epochs, or a max_steps of its own
+            own = (int(state.max_steps), f"the Trainer's max_steps={args.max_steps}" if args.max_steps > 0 else
+                   f"the Trainer's num_train_epochs={args.num_train_epochs:g}")
         if self.hook.start(state.global_step, args.world_size,
                            "the Trainer takes its processes from torchrun, which the pipeline starts; keep "
-                           "TrainingArguments' parallelism settings at their defaults"):
+                           "TrainingArguments' parallelism settings at their defaults", length=own):
             control.should_training_stop = self._ended_segment = True
 
     def on_step_end(self, args, state, control, **kwargs):

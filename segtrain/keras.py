@@ -227,11 +227,12 @@ def fit(model, x, y=None, batch_size: int | None = None, epochs: int | None = No
     order = DataOrder(_num_samples(x), batch_size, 0, shuffle=bool(shuffle))
     planned = None if epochs is None else epochs * order.steps_per_epoch
     seg = script_mod._ACTIVE or script_mod._STANDALONE or script_mod.session(total_steps=planned or order.steps_per_epoch)
-    if planned is not None and (seg._job is not None or seg.measuring) and planned != seg.total_steps:
-        raise ValueError(
-            f"segtrain.keras.fit: epochs={epochs} trains {epochs} x {order.steps_per_epoch} = {planned} steps "
-            f"({_num_samples(x)} samples in batches of {batch_size}, the last partial batch dropped), and the run's "
-            f"total_steps is {seg.total_steps}: set total_steps: {planned} in the config, or remove epochs")
+    if planned is not None or not seg.total_steps:  # Keras's default is one epoch
+        chosen = 1 if epochs is None else epochs
+        seg._run_length(chosen * order.steps_per_epoch,
+                        f"segtrain.keras.fit: epochs={chosen} trains {chosen} x {order.steps_per_epoch} = "
+                        f"{chosen * order.steps_per_epoch} steps ({_num_samples(x)} samples in batches of {batch_size}, "
+                        "the last partial batch dropped)", fix="remove epochs")
     order = DataOrder(_num_samples(x), batch_size, seg.seed, shuffle=bool(shuffle))
     arrays = (x, y, sample_weight)
     if not model.built:

@@ -134,12 +134,25 @@ class Checkpoints(L.Callback):
             log.info("the job handles %s itself: a stop saves at the next step (agreed by every process)",
                      ", ".join(taken))
         if self.hook.start(trainer.global_step, trainer.world_size,
-                           "give the Trainer devices=checkpoints.devices, num_nodes=checkpoints.num_nodes"):
+                           "give the Trainer devices=checkpoints.devices, num_nodes=checkpoints.num_nodes",
+                           length=self._own_length(trainer)):
             trainer.should_stop = True
         if self.hook.job is not None and not self.hook.seg.measuring:
             # the loop ends at the segment's end as at a max_steps (no stop request: Lightning runs
             # an extra validation on one); schedules were built from the run's total before this
             trainer.fit_loop.epoch_loop.max_steps = self.hook.job.segment.end
+
+    def _own_length(self, trainer):
+        """The steps the Trainer's own limits train (max_epochs, or a max_steps not the callback's),
+        or None when its max_steps is the callback's."""
+        if trainer.max_steps == self.max_steps:
+            return None
+        steps = trainer.estimated_stepping_batches
+        if steps == float("inf"):
+            return None
+        said = (f"max_steps={trainer.max_steps}" if trainer.max_steps not in (-1, None) else
+                f"max_epochs={trainer.max_epochs} of {trainer.num_training_batches} batches")
+        return int(steps), f"Lightning's {said}"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         row = {"loss": outputs["loss"].detach()} if isinstance(outputs, dict) and "loss" in outputs else {}

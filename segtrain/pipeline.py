@@ -126,13 +126,29 @@ def check_monitor(run: RunSettings, measured: dict) -> None:
         )
 
 
+def run_length(run: RunSettings, measured: dict) -> tuple[int, str]:
+    """The run's total steps, and a line for the plan when the script's framework gave them (the
+    config leaves total_steps out)."""
+    if run.total_steps:
+        return run.total_steps, ""
+    if measured.get("total_steps"):
+        return int(measured["total_steps"]), (f"run length: {measured['total_steps']} steps, from the script "
+                                              f"({measured.get('total_steps_from', 'its framework')}); the config "
+                                              "leaves total_steps out")
+    raise planning.PlanError(
+        f"run {run.name}: the config leaves total_steps out, and the script gives no length of its own: set "
+        "total_steps in the config (a script's framework gives it with segtrain.keras.fit's epochs, Lightning's "
+        "max_epochs or the Trainer's num_train_epochs)")
+
+
 def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) -> planning.Plan:
     measured = json.loads(Path(costs_file).read_text())
     check_monitor(run, measured)
     costs = planning.Costs.from_dict(measured)
     per = run.steps_per_segment
+    total, length_line = run_length(run, measured)
     result = planning.make_plan(
-        total_steps=run.total_steps,
+        total_steps=total,
         time_limit=run.time_limit_seconds,
         costs=costs,
         policy=planning.Policy(**run.policy),
@@ -155,6 +171,7 @@ def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) ->
     exact, training = training_lines(run, measured, written_by=int((recorded or {}).get("world_size", 1)))
     data["bitwise_resume"] = exact
     store_mod.write_json_atomic(Path(plan_json), data)
+    training = ([length_line] if length_line else []) + training
     table = plan_table(result, run.name).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
     Path(plan_txt).write_text(table)
     log.info("\n%s", table)

@@ -144,6 +144,21 @@ class Session:
         self._objects: dict = {}
         self._row: dict = {}
         self.stopped = False
+        self._length: tuple[int, str] | None = None  # the framework's own length, for the plan
+
+    def _run_length(self, planned: int, how: str, fix: str = "") -> None:
+        """A framework's own run length (fit's epochs, a trainer's max_epochs or max_steps),
+        ``planned`` steps, said as ``how``: the run's length where the config leaves total_steps
+        out (the measure job hands it to the plan); else it must equal total_steps, and a job
+        says so before it trains. ``fix``: the way to the other choice, in the framework's terms."""
+        if self._job is None and self._measure is None:
+            return  # alone, or the export job
+        if self.run.total_steps and planned != self.run.total_steps:
+            raise ValueError(f"{how}, and the run's total_steps is {self.run.total_steps}: set total_steps: {planned} "
+                             f"in the config (or leave total_steps out: the run then trains {planned} steps)"
+                             + (f", or {fix}" if fix else ""))
+        if not self.run.total_steps:
+            self._length = (int(planned), how)
 
     # -- what the script may read --
     @property
@@ -357,6 +372,8 @@ class Session:
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
                          store_root=store_root)
         costs["data_loader"] = data_loader
+        if self._length is not None:  # the config leaves total_steps out: the framework's length is the run's
+            costs["total_steps"], costs["total_steps_from"] = self._length
         if evaluates:  # a trainer evaluates on its own schedule: its metrics may not be known yet
             costs["evaluates"] = evaluates
         if self.world.is_main:  # several processes: each measured its share; the main one's are the job's

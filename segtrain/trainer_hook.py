@@ -39,14 +39,22 @@ class TrainerHook:
             return self._marks.count
         return self.seg.total_steps
 
-    def start(self, global_step: int, trainer_world: int, how: str) -> bool:
+    def start(self, global_step: int, trainer_world: int, how: str, length: tuple[int, str] | None = None) -> bool:
         """The trainer is about to train from ``global_step`` (after its own restore) in
         ``trainer_world`` processes; returns True when this job has nothing to train. ``how`` says
-        how the trainer is told the job's processes."""
+        how the trainer is told the job's processes. ``length``: the steps the trainer's own limits
+        train and how they are set, None when its limit is the callback's ``max_steps``."""
         world = self.seg.world.world_size
         if trainer_world != world:
             raise RuntimeError(f"the trainer trains in {trainer_world} process(es) and the job runs {world} (the run's "
                                f"processes x nodes): {how}")
+        if length is not None:
+            self.seg._run_length(length[0], f"{length[1]} trains {length[0]} steps",
+                                 fix="give the trainer max_steps=checkpoints.max_steps")
+        elif self.seg.measuring and not self.seg.run.total_steps:
+            raise ValueError(f"the config leaves the run's total_steps out, and {self.data_position} trainer's "
+                             "max_steps is checkpoints.max_steps (the run's length): set total_steps in the config, "
+                             "or leave max_steps out and let the trainer's own epochs give the run's length")
         if self.job is None or self.seg.measuring:
             return False
         if global_step != self.job.step:

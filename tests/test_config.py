@@ -272,6 +272,14 @@ def test_task_and_script_are_one_or_the_other(tmp_path):
     check({"runs": {"r": {"script": "nowhere.py", "total_steps": 10}}}, "runs.r.script: file 'nowhere.py' not found")
 
 
+def test_only_a_script_run_may_leave_total_steps_to_its_framework(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("pass\n")
+    check({"runs": {"r": dict(MLP)}}, "runs.r.total_steps: missing", "only a script run may leave it out")
+    (run,) = resolve({"runs": {"r": {"script": str(script)}}}, base=REPO).values()
+    assert run.total_steps == 0  # the measure job reads the length the script's framework gives
+
+
 def test_a_script_run_refuses_the_pipeline_loop_settings(tmp_path):
     script = tmp_path / "train.py"
     script.write_text("pass\n")

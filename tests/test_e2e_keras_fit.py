@@ -21,9 +21,12 @@ def fit_run(args="", **more):
 
 
 def test_a_keras_fit_script_killed_and_stopped_across_segments_ends_bitwise_identical(tmp_path):
-    ref = Project(tmp_path / "ref")  # one step per call
-    ref.write_config({"kf-1": fit_run(steps_per_segment=TOTAL)}, log_every=1)
+    ref = Project(tmp_path / "ref")  # one step per call; the script's epochs=8 give the run's length
+    whole = {k: v for k, v in fit_run(steps_per_segment=TOTAL).items() if k != "total_steps"}
+    ref.write_config({"kf-1": whole}, log_every=1)
     ref.snakemake()
+    assert "run length: 400 steps, from the script (segtrain.keras.fit: epochs=8 trains 8 x 50" in \
+        (ref.run_dir("kf-1") / "plan.txt").read_text()
 
     p = Project(tmp_path / "killed")  # 8 steps per call, as fit(steps_per_execution=8) runs them
     p.write_config({"kf-4": fit_run("--step-sleep 0.02 --steps-per-execution 8", steps_per_segment=TOTAL // 4)},
@@ -46,7 +49,7 @@ def test_a_keras_fit_script_killed_and_stopped_across_segments_ends_bitwise_iden
     # the validation split is evaluated: val_ metrics in the rows
     assert "val_loss" in (ref.paths("kf-1").segments / "0000" / "metrics.csv").read_text().splitlines()[0]
 
-    ref.write_config({"kf-1": fit_run(steps_per_segment=TOTAL), "other": fit_run("--epochs 6")})
+    ref.write_config({"kf-1": whole, "other": fit_run("--epochs 6")}, log_every=1)
     r = ref.snakemake("--show-failed-logs", check=False)  # as the profiles set it
     assert r.returncode != 0 and "set total_steps: 300 in the config" in r.stdout + r.stderr
     assert not ref.paths("other").segments.exists()  # no training job ran

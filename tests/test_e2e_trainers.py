@@ -4,6 +4,7 @@ step it stopped and ends bitwise identical to an uninterrupted run (Lightning's 
 stateful seg.dataloader; the Trainer skips the batches it has seen), with the trainers' own
 validation metrics at the same steps and the same best model; in one process and in two."""
 
+import json
 import os
 import signal
 import time
@@ -129,6 +130,29 @@ def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_p
     assert all(exported[k].equal(final["cut"][k]) for k in exported)
     plan = (p.run_dir("cut") / "plan.txt").read_text()
     assert "resume: at the exact step; bitwise identical in this project's tests" in plan
+
+
+def test_the_trainers_own_epochs_give_the_run_its_length_before_any_training_job(tmp_path):
+    """A config without total_steps: the measure job reads Lightning's max_epochs and the Trainer's
+    num_train_epochs and the plan trains that many steps; a total_steps that disagrees with them is
+    refused by the measure job, with the number to set."""
+    pytest.importorskip("lightning")
+    pytest.importorskip("transformers")
+    p = Project(tmp_path / "proj")
+    p.write_config({"lightning": {"script": "tasks/script_lightning.py --epochs 2"},
+                    "hf": {"script": "tasks/script_huggingface.py --epochs 2"},
+                    "disagrees": {"script": "tasks/script_huggingface.py --epochs 2", "total_steps": TOTAL}})
+    r = p.snakemake("--until", "plan_segments", "--keep-going", "--show-failed-logs", check=False)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "the Trainer's num_train_epochs=2 trains 92 steps, and the run's total_steps is 300: set total_steps: " \
+           "92 in the config" in out, out[-3000:]
+    for run, said in (("lightning", "Lightning's max_epochs=2 of 46 batches trains 92"),
+                      ("hf", "the Trainer's num_train_epochs=2 trains 92")):
+        plan = (p.run_dir(run) / "plan.txt").read_text()
+        assert f"run length: 92 steps, from the script ({said}" in plan, plan
+        assert json.loads((p.run_dir(run) / "plan.json").read_text())["segments"][-1]["end"] == 92
+    assert not any(p.paths(run).segments.exists() for run in ("lightning", "hf", "disagrees"))
 
 
 def torch_load(path):

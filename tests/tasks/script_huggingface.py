@@ -16,6 +16,7 @@ import segtrain.huggingface
 p = argparse.ArgumentParser()
 p.add_argument("--step-sleep", type=float, default=0.0)
 p.add_argument("--steps", type=int, default=None)
+p.add_argument("--epochs", type=int, default=None, help="num_train_epochs give the run's length")
 args = p.parse_args()
 
 
@@ -43,7 +44,8 @@ checkpoints = segtrain.huggingface.Checkpoints()
 config = BertConfig(vocab_size=17, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                     max_position_embeddings=64, num_labels=10)
 model = BertForSequenceClassification(config)
-training = TrainingArguments(output_dir="hf-out", max_steps=checkpoints.max_steps, per_device_train_batch_size=32,
+length = {"num_train_epochs": args.epochs} if args.epochs else {"max_steps": checkpoints.max_steps}
+training = TrainingArguments(output_dir="hf-out", **length, per_device_train_batch_size=32,
                              learning_rate=1e-3, warmup_steps=20, lr_scheduler_type="linear", save_strategy="no",
                              eval_strategy="epoch", per_device_eval_batch_size=128, report_to=[], use_cpu=True,
                              seed=0, data_seed=0, full_determinism=True, disable_tqdm=True, dataloader_drop_last=True)

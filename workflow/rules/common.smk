@@ -111,6 +111,16 @@ def model_settings(wildcards):
     return _subset(wildcards.run, MODEL_KEYS)
 
 
+def train_settings(wildcards):
+    """A training job's settings: the model's, and the run's length from the plan when the config
+    leaves total_steps out (the script's framework gave it to the measure job)."""
+    if RUNS[wildcards.run].total_steps:
+        return model_settings(wildcards)
+    settings = RUNS[wildcards.run].subset(MODEL_KEYS)
+    settings["total_steps"] = load_plan(wildcards.run)["total_steps"]
+    return json.dumps(settings, sort_keys=True)
+
+
 def several_processes(run):
     """("processes",) for a run of several processes (and "nodes" on several nodes): a change of
     their number measures and plans again (absent for one, so runs of earlier versions keep their

@@ -29,7 +29,7 @@ rule train_segment:
         # not the plugin's --ntasks-per-gpu=<tasks> (one task per node drives all the node's GPUs)
         tasks_per_gpu=lambda wildcards: 0 if RUNS[wildcards.run].nodes > 1 else None,
     params:
-        model=model_settings,
+        model=train_settings,
         segment=segment_settings,
     shell:
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/train_segment.py '
