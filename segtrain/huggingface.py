@@ -114,7 +114,10 @@ class Checkpoints(TrainerCallback):
         if self.hook.logs_now(state.global_step):
             control.should_log = True  # the loss at the run's log_every, whatever logging_steps says
         row = {"lr": self.state.trainer.optimizer.param_groups[0]["lr"]}
-        if self.hook.step_done(state.global_step, row):
+        ends_epoch = abs(state.epoch - round(state.epoch)) < 1e-6
+        evaluates = bool(control.should_evaluate) or (str(getattr(args.eval_strategy, "value", args.eval_strategy))
+                                                       == "epoch" and ends_epoch)
+        if self.hook.step_done(state.global_step, row, evaluation_follows=evaluates):
             control.should_training_stop = True
             self._ended_segment = state.global_step < self.max_steps  # the run's end is the Trainer's own
 

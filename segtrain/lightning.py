@@ -59,6 +59,34 @@ CHECKPOINT = LIGHTNING_CHECKPOINT
 EXTRA = "segtrain.json"
 
 
+def config_saved_once(trainer) -> str | None:
+    """Why LightningCLI's config saving would fail the run's second job, or None: it writes
+    config.yaml into the trainer's log folder and refuses to overwrite it, and without a logger
+    that folder is the same in every job (a logger's is a new version in each)."""
+    try:
+        from lightning.pytorch.cli import SaveConfigCallback
+    except ImportError:  # LightningCLI's jsonargparse is not installed: no LightningCLI
+        return None
+    for callback in trainer.callbacks:
+        if isinstance(callback, SaveConfigCallback) and callback.save_to_log_dir and not callback.overwrite \
+                and trainer.logger is None:
+            return (f"LightningCLI saves its config to {callback.config_filename} in {trainer.log_dir} and refuses to "
+                    "overwrite it, and every segment's job runs the script again: pass LightningCLI(..., "
+                    "save_config_kwargs={'overwrite': True}) (the run's config is the same in every job), or give "
+                    "the Trainer a logger (each job then writes into a new version's folder)")
+    return None
+
+
+def _validates_now(trainer) -> bool:
+    """Whether Lightning validates after the batch that just ended (its own rule, asked here
+    before its loop asks it)."""
+    loop = trainer.fit_loop
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except (AttributeError, TypeError):  # another Lightning: a stop may then come before a validation
+        return False
+
+
 def rng_file(rank: int) -> str:
     return f"rng-{rank:05d}.pt"
 
@@ -118,6 +146,11 @@ class Checkpoints(L.Callback):
         with ``weights_only=True``."""
         return {"ckpt_path": str(self.state.restored) if self.state.restored else None, "weights_only": True}
 
+    def setup(self, trainer, pl_module, stage):
+        why = config_saved_once(trainer)
+        if why:
+            raise RuntimeError(why)
+
     def on_train_start(self, trainer, pl_module):  # after Lightning restored its loops and optimizers
         from .script import SegmentLoader
 
@@ -158,7 +191,8 @@ class Checkpoints(L.Callback):
         row = {"loss": outputs["loss"].detach()} if isinstance(outputs, dict) and "loss" in outputs else {}
         if trainer.optimizers:
             row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        self.hook.step_done(trainer.global_step, row)  # the segment's end ends the loop (max_steps)
+        self.hook.step_done(trainer.global_step, row,  # the segment's end ends the loop (max_steps)
+                            evaluation_follows=_validates_now(trainer))
         self._training_names |= set(trainer.callback_metrics) - self._validation_names
 
     def on_validation_start(self, trainer, pl_module):

@@ -87,6 +87,10 @@ class SegmentJob:
         # a trainer that logs and evaluates itself (segtrain.trainer_hook) completes a step's row
         # after the step was counted: the row is held until the next one
         self.holds_rows = False
+        # set by a trainer's callback: the trainer evaluates after the step just handed over, so a
+        # stop waits for the next step (a stop here would end the job before that evaluation,
+        # which the resumed trainer does not repeat)
+        self.evaluation_follows = False
         self.epoch_steps = 0  # an epoch-shaped script's epoch (segtrain.epochs): its last step logs and judges
         self._held: dict | None = None
         self.store = self.ledger = None
@@ -267,7 +271,7 @@ class SegmentJob:
             slowest = saves.slowest()
             upcoming = slowest + (slowest if saves.in_flight else 0.0) + max(self.evals, default=0.0) \
                 + self._call_seconds * stops.every
-            if stops.due(self.step - first_step):
+            if stops.due(self.step - first_step) and not self.evaluation_follows:
                 why = stops.reason(self.deadline - self.clock(), upcoming,
                                    max(saves.blocked, default=segment.save_seconds))
                 if why is not None:

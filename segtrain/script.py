@@ -22,6 +22,7 @@ resumes at the right step, its data restarts at the loader's beginning, and the 
 from __future__ import annotations
 
 import logging
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -406,6 +407,8 @@ def _prepare_process(run: RunSettings) -> None:
 
     configure(threads, deterministic)
     seed_everything(seed)
+    # Lightning's seed_everything() without a seed (LightningCLI's default) takes the run's seed
+    os.environ.setdefault("PL_GLOBAL_SEED", str(seed))
 
 
 def run_script(run: RunSettings, sess: Session) -> None:

@@ -68,14 +68,16 @@ class TrainerHook:
         self._steps = self.job.steps(self.state, hold_finish=True)
         return self._advance()
 
-    def step_done(self, global_step: int, row: dict) -> bool:
+    def step_done(self, global_step: int, row: dict, evaluation_follows: bool = False) -> bool:
         """An optimizer step ended; returns True when the trainer must stop (the segment is done).
-        A stop signal or the deadline saves here and raises Stopped."""
+        A stop signal or the deadline saves here and raises Stopped, unless the trainer evaluates
+        after this step (``evaluation_follows``): then at the next step."""
         if self.seg.measuring:
             return self._measure(global_step)
         if self._steps is None or global_step == self.job.step:
             return False  # alone, or an accumulation micro-batch: no optimizer step yet
         self.job.log(row)
+        self.job.evaluation_follows = evaluation_follows
         return self._advance()
 
     def metrics(self, values: dict, evaluation: bool) -> None:

@@ -15,7 +15,7 @@ from segtrain import store as st
 from segtrain.layout import SEGMENT_STATE, working_metrics
 
 from conftest import Project, last_logged_step
-from support import metric_rows, ranks_of, wait_for_checkpoint
+from support import metric_rows, ranks_of, three_failures, wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
@@ -71,30 +71,50 @@ def assert_the_trainers_metrics(p, monitor, evaluated_at=None):
     return rows, best[0]
 
 
-def test_a_lightning_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_path, measured):
-    """Its training data from seg.dataloader (a stateful loader Lightning restores mid-epoch, set to
-    the exact step by the callback) and every process's random streams restored: bitwise."""
+CLI = "tasks/script_lightning_cli.py --trainer.val_check_interval 100 --trainer.check_val_every_n_epoch null"
+
+
+def test_a_lightning_cli_script_through_kills_and_a_sigterm_resumes_bitwise(tmp_path, measured):
+    """LightningCLI as Lightning's docs write it, its training data from seg.dataloader (a stateful
+    loader Lightning restores mid-epoch, set to the exact step by the callback) and every random
+    stream restored: 4 segments through a SIGKILL, a SIGTERM and a killed Snakemake end bitwise
+    identical to 1, with the same validations and the same best model by val_loss."""
     pytest.importorskip("lightning")
+    pytest.importorskip("jsonargparse")
     import torch
 
-    p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_lightning.py", "val_loss")
-    # Lightning validates every 100 steps (val_check_interval) in both, and not at the cut
-    rows, best = assert_the_trainers_metrics(p, "val_loss", evaluated_at=[100, 200, 300])
+    ref = Project(tmp_path / "ref")
+    ref.write_config({"ref": {"script": CLI, "total_steps": TOTAL, "steps_per_segment": TOTAL}},
+                     log_every=10, monitor="val_loss")
+    ref.snakemake()
+    p = Project(tmp_path / "cut")
+    p.write_config({"cut": {"script": f"{CLI} --model.step_sleep 0.02", "total_steps": TOTAL,
+                            "steps_per_segment": TOTAL // 4}}, log_every=1, monitor="val_loss",
+                   checkpoint={"every_steps": 30})  # the SIGKILL lands past step 120, between validations
+    attempts = three_failures(p, "cut", TOTAL // 4, 30)
+    stopped_at = next(a["end_step"] for a in attempts if "SIGTERM" in a.get("reason", ""))
+
+    rows = {"ref": metric_rows(ref, "ref"), "cut": metric_rows(p, "cut")}
+    # Lightning validates every 100 steps (val_check_interval) in both, and nowhere else
+    for run, m in rows.items():
+        assert list(m["val_loss"].dropna().index) == [100, 200, 300], run
+        assert set(range(10, TOTAL + 1, 10)) <= set(m["loss"].dropna().index), run
     assert rows["ref"]["val_loss"].dropna().equals(rows["cut"]["val_loss"].dropna())
+    assert rows["ref"]["val_acc"].dropna().equals(rows["cut"]["val_acc"].dropna())
+    assert best_of(ref, "ref")["step"] == best_of(p, "cut")["step"] and best_of(p, "cut")["monitor"] == "val_loss"
     final = {}
-    for run in ("ref", "cut"):
-        ckpt = torch.load(p.paths(run).segment_dir(1) / SEGMENT_STATE / "lightning.ckpt" if run == "cut"
-                          else p.paths(run).segment_dir(0) / SEGMENT_STATE / "lightning.ckpt", weights_only=True)
+    for project, run, last in ((ref, "ref", 0), (p, "cut", 3)):
+        ckpt = torch.load(project.paths(run).segment_dir(last) / SEGMENT_STATE / "lightning.ckpt", weights_only=True)
         assert ckpt["global_step"] == TOTAL
         final[run] = ckpt["state_dict"]
     exported = torch.load(p.run_dir("cut") / "model.pt", weights_only=True)
     assert all(torch.equal(exported[k], final["cut"][k]) for k in exported)
     diff = max((final["ref"][k] - final["cut"][k]).abs().max().item() for k in final["ref"])
     norm = max(final["ref"][k].abs().max().item() for k in final["ref"])
-    measured("lightning", f"stopped at step {stopped_at}, resumed there; final step {TOTAL} in both; "
-             f"max |weight difference| vs uninterrupted {diff:.4g} (max |weight| {norm:.4g})")
+    measured("lightning", f"LightningCLI, 4 segments through a SIGKILL, a SIGTERM (stopped at step {stopped_at}) and a "
+             f"killed Snakemake: max |weight difference| vs 1 segment {diff:.4g} (max |weight| {norm:.4g})")
     assert all(torch.equal(final["ref"][k], final["cut"][k]) for k in final["ref"])
-    best_ref, best_cut = (torch_load(p.run_dir(run) / "model.best.pt") for run in ("ref", "cut"))
+    best_ref, best_cut = torch_load(ref.run_dir("ref") / "model.best.pt"), torch_load(p.run_dir("cut") / "model.best.pt")
     assert all(best_ref[k].equal(best_cut[k]) for k in best_ref)
     plan = (p.run_dir("cut") / "plan.txt").read_text()
     assert "resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order" in plan

@@ -162,6 +162,34 @@ def test_a_stop_signal_saves_at_the_current_step_and_exits_for_a_retry(tmp_path,
     assert not paths.segment_dir(0).exists()  # the output appears only when the segment is complete
 
 
+def test_a_stop_waits_for_the_evaluation_a_trainer_runs_after_the_step(tmp_path, run_settings):
+    """A trainer's callback says its trainer evaluates after step 33 (segtrain.trainer_hook): a
+    SIGTERM at that step stops at step 34, after the evaluation, which a resumed trainer would not
+    repeat."""
+    from segtrain.training import prepare_training
+
+    old = signal.getsignal(signal.SIGTERM)
+    runner.STOP.clear()
+    runner.STOP.installed = False
+    try:
+        paths = runner.RunPaths(tmp_path / "run")
+        with pytest.raises(runner.Stopped, match="SIGTERM"):
+            with runner.SegmentJob(run_settings, segment(), paths, None, paths.segment_dir(0)) as job:
+                training = prepare_training(run_settings, None)
+                job.restore(training.backend)
+                batches = training.backend.batches(training.order, 0, 120)
+                for step in job.steps(training.backend):
+                    job.log(training.backend.train_step(next(batches)))
+                    job.evaluation_follows = step == 33
+                    if step == 33:
+                        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        runner.STOP.clear()
+        runner.STOP.installed = False
+    assert max(runner.store_mod.CheckpointStore(paths.store).steps()) == 34
+
+
 def test_absolute_deadline_stops_before_it_with_a_save(tmp_path, run_settings, monkeypatch):
     import time
     from datetime import datetime, timezone

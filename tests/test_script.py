@@ -58,3 +58,24 @@ def test_a_second_call_of_seg_steps_in_one_job_is_an_error_not_zero_steps():
     seg.track(model=torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="called a second time"):
         next(seg.steps([1]))
+
+
+def test_lightning_cli_saving_its_config_once_is_refused_with_the_fix():
+    """LightningCLI writes config.yaml into the log folder and refuses to overwrite it: without a
+    logger that folder is the same in every segment's job, so the second job would fail."""
+    pytest.importorskip("lightning")
+    pytest.importorskip("jsonargparse")
+    from types import SimpleNamespace
+
+    from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
+
+    from segtrain.lightning import config_saved_once
+
+    def trainer(logger, **kwargs):
+        callback = SaveConfigCallback(LightningArgumentParser(), {}, **kwargs)
+        return SimpleNamespace(callbacks=[callback], logger=logger, log_dir="/work/run")
+
+    why = config_saved_once(trainer(None))
+    assert "refuses to overwrite it" in why and "save_config_kwargs={'overwrite': True}" in why
+    assert config_saved_once(trainer(None, overwrite=True)) is None
+    assert config_saved_once(trainer(object())) is None  # a logger's folder is a new version in every job
