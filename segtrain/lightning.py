@@ -8,12 +8,22 @@ path for a ``Trainer`` script (``script: train.py`` in a run of the config).
                         devices=checkpoints.devices, num_nodes=checkpoints.num_nodes)
     trainer.fit(model, train_loader, val_loader, **checkpoints.resume)   # ckpt_path, weights_only=True
 
+    # LightningCLI: the same settings as the trainer's defaults, run=False, fit with resume
+    cli = LightningCLI(Model, DataModule, run=False, save_config_kwargs={"overwrite": True},
+                       trainer_defaults={"max_steps": checkpoints.max_steps, "callbacks": [checkpoints], ...})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, **checkpoints.resume)
+
+The run's length: the config's total_steps as ``checkpoints.max_steps``, or the Trainer's own
+``max_epochs`` (without ``max_steps``) when the config leaves total_steps out; a ``max_epochs``
+that would end training before total_steps is refused by the measure job.
+
 Each optimizer step is handed to the job: it saves (Lightning's own checkpoint,
 ``trainer.save_checkpoint``, inside this project's atomic, verified store) at the planned interval,
 stops the Trainer at the segment's end (``max_steps`` is the run's total, so schedules span the
-whole run), and on a stop signal or near the deadline saves at the next step and
-ends the job for a retry. ``resume`` names the newest verified checkpoint, which Lightning loads
-(model, optimizers, schedulers, loops, callbacks) with ``weights_only=True``.
+whole run), and on a stop signal or near the deadline saves at the next step (the one after,
+when Lightning validates after this one) and ends the job for a retry. ``resume`` names the
+newest verified checkpoint, which Lightning loads (model, optimizers, schedulers, loops,
+callbacks) with ``weights_only=True``.
 
 The metrics: the training loss of every step the run logs (``log_every``), and what validation
 logs (``self.log("val_loss", ...)`` in ``validation_step``) at the step it followed, so
@@ -179,6 +189,16 @@ class Checkpoints(L.Callback):
         """The steps the Trainer's own limits train (max_epochs, or a max_steps not the callback's),
         or None when its max_steps is the callback's."""
         if trainer.max_steps == self.max_steps:
+            total, epochs = self.hook.seg.run.total_steps, trainer.max_epochs
+            batches = trainer.num_training_batches
+            if total and epochs not in (None, -1) and batches != float("inf"):
+                per_epoch = -(-int(batches) // max(int(trainer.accumulate_grad_batches), 1))
+                if epochs * per_epoch < total:  # said before the first training job, not at its end
+                    raise ValueError(
+                        f"Lightning's max_epochs={epochs} of {per_epoch} steps ends training at step "
+                        f"{epochs * per_epoch}, before the run's total_steps {total}: set total_steps: "
+                        f"{epochs * per_epoch} in the config, or remove max_epochs (max_steps=checkpoints.max_steps "
+                        "then gives the length)")
             return None
         steps = trainer.estimated_stepping_batches
         if steps == float("inf"):

@@ -23,31 +23,23 @@ SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exp
 TOTAL = 300
 
 
-def stopped_by_sigterm(tmp_path, script, monitor):
-    """Runs ref (1 segment) and cut (2 segments, SIGTERM past step 70 with retries), the best
-    checkpoint judged by the trainer's own validation metric ``monitor``; returns the project and
-    the step the stop saved at."""
-    p = Project(tmp_path / "proj")
-    p.write_config({
-        "ref": {"script": script, "total_steps": TOTAL, "steps_per_segment": TOTAL},
-        "cut": {"script": f"{script} --step-sleep 0.02", "total_steps": TOTAL, "steps_per_segment": TOTAL // 2},
-    }, log_every=10, monitor=monitor)
-    store_root = p.paths("cut").store
-    proc = p.popen("--retries", "2")
-    wait_for_checkpoint(store_root, 50, proc, timeout=300)
-    while last_logged_step(working_metrics(store_root, 0)) < 70:
-        time.sleep(0.005)
-    os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGTERM)
-    proc.wait(timeout=600)
-    assert proc.returncode == 0, proc.stdout.read()[-3000:]
-
-    attempts = p.attempts("cut")
-    stopped = [a for a in attempts if a.get("status") == "stopped"]
-    assert stopped and "SIGTERM" in stopped[0]["reason"] and 70 <= stopped[0]["end_step"] < TOTAL // 2
-    assert stopped[0]["end_step"] % 50 != 0  # saved at the step the signal found, not at the last interval
-    starts = [(a["segment"], a["resumed_from"]) for a in attempts if "resumed_from" in a]
-    assert starts == [(0, 0), (0, stopped[0]["end_step"]), (1, TOTAL // 2)]
-    return p, stopped[0]["end_step"]
+def whole_and_cut(tmp_path, script, monitor, log_every, slow="--step-sleep 0.02"):
+    """The run in 1 segment (project ref, run "ref") and in 4 (project cut, run "cut") through a
+    SIGKILL of the training process, a SIGTERM and a killed Snakemake (support.three_failures),
+    saving every 30 steps (no save at a validation step: a SIGKILL between a save and the
+    trainer's validation at the same step loses that validation, a documented limit); the best
+    checkpoint judged by the trainer's own ``monitor``. Returns both projects and the step the
+    SIGTERM stopped at."""
+    ref = Project(tmp_path / "ref")
+    ref.write_config({"ref": {"script": script, "total_steps": TOTAL, "steps_per_segment": TOTAL}},
+                     log_every=log_every, monitor=monitor)
+    ref.snakemake()
+    p = Project(tmp_path / "cut")
+    p.write_config({"cut": {"script": f"{script} {slow}", "total_steps": TOTAL,
+                            "steps_per_segment": TOTAL // 4}}, log_every=log_every, monitor=monitor,
+                   checkpoint={"every_steps": 30})
+    attempts = three_failures(p, "cut", TOTAL // 4, 30)
+    return ref, p, next(a["end_step"] for a in attempts if "SIGTERM" in a.get("reason", ""))
 
 
 def best_of(p, run):
@@ -56,19 +48,17 @@ def best_of(p, run):
     return json.loads(sorted(p.paths(run).segments.glob("*/segment.json"))[-1].read_text())["best"]
 
 
-def assert_the_trainers_metrics(p, monitor, evaluated_at=None):
-    """The training loss at every log_every step; the trainer's own evaluations at the same steps
-    in both runs; the best checkpoint judged by them, the same step in both."""
-    rows = {run: metric_rows(p, run) for run in ("ref", "cut")}
+def assert_the_trainers_metrics(ref, cut, monitor, evaluated_at):
+    """The training loss at every 10th step; the trainer's own evaluations at ``evaluated_at`` in
+    both runs, with equal values; the best checkpoint judged by them, the same step in both."""
+    rows = {"ref": metric_rows(ref, "ref"), "cut": metric_rows(cut, "cut")}
     for run, m in rows.items():
         assert set(range(10, TOTAL + 1, 10)) <= set(m["loss"].dropna().index), (run, m)
-    steps = [sorted(m[monitor].dropna().index) for m in rows.values()]
-    assert steps[0] == steps[1] and steps[0], steps
-    if evaluated_at is not None:
-        assert steps[0] == evaluated_at
-    best = [best_of(p, run) for run in rows]
-    assert best[0]["step"] == best[1]["step"] in steps[0] and best[0]["monitor"] == monitor, best
-    return rows, best[0]
+        assert list(m[monitor].dropna().index) == evaluated_at, run
+    assert rows["ref"][monitor].dropna().equals(rows["cut"][monitor].dropna())
+    best = [best_of(ref, "ref"), best_of(cut, "cut")]
+    assert best[0]["step"] == best[1]["step"] in evaluated_at and best[0]["monitor"] == monitor, best
+    return rows
 
 
 CLI = "tasks/script_lightning_cli.py --trainer.val_check_interval 100 --trainer.check_val_every_n_epoch null"
@@ -83,25 +73,10 @@ def test_a_lightning_cli_script_through_kills_and_a_sigterm_resumes_bitwise(tmp_
     pytest.importorskip("jsonargparse")
     import torch
 
-    ref = Project(tmp_path / "ref")
-    ref.write_config({"ref": {"script": CLI, "total_steps": TOTAL, "steps_per_segment": TOTAL}},
-                     log_every=10, monitor="val_loss")
-    ref.snakemake()
-    p = Project(tmp_path / "cut")
-    p.write_config({"cut": {"script": f"{CLI} --model.step_sleep 0.02", "total_steps": TOTAL,
-                            "steps_per_segment": TOTAL // 4}}, log_every=1, monitor="val_loss",
-                   checkpoint={"every_steps": 30})  # the SIGKILL lands past step 120, between validations
-    attempts = three_failures(p, "cut", TOTAL // 4, 30)
-    stopped_at = next(a["end_step"] for a in attempts if "SIGTERM" in a.get("reason", ""))
-
-    rows = {"ref": metric_rows(ref, "ref"), "cut": metric_rows(p, "cut")}
+    ref, p, stopped_at = whole_and_cut(tmp_path, CLI, "val_loss", log_every=1, slow="--model.step_sleep 0.02")
     # Lightning validates every 100 steps (val_check_interval) in both, and nowhere else
-    for run, m in rows.items():
-        assert list(m["val_loss"].dropna().index) == [100, 200, 300], run
-        assert set(range(10, TOTAL + 1, 10)) <= set(m["loss"].dropna().index), run
-    assert rows["ref"]["val_loss"].dropna().equals(rows["cut"]["val_loss"].dropna())
+    rows = assert_the_trainers_metrics(ref, p, "val_loss", evaluated_at=[100, 200, 300])
     assert rows["ref"]["val_acc"].dropna().equals(rows["cut"]["val_acc"].dropna())
-    assert best_of(ref, "ref")["step"] == best_of(p, "cut")["step"] and best_of(p, "cut")["monitor"] == "val_loss"
     final = {}
     for project, run, last in ((ref, "ref", 0), (p, "cut", 3)):
         ckpt = torch.load(project.paths(run).segment_dir(last) / SEGMENT_STATE / "lightning.ckpt", weights_only=True)
@@ -120,30 +95,31 @@ def test_a_lightning_cli_script_through_kills_and_a_sigterm_resumes_bitwise(tmp_
     assert "resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order" in plan
 
 
-def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_path, measured):
+def test_a_hugging_face_trainer_through_kills_and_a_sigterm_resumes_bitwise(tmp_path, measured):
+    """The Trainer as the text-classification guide writes it (eval_strategy="epoch",
+    compute_metrics, the default logging_steps): 4 segments through a SIGKILL, a SIGTERM and a
+    killed Snakemake end bitwise identical to 1, with the same evaluations and best model."""
     pytest.importorskip("transformers")
-    import json
-
     from safetensors.torch import load_file
 
-    p, stopped_at = stopped_by_sigterm(tmp_path, "tasks/script_huggingface.py", "eval_loss")
-    # the Trainer evaluates at each epoch's end (46 steps) and at the run's end in both, not at the
-    # cut (step 150), with its compute_metrics; its default logging_steps (500) logs no loss: the
-    # callback asks for it at the run's log_every
-    rows, best = assert_the_trainers_metrics(p, "eval_loss", evaluated_at=[*range(46, TOTAL + 1, 46), TOTAL])
+    ref, p, stopped_at = whole_and_cut(tmp_path, "tasks/script_huggingface.py", "eval_loss", log_every=1)
+    # the Trainer evaluates at each epoch's end (46 steps) and at the run's end in both, not at a
+    # cut (75, 150, 225 or a stop); its default logging_steps (500) logs no loss: the callback asks
+    # for it at the run's log_every
+    rows = assert_the_trainers_metrics(ref, p, "eval_loss", evaluated_at=[*range(46, TOTAL + 1, 46), TOTAL])
     assert rows["ref"]["eval_accuracy"].dropna().equals(rows["cut"]["eval_accuracy"].dropna())
-    assert rows["ref"]["eval_loss"].dropna().equals(rows["cut"]["eval_loss"].dropna())
-    best_ref, best_cut = (torch_load(p.run_dir(run) / "model.best.pt") for run in ("ref", "cut"))
+    assert rows["ref"]["loss"].dropna().equals(rows["cut"]["loss"].dropna())
+    best_ref, best_cut = torch_load(ref.run_dir("ref") / "model.best.pt"), torch_load(p.run_dir("cut") / "model.best.pt")
     assert all(best_ref[k].equal(best_cut[k]) for k in best_ref)
     final = {}
-    for run, last in (("ref", "0000"), ("cut", "0001")):
-        state = p.paths(run).segments / last / SEGMENT_STATE
+    for project, run, last in ((ref, "ref", "0000"), (p, "cut", "0003")):
+        state = project.paths(run).segments / last / SEGMENT_STATE
         assert json.loads((state / "trainer_state.json").read_text())["global_step"] == TOTAL
         assert not (state / "training_args.bin").exists()  # a pickle: not kept
         final[run] = load_file(str(state / "model.safetensors"))
     diff = max((final["ref"][k] - final["cut"][k]).abs().max().item() for k in final["ref"])
-    measured("huggingface", f"stopped at step {stopped_at}, resumed there; final step {TOTAL} in both; "
-             f"max |weight difference| vs uninterrupted {diff:.4g}")
+    measured("huggingface", f"4 segments through a SIGKILL, a SIGTERM (stopped at step {stopped_at}) and a killed "
+             f"Snakemake: max |weight difference| vs 1 segment {diff:.4g}")
     # the Trainer restores its RNG states and skips the batches it has seen: the same weights
     assert all(final["ref"][k].equal(final["cut"][k]) for k in final["ref"])
     exported = torch_load(p.run_dir("cut") / "model.pt")
@@ -154,25 +130,29 @@ def test_a_hugging_face_run_stopped_by_sigterm_resumes_at_its_step_bitwise(tmp_p
 
 def test_the_trainers_own_epochs_give_the_run_its_length_before_any_training_job(tmp_path):
     """A config without total_steps: the measure job reads Lightning's max_epochs and the Trainer's
-    num_train_epochs and the plan trains that many steps; a total_steps that disagrees with them is
-    refused by the measure job, with the number to set."""
+    num_train_epochs and the plan trains that many steps; a total_steps that disagrees with them,
+    or a max_epochs that would end Lightning before it, is refused by the measure job, with the
+    number to set."""
     pytest.importorskip("lightning")
     pytest.importorskip("transformers")
     p = Project(tmp_path / "proj")
     p.write_config({"lightning": {"script": "tasks/script_lightning.py --epochs 2"},
                     "hf": {"script": "tasks/script_huggingface.py --epochs 2"},
-                    "disagrees": {"script": "tasks/script_huggingface.py --epochs 2", "total_steps": TOTAL}})
+                    "disagrees": {"script": "tasks/script_huggingface.py --epochs 2", "total_steps": TOTAL},
+                    "binds": {"script": "tasks/script_lightning.py --max-epochs 2", "total_steps": TOTAL}})
     r = p.snakemake("--until", "plan_segments", "--keep-going", "--show-failed-logs", check=False)
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert "the Trainer's num_train_epochs=2 trains 92 steps, and the run's total_steps is 300: set total_steps: " \
            "92 in the config" in out, out[-3000:]
+    assert "Lightning's max_epochs=2 of 46 steps ends training at step 92, before the run's total_steps 300: set " \
+           "total_steps: 92 in the config" in out, out[-3000:]
     for run, said in (("lightning", "Lightning's max_epochs=2 of 46 batches trains 92"),
                       ("hf", "the Trainer's num_train_epochs=2 trains 92")):
         plan = (p.run_dir(run) / "plan.txt").read_text()
         assert f"run length: 92 steps, from the script ({said}" in plan, plan
         assert json.loads((p.run_dir(run) / "plan.json").read_text())["segments"][-1]["end"] == 92
-    assert not any(p.paths(run).segments.exists() for run in ("lightning", "hf", "disagrees"))
+    assert not any(p.paths(run).segments.exists() for run in ("lightning", "hf", "disagrees", "binds"))
 
 
 def torch_load(path):

@@ -16,6 +16,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--step-sleep", type=float, default=0.0)
 p.add_argument("--steps", type=int, default=None)
 p.add_argument("--epochs", type=int, default=None, help="the Trainer's max_epochs give the run's length")
+p.add_argument("--max-epochs", type=int, default=None, help="a max_epochs beside max_steps=checkpoints.max_steps")
 args = p.parse_args()
 
 
@@ -49,7 +50,7 @@ seg = segtrain.session(total_steps=args.steps)
 # seg.dataloader: a stateful loader in the run's seeded order (was a shuffled DataLoader)
 train = seg.dataloader(torch.utils.data.TensorDataset(x[:1500], y[:1500]), batch_size=32)
 checkpoints = segtrain.lightning.Checkpoints()
-length = {"max_epochs": args.epochs} if args.epochs else {"max_steps": checkpoints.max_steps}
+length = {"max_epochs": args.epochs} if args.epochs else {"max_steps": checkpoints.max_steps, "max_epochs": args.max_epochs}
 trainer = L.Trainer(**length, callbacks=[checkpoints], enable_checkpointing=False,
                     logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                     devices=checkpoints.devices, num_nodes=checkpoints.num_nodes, deterministic=True,
