@@ -169,3 +169,16 @@ def test_fit_takes_model_fits_arguments_or_refuses_them_with_the_reason():
                         ({"validation_split": 1.5}, r"fraction in \(0, 1\)")]:
         with pytest.raises(ValueError, match=why):
             skf.fit(model, x, x, **kwargs)
+
+    # in a measure job (before any training job): epochs that disagree with total_steps, named
+    from segtrain import script
+    from segtrain.settings import RunSettings
+
+    script._ACTIVE = script.Session(RunSettings(name="r", total_steps=400), measure=("unused", "unused"))
+    try:
+        with pytest.raises(ValueError, match=r"epochs=6 trains 6 x 4 = 24 steps \(8 samples in batches of 2, the "
+                                             r"last partial batch dropped\), and the run's total_steps is 400: set "
+                                             r"total_steps: 24 in the config"):
+            skf.fit(model, x, x, batch_size=2, epochs=6)
+    finally:
+        script._ACTIVE = None
