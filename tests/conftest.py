@@ -283,7 +283,7 @@ SCOPE_SECONDS = {
     "tests/test_e2e_ranks.py": 700, "baseline": 600, "tests/test_e2e_slurm.py": 420, "tests/test_e2e_failures.py": 350,
     "tests/test_e2e_training.py": 300, "tests/test_e2e_script.py": 290, "tests/test_e2e_exactness.py": 280,
     "tests/test_e2e_dsri_workspace.py": 180, "tests/test_e2e_attempts.py": 170, "tests/test_e2e_rerun.py": 150,
-    "tests/test_e2e_trainers.py": 330, "tests/test_e2e_keras_fit.py": 150, "tests/test_e2e_compat.py": 110,
+    "tests/test_e2e_trainers.py": 400, "tests/test_e2e_keras_fit.py": 120, "tests/test_e2e_compat.py": 110,
     "tests/test_e2e_workers.py": 90, "tests/test_e2e_dsri_pod.py": 80, "tests/test_config.py": 70,
     "tests/test_world.py": 60, "tests/test_e2e_epochs.py": 150, "tests/test_e2e_profiles.py": 50,
 }
