@@ -306,6 +306,9 @@ class SegmentJob:
         run, segment = self.run, self.segment
         self.step += 1
         step = self.step
+        if self.holds_rows and self.world.is_main:
+            self._release()  # the step before is complete now (its trainer logged and evaluated): in the
+            # log before this step's save, so a kill right after that save cannot lose it
         if raw is None:  # a step inside a call whose outputs only its last step reported
             if step % segment.interval == 0 or step == segment.end or self.evaluates_at(step):
                 raise RuntimeError(f"step {step} saves or evaluates, and its outputs were not handed over "
