@@ -61,8 +61,10 @@ bench-dag: install
 	$(PY) tests/bench_dag.py $(SEGMENTS)
 
 ## bench-train: training steps/s of the pipeline's loop against hand-written loops, and loader workers 0 vs 4
+## (make bench-train BENCH_TRAIN="--quick --repeats 1": a smoke run, as tests/test_bench.py runs it)
+BENCH_TRAIN ?= --repeats 5
 bench-train: install
-	$(PY) tests/bench_train.py --repeats 5
+	$(PY) tests/bench_train.py $(BENCH_TRAIN)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -85,3 +85,72 @@ def retry_refusal_of(run: str, index: int, attempt: int, checkpoints: Path, segm
     ledger = Ledger(Path(checkpoints) / RunPaths.ATTEMPTS)
     why = retry_refusal(ledger.records(index), attempt - 1, max(saved, default=None), since=started)
     return f"run {run}: {why}" if why else None
+
+
+MEASURE_REFUSAL = "measure.refused.json"  # beside the run's costs.json: why its measure job failed
+
+
+def recurs(exc: BaseException) -> bool:
+    """Whether a job's failure comes back with the same code and config: a refusal (a setting, a
+    script's structure) or an error in the script's code; not a full disk, a lost peer process, a
+    memory limit or a stop signal, which another attempt may not meet."""
+    if isinstance(exc, (OSError, MemoryError, KeyboardInterrupt, SystemExit)):
+        return False
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return not names & {"DistError", "OutOfMemoryError", "Stopped", "ResourceExhaustedError"}
+
+
+def record_measure_failure(results: Path, exc: BaseException) -> None:
+    """Keep why the measure job of the run in ``results`` failed, when it would fail again."""
+    import json
+    import os
+    import time
+
+    if not recurs(exc):
+        return
+    path = Path(results) / MEASURE_REFUSAL
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "time": time.time()}))
+    os.replace(tmp, path)
+
+
+def forget_measure_failure(results: Path) -> None:
+    (Path(results) / MEASURE_REFUSAL).unlink(missing_ok=True)
+
+
+def measure_retry_refusal(run: str, results: Path, started: float) -> str | None:
+    """Why the measure job of ``run`` is not tried again: it failed in this invocation in a way
+    that recurs (``recurs``), and a retry would only repeat it."""
+    import json
+
+    path = Path(results) / MEASURE_REFUSAL
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("time", 0) < started:
+        return None
+    return (f"run {run}: the measure job failed with {record['error']}. It fails the same way each time, so it is not "
+            f"tried again: fix what it names, then run the same command again (the job's log has the traceback)")
+
+
+def keep_earlier_log(log: Path) -> Path | None:
+    """Keep a job's earlier log before Snakemake removes it for the next attempt: ``0001.log`` is
+    copied to ``0001.1.log`` (then ``.2``, ...), unless the newest kept copy already holds it.
+    Returns the copy made, if any."""
+    import shutil
+
+    log = Path(log)
+    try:
+        if log.stat().st_size == 0:
+            return None
+        text = log.read_bytes()
+    except OSError:
+        return None
+    numbers = sorted(int(n) for n in (p.name[len(log.stem) + 1:-len(log.suffix)]
+                                      for p in log.parent.glob(f"{log.stem}.*{log.suffix}")) if n.isdigit())
+    if numbers and log.with_name(f"{log.stem}.{numbers[-1]}{log.suffix}").read_bytes() == text:
+        return None
+    copy = log.with_name(f"{log.stem}.{(numbers[-1] if numbers else 0) + 1}{log.suffix}")
+    shutil.copyfile(log, copy)
+    return copy

@@ -94,13 +94,16 @@ class HostCopy:
         import torch
 
         on_gpu = False
-        seen: dict[int, Any] = {}  # a tensor found twice (a model also under another name) is copied once
+        # a tensor found twice (a model also under another name; tied weights: one parameter under
+        # two names, as two views of one storage) is copied once, so the written file ties them too
+        seen: dict[tuple, Any] = {}
 
         def walk(value, path):
             if torch.is_tensor(value):
-                if id(value) in seen:
-                    return seen[id(value)]
-                seen[id(value)] = buf = tensor(value.detach(), path)
+                key = same_tensor(value)
+                if key in seen:
+                    return seen[key]
+                seen[key] = buf = tensor(value.detach(), path)
                 return buf
             if isinstance(value, dict):
                 kind = OrderedDict if isinstance(value, OrderedDict) else dict
@@ -132,6 +135,17 @@ class HostCopy:
         """Wait until the device-to-host copies of the last snapshot have landed."""
         if self._event is not None:
             self._event.synchronize()
+
+
+def same_tensor(value) -> tuple:
+    """What makes two tensor objects the same tensor: the same view of the same memory (a state
+    dict's tensors are new objects at every call; tied weights are one storage under two names)."""
+    import torch
+
+    if value.layout != torch.strided or not value.untyped_storage().data_ptr():
+        return ("object", id(value))
+    return (str(value.device), value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+            value.stride(), value.dtype)
 
 
 class BackgroundWriter:

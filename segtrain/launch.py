@@ -27,6 +27,12 @@ FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUS
 ARGUMENTS_ENV = "SEGTRAIN_RANK_ARGUMENTS"
 # Set for the per-node commands srun starts: where the c10d rendezvous is (host:port)
 RENDEZVOUS_ENV = "SEGTRAIN_RENDEZVOUS"
+# Set for the processes this module starts: their WORLD_SIZE is this job's, not one inherited
+LAUNCHED_ENV = "SEGTRAIN_LAUNCHED"
+# What a launcher gives its processes. Left in the environment Snakemake starts from (a Kubeflow
+# pod sets WORLD_SIZE, a shell inside another torchrun job has them all), they are not this job's.
+INHERITED_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                       "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
 
 class LaunchError(RuntimeError):
@@ -88,8 +94,16 @@ def as_ranks(processes: int, grace_seconds: float, environ=None, *, nodes: int =
     this command once per node of the SLURM job, each of which (``RENDEZVOUS_ENV`` set) becomes
     a torchrun of ``processes`` ranks."""
     environ = os.environ if environ is None else environ
-    if environ.get("WORLD_SIZE") or (processes <= 1 and nodes <= 1):
+    if environ.get(LAUNCHED_ENV) and environ.get("WORLD_SIZE"):
+        return  # one of the ranks this job's launcher started
+    inherited = {v: environ.pop(v) for v in INHERITED_VARIABLES if v in environ and not environ.get(LAUNCHED_ENV)}
+    if inherited:
+        print(f"segtrain: left out of this job: {' '.join(f'{k}={v}' for k, v in inherited.items())}, inherited from "
+              f"the environment Snakemake was started in; the run's processes ({processes}) and nodes ({nodes}) "
+              "decide how many processes train", file=sys.stderr, flush=True)
+    if processes <= 1 and nodes <= 1:
         return
+    environ[LAUNCHED_ENV] = "1"
     if nodes <= 1:
         environ[ARGUMENTS_ENV] = json.dumps(sys.argv[1:])
         environ[JOB_PID_ENV] = str(os.getpid())  # the launcher keeps this PID: the ranks' job clock starts with it

@@ -44,9 +44,24 @@ def segment_dirs(args) -> list[Path]:
 
 
 def measure(run: RunSettings, output: Path) -> dict:
+    """Measure the run's costs into ``output``; a failure that would recur is recorded beside it,
+    so that Snakemake does not try the job again (``admission.measure_retry_refusal``)."""
+    from .admission import forget_measure_failure, record_measure_failure
+
+    try:
+        costs = _measure(run, output)
+    except BaseException as exc:
+        record_measure_failure(Path(output).parent, exc)
+        raise
+    forget_measure_failure(Path(output).parent)
+    return costs
+
+
+def _measure(run: RunSettings, output: Path) -> dict:
     from .measure import measure_costs
 
     store_root = RunPaths(Path(output).parent).store
+    check_world(run)
     if run.is_script:  # the user's script, in measure mode: it ends after the timed steps and saves
         from .script import measure_script
         from .world import current
@@ -266,6 +281,7 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
                     threads, defined, f" in each of {processes} processes" if processes > 1 else "")
     run = run.replace(keep=seg.keep, log_every=seg.log_every)
     previous_state = Path(previous) / SEGMENT_STATE if previous else None
+    check_world(run)
     if run.world_size > 1:
         tell_where(run)
     try:
@@ -279,6 +295,18 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
         log.warning("%s", exc)
         return EXIT_STOPPED
     return 0
+
+
+def check_world(run: RunSettings) -> None:
+    """The processes that train are the run's: a job started some other way (by hand, with a
+    launcher's variables set) must not train another trajectory silently."""
+    from .world import SeveralProcesses, current
+
+    world = current()
+    if world.world_size != run.world_size:
+        raise SeveralProcesses(f"this job runs as {world.world_size} process(es) and the run asks for {run.world_size} "
+                               f"(processes: {run.processes}, nodes: {run.nodes}): start it through Snakemake, which "
+                               "launches the run's processes")
 
 
 def tell_where(run: RunSettings) -> None:

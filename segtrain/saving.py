@@ -31,6 +31,7 @@ class Saves:
         self.writer: BackgroundWriter | None = None  # set when this job saves in the background
         self._best_after_write: tuple[dict, dict] | None = None  # a best checkpoint awaiting its files
         self.state_format: str | None = None
+        self.per_rank: list[str] = []
         self.metrics = None  # the metrics log, made durable before each checkpoint
         self.notes: dict = {}  # what every manifest of this attempt says besides (resharded: ...)
 
@@ -41,6 +42,8 @@ class Saves:
         # group of its own (collectives of two threads on one group would interleave)
         self.writer_world = self.world.of_own() if self.writer is not None else self.world
         self.state_format = state.state_format  # recorded in every manifest: how the export reads it
+        # the objects each rank saves its own state of (several processes), listed in every manifest
+        self.per_rank = list(getattr(state, "per_rank", None) or [])
 
     def _in_background(self, state) -> bool:
         """The run's async_save (auto: the plan's choice from the measured costs), for a state
@@ -99,7 +102,7 @@ class Saves:
         self.settle()
         check_weights_finite(self.world, state, step)
         meta = checkpoint_meta(self.run, self.segment, data_position=data_position, state_format=self.state_format,
-                               **self.notes)
+                               **self.notes, **({"per_rank": self.per_rank} if self.per_rank else {}))
         if self.writer is not None and not wait:
             snap = state.snapshot(extra)
             self.writer.submit(step, lambda: self._persist(step, snap.write, meta, self.writer_world))

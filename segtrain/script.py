@@ -21,6 +21,7 @@ resumes at the right step, its data restarts at the loader's beginning, and the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import runpy
@@ -49,6 +50,7 @@ def session(total_steps: int | None = None) -> "Session":
         if total_steps is not None and total_steps != _ACTIVE.total_steps:
             log.warning("session(total_steps=%d) is ignored: the run's config sets total_steps %d",
                         total_steps, _ACTIVE.total_steps)
+        _ = _ACTIVE.world  # several processes: the process group exists when the session returns, in every job
         return _ACTIVE
     if _STANDALONE is not None and total_steps in (None, _STANDALONE.total_steps):
         return _STANDALONE
@@ -426,7 +428,8 @@ def run_script(run: RunSettings, sess: Session) -> None:
     sys.path.insert(0, str(script.parent))
     _ACTIVE = sess
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        with _group_made_once():
+            runpy.run_path(str(script), run_name="__main__")
     except (_MeasureDone, SegmentDone):
         return
     except SystemExit as exc:
@@ -447,6 +450,39 @@ def run_script(run: RunSettings, sess: Session) -> None:
         raise RuntimeError(
             f"{script.name} ended at step {job.attempting} before segment {job.segment.index}'s end step "
             f"{job.segment.end}: seg.steps() must run to its end (no break out of it)")
+
+
+@contextlib.contextmanager
+def _group_made_once():
+    """A script that makes its process group itself (``dist.init_process_group()`` first, as
+    torchrun scripts do) gets the job's: a training job made it before the script ran. The call
+    is accepted when it asks for this job's world (the same size and rank), refused otherwise."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        yield
+        return
+    if not dist.is_available():
+        yield
+        return
+    made = dist.init_process_group
+
+    def init_process_group(*args, **kwargs):
+        if not dist.is_initialized():
+            return made(*args, **kwargs)
+        size, rank = dist.get_world_size(), dist.get_rank()
+        asked_size, asked_rank = kwargs.get("world_size", -1), kwargs.get("rank", -1)
+        if asked_size not in (-1, size) or asked_rank not in (-1, rank):
+            raise RuntimeError(f"init_process_group(world_size={asked_size}, rank={asked_rank}): this job's process "
+                               f"group is rank {rank} of {size} (the run's processes); leave world_size and rank "
+                               "out (torchrun's environment gives them)")
+        log.info("the script's init_process_group(): the job's process group (rank %d of %d) is used", rank, size)
+
+    dist.init_process_group = init_process_group
+    try:
+        yield
+    finally:
+        dist.init_process_group = made
 
 
 def export_script(run: RunSettings, folder: Path, out: dict) -> None:

@@ -69,7 +69,7 @@ def _hand_task(task: str):
     from segtrain.taskfile import load_task
 
     torch.manual_seed(0)
-    torch.set_num_threads(_run_settings(task)["threads"])
+    torch.set_num_threads(_run_settings(task).threads)
     t = load_task(task)
     model = t.build_model({}).to(_device())
     return t, model, t.build_optimizer(model, {})

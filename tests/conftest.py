@@ -286,6 +286,7 @@ SCOPE_SECONDS = {
     "tests/test_e2e_trainers.py": 400, "tests/test_e2e_keras_fit.py": 120, "tests/test_e2e_compat.py": 110,
     "tests/test_e2e_workers.py": 90, "tests/test_e2e_dsri_pod.py": 80, "tests/test_config.py": 70,
     "tests/test_world.py": 60, "tests/test_e2e_epochs.py": 150, "tests/test_e2e_profiles.py": 50,
+    "tests/test_e2e_real_scripts.py": 130,
 }
 
 

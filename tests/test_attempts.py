@@ -158,3 +158,29 @@ def test_a_segment_killed_after_it_completed_is_tried_again():
     assert retry_refusal(ledger_of(*done), 6, saved_step=2000) is None
     killed = [(2000, "killed", None, None, None)] * 5
     assert "made no progress" in retry_refusal(ledger_of(*killed), 5, saved_step=2000)
+
+
+def test_an_earlier_attempts_log_is_kept_numbered_once(tmp_path):
+    from segtrain.admission import keep_earlier_log
+
+    log = tmp_path / "0001.log"
+    assert keep_earlier_log(log) is None  # no log yet
+    log.write_text("attempt 1: stopped at step 47\n")
+    assert keep_earlier_log(log) == tmp_path / "0001.1.log"
+    assert keep_earlier_log(log) is None  # asked again before the next attempt wrote anything
+    log.write_text("attempt 2: killed\n")
+    assert keep_earlier_log(log) == tmp_path / "0001.2.log"
+    assert [p.read_text() for p in sorted(tmp_path.glob("0001.*.log"))] == [
+        "attempt 1: stopped at step 47\n", "attempt 2: killed\n"]
+
+
+def test_failures_that_recur_are_told_from_those_another_attempt_may_not_meet():
+    from segtrain.admission import recurs
+    from segtrain.runner import Stopped
+
+    assert recurs(ValueError("set total_steps: 300")) and recurs(NameError("x")) and recurs(RuntimeError("bug"))
+    assert not recurs(OSError(28, "No space left on device")) and not recurs(MemoryError())
+    assert not recurs(Stopped("SIGTERM"))
+    import torch.distributed
+
+    assert not recurs(torch.distributed.DistBackendError("a peer is gone"))

@@ -20,3 +20,17 @@ def test_the_sharded_checkpoint_benchmark_compares_two_ranks_with_dcp_and_prices
     assert list(tmp_path.iterdir()) == []  # its scratch folder is gone
     ratios = [line for line in out.splitlines() if " / " in line or "agreement" in line]
     measured("sharded checkpoints, 2 ranks, 8 MB", "; ".join(" ".join(line.split()) for line in ratios))
+
+
+def test_make_bench_train_runs_in_its_quick_mode_and_prints_every_case():
+    """The README's `make bench-train` (it once broke silently when the settings became a dataclass)."""
+    import os
+
+    venv = sys.prefix  # the environment running the tests: nothing is installed
+    done = subprocess.run(["make", "-o", f"{venv}/.installed", "bench-train", f"VENV={venv}",
+                           "BENCH_TRAIN=--quick --repeats 1"], capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "MAKEFLAGS": ""})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for case in ("small CNN, PyTorch", "mid-size MLP, PyTorch", "small CNN, Keras", "PNG files, PyTorch loader",
+                 "tiny model (loop overhead)", "pipeline loop overhead:"):
+        assert case in done.stdout, done.stdout

@@ -65,3 +65,44 @@ def test_the_export_follows_the_recorded_format_not_the_file_names(tmp_path):
     st.write_json_atomic(folder / st.MANIFEST, {"step": 5, "files": {}, "state_format": "keras"})
     with pytest.raises(ValueError, match="'keras' checkpoint, which the PyTorch export cannot read"):
         exported_weights(folder)
+
+
+class _Tied(torch.nn.Module):
+    """A language model's shape: the output layer is the embedding (one weight under two names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = torch.nn.Embedding(11, 4)
+        self.mid = torch.nn.Linear(4, 4)
+        self.lm_head = torch.nn.Linear(4, 11, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+
+@pytest.mark.parametrize("written", ["write_state", "snapshot"])
+def test_tied_weights_export_as_safetensors_save_model_writes_them_and_stay_tied_in_the_pt(tmp_path, written):
+    from safetensors.torch import load_file, load_model, save_model
+
+    torch.manual_seed(0)
+    model = _Tied()
+    state = TorchState({"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1)})
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    # a synchronous save, or a background one (host copies, which must keep the two names on one copy)
+    state.write_state(folder, {"step": 1}) if written == "write_state" else state.snapshot({"step": 1}).write(folder)
+    st.write_json_atomic(folder / st.MANIFEST, {"step": 1, "files": {}, "state_format": "torch"})
+    out = {"pt": tmp_path / "model.pt", "safetensors": tmp_path / "model.safetensors"}
+    load_backend("torch").export(None, folder, out)
+
+    pt = torch.load(out["pt"], weights_only=True)
+    assert pt["lm_head.weight"].data_ptr() == pt["wte.weight"].data_ptr()  # still one tensor
+    again = _Tied()
+    again.load_state_dict(pt)
+    assert again.lm_head.weight is again.wte.weight and torch.equal(again.wte.weight, model.wte.weight)
+
+    save_model(model, str(tmp_path / "theirs.safetensors"))  # what safetensors itself writes for the model
+    assert out["safetensors"].read_bytes() == (tmp_path / "theirs.safetensors").read_bytes()
+    assert set(load_file(str(out["safetensors"]))) == {"lm_head.weight", "mid.weight", "mid.bias"}  # one of the two
+    loaded = _Tied()
+    missing, unexpected = load_model(loaded, str(out["safetensors"]))
+    assert not missing and not unexpected
+    assert loaded.lm_head.weight is loaded.wte.weight and torch.equal(loaded.wte.weight, model.wte.weight)

@@ -31,7 +31,7 @@ from .torch_state import (  # noqa: E402
     seed_everything,
     several,
 )
-from .torch_weights import exported_weights  # noqa: E402
+from .torch_weights import exported_weights, safetensors_form  # noqa: E402
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
 
@@ -311,6 +311,6 @@ class Backend:
         from safetensors.torch import save_file
 
         weights = exported_weights(Path(folder))
-        torch.save(weights, out["pt"])
-
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(out["safetensors"]))
+        torch.save(weights, out["pt"])  # keeps tied weights tied (one storage under both names)
+        tensors, metadata = safetensors_form(weights)
+        save_file(tensors, str(out["safetensors"]), metadata=metadata)

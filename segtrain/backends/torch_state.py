@@ -154,6 +154,12 @@ def unwrapped(obj):
     return obj
 
 
+def _same_on_every_rank(obj) -> bool:
+    """Whether data parallel training keeps ``obj`` the same on every process: a module (DDP
+    broadcasts it at the start and averages its gradients) and an optimizer stepping it."""
+    return isinstance(obj, torch.nn.Module) or hasattr(obj, "param_groups")
+
+
 def rank_file(rank: int) -> str:
     """The file of a checkpoint that holds what rank ``rank`` (above 0) alone has: its random streams."""
     return f"rank-{rank:05d}.pt"
@@ -252,26 +258,36 @@ class TorchState:
         self.objects = {name: unwrapped(obj) for name, obj in objects.items() if obj is not None}
         self.owner = owner
         self.world = world if world is not None else SINGLE
+        # with several processes, data parallel training keeps modules and optimizers the same on
+        # every rank (rank 0's are saved); anything else may differ by rank (a prefetched batch, a
+        # buffer, a generator of the script's own): every rank saves and restores its own
+        self.per_rank = sorted(name for name, obj in self.objects.items() if not _same_on_every_rank(obj)) \
+            if self.world.world_size > 1 else []
 
     def _state(self, extra: dict) -> dict:
         tracked = {name: obj.state_dict() for name, obj in self.objects.items()}
         return {"model": tracked.get("model"), "tracked": tracked, "rng": rng_state(), "extra": extra}
 
+    def _rank_state(self) -> dict:
+        """What another process than the main one writes: its random streams, its per-rank objects."""
+        return {"rng": rng_state(), "rank": self.world.rank,
+                "tracked": {name: self.objects[name].state_dict() for name in self.per_rank}}
+
     def write_state(self, folder: Path, extra: dict) -> None:
-        """The main process writes ``state.pt``; with several processes (data parallel: the objects
-        are the same on every rank) each other rank writes its random streams, ``rank-<r>.pt``."""
+        """The main process writes ``state.pt``; with several processes each other rank writes its
+        random streams and its own state of the objects that may differ by rank, ``rank-<r>.pt``."""
         if self.world.is_main:
             write_state_file(folder, self._state(extra))
         else:
-            write_state_file(folder, {"rng": rng_state(), "rank": self.world.rank}, rank_file(self.world.rank))
+            write_state_file(folder, self._rank_state(), rank_file(self.world.rank))
 
     def snapshot(self, extra: dict) -> "TorchSnapshot":
         """Copy the whole state into this job's host buffers; ``.write(folder)`` writes ``state.pt``
-        (another process of several: its random streams, ``rank-<r>.pt``)."""
-        if not self.world.is_main:
-            return TorchSnapshot(None, {"rng": rng_state(), "rank": self.world.rank}, rank_file(self.world.rank))
+        (another process of several: ``rank-<r>.pt``)."""
         if not hasattr(self, "_host"):
             self._host = HostCopy()
+        if not self.world.is_main:
+            return TorchSnapshot(self._host, self._host.copy(self._rank_state()), rank_file(self.world.rank))
         return TorchSnapshot(self._host, self._host.copy(self._state(extra)))
 
     def read_state(self, folder: Path) -> dict:
@@ -298,12 +314,16 @@ class TorchState:
         if rank >= written_by:  # a resume with more processes (allow_reshard): this rank had no streams
             seed_everything(reshard_seed(int(state["extra"]["step"]), rank))
             return state["extra"]
-        if rank > 0:  # this rank's own streams (the main one's are in state.pt)
+        if rank > 0:  # this rank's own streams and objects (the main one's are in state.pt)
             try:
-                rng = read_state_file(folder, name=rank_file(rank))["rng"]
+                own = read_state_file(folder, name=rank_file(rank))
             except FileNotFoundError:
                 raise CorruptCheckpoint(f"{folder} has no {rank_file(rank)}: it was not written by "
                                         f"{written_by} processes") from None
+            rng = own["rng"]
+            for name, saved in own.get("tracked", {}).items():  # a checkpoint from before: rank 0's
+                if name in self.objects:
+                    self.objects[name].load_state_dict(saved)
         set_rng_state(rng)
         return state["extra"]
 

@@ -20,7 +20,13 @@ PROJECT_ROOT = str(Path(workflow.current_basedir).parent.parent)
 sys.path.insert(0, PROJECT_ROOT)
 from segtrain.config import ConfigError, deadline_of, resolve
 from segtrain.settings import DEFINITIONS_ENV, for_jobs
-from segtrain.admission import deadline_refusal, rerun_refusal, retry_refusal_of
+from segtrain.admission import (
+    deadline_refusal,
+    keep_earlier_log,
+    measure_retry_refusal,
+    rerun_refusal,
+    retry_refusal_of,
+)
 from segtrain.layout import (
     CHECKPOINT_ROOT_ENV,
     DEFAULT_CHECKPOINT_ROOT,
@@ -224,7 +230,22 @@ def runtime_minutes(wildcards, attempt):
         )
         if why:
             raise WorkflowError(why)
+    if not workflow.dryrun:  # Snakemake removes a job's log before it runs the job again
+        keep_earlier_log(Path(f"logs/train_segment/{wildcards.run}/{wildcards.segment}.log"))
     return max(1, math.ceil(RUNS[wildcards.run].time_limit_seconds / 60))
+
+
+def measure_slot(wildcards, attempt):
+    """One of the profile's measure_slots. Evaluated before every attempt: an earlier log is
+    kept (Snakemake removes it before the next attempt), and a failure that recurs (a refusal,
+    an error in the script) is not tried again."""
+    if attempt > 1:
+        why = measure_retry_refusal(wildcards.run, Path(run_root(wildcards.run)), STARTED)
+        if why:
+            raise WorkflowError(why)
+    if not workflow.dryrun:
+        keep_earlier_log(Path(f"logs/measure_checkpoint_cost/{wildcards.run}.log"))
+    return 1
 
 
 _plan_cache = {}

@@ -11,7 +11,7 @@ rule measure_checkpoint_cost:
     # together measured each other's start-up, several times what a segment later saw, and the
     # plan refused a start-up share it would never have had.
     resources:
-        measure_slots=1,
+        measure_slots=measure_slot,
         # several nodes (SLURM): the job's nodes, one task on each, started by the job's own srun
         nodes=several_nodes,
         tasks=several_nodes,

@@ -1,0 +1,75 @@
+"""Scripts as their authors write them, through the real snakemake command at 2 processes: a
+GPT-style model with tied weights, its own init_process_group and a per-rank tracked generator,
+1 segment against 4 through a SIGKILL, a SIGTERM and a killed Snakemake."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from segtrain import store as st
+
+from conftest import REPO, assert_bitwise_equal, final_state, model_file
+from support import three_failures
+
+pytestmark = pytest.mark.e2e
+SNAKEMAKE_TARGETS = ("models",)  # the exports, no figures
+
+GPT = {"script": "tasks/script_tied_gpt_torch.py --pause 0.05", "processes": 2, "total_steps": 120,
+       "checkpoint": {"every_steps": 10}, "eval_every": 40, "monitor": "val_loss"}
+
+
+def test_a_tied_gpt_with_per_rank_state_at_two_processes_ends_bitwise_through_kills_and_exports(project):
+    project.write_config({"whole": {**GPT, "steps_per_segment": 120}})
+    project.snakemake()
+    project.write_config({"whole": {**GPT, "steps_per_segment": 120}, "cut": {**GPT, "steps_per_segment": 30}})
+    attempts = three_failures(project, "cut", 30, 10)
+    # the SIGTERM's attempt of segment 2 was retried at once: its log is kept beside the retry's
+    stopped = next(a for a in attempts if a.get("status") == "stopped")
+    logs = project.root / "logs" / "train_segment" / "cut"
+    assert f"stopped at step {stopped['end_step']}" in (logs / "0002.1.log").read_text()
+    assert f"starting at step {stopped['end_step']}" in (logs / "0002.log").read_text()
+    whole, cut = final_state(project, "whole"), final_state(project, "cut")
+    assert_bitwise_equal(whole, cut)
+    # each rank's generator is its own: rank 1's file holds it, and differs from rank 0's
+    folder = project.paths("cut").store / st.step_dir_name(120)
+    manifest = st.verify(folder)
+    assert manifest["per_rank"] == ["mask"] and set(manifest["files"]) == {"state.pt", "rank-00001.pt"}
+    own = torch.load(folder / "rank-00001.pt", weights_only=True)["tracked"]["mask"]["generator"]
+    main = torch.load(folder / "state.pt", weights_only=True)["tracked"]["mask"]["generator"]
+    assert not torch.equal(own, main)
+
+    # the export keeps the tying: model.pt loads into the model with one weight under both names,
+    # model.safetensors is what safetensors' save_model writes, loadable with its load_model
+    from safetensors.torch import load_model
+
+    sys.path.insert(0, str(REPO / "tests" / "tasks"))
+    from tiny_gpt import TinyGPT
+
+    for best in (False, True):
+        pt = torch.load(model_file(project, "cut", best=best), weights_only=True)
+        assert pt["lm_head.weight"].data_ptr() == pt["wte.weight"].data_ptr()
+        assert_bitwise_equal(torch.load(model_file(project, "whole", best=best), weights_only=True), pt)
+        model = TinyGPT()
+        missing, unexpected = load_model(model, str(project.run_dir("cut") / f"model{'.best' if best else ''}"
+                                                                            ".safetensors"))
+        assert not missing and not unexpected and model.lm_head.weight is model.wte.weight
+        assert_bitwise_equal(model.state_dict(), pt)
+    costs = json.loads((project.run_dir("cut") / "costs.json").read_text())
+    assert costs["processes"] == 2  # the measure job ran the script's own init_process_group at 2 processes
+
+
+def test_a_measure_job_that_fails_in_the_script_is_tried_once_and_says_why(project):
+    """An error in the script's own code recurs: Snakemake's retries would only repeat it."""
+    (project.root / "tasks" / "broken.py").write_text(
+        "import torch\nimport segtrain\n\nseg = segtrain.session()\nmodel = torch.nn.Linear(2, 2)\n"
+        "seg.track(model=model)\nraise ValueError('the script has a bug here')\n")
+    project.write_config({"r": {"script": "tasks/broken.py", "total_steps": 20}})
+    r = project.snakemake("--retries", "2", check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "ValueError: the script has a bug here" in out, out[-3000:]
+    assert "not tried again" in out, out[-3000:]
+    logs = project.root / "logs" / "measure_checkpoint_cost"
+    assert [p.name for p in logs.iterdir()] == ["r.log"]  # one attempt: no earlier attempt's log kept
+    assert (logs / "r.log").read_text().count("Traceback") == 1
