@@ -230,8 +230,10 @@ def runtime_minutes(wildcards, attempt):
         )
         if why:
             raise WorkflowError(why)
-    if not workflow.dryrun:  # Snakemake removes a job's log before it runs the job again
-        keep_earlier_log(Path(f"logs/train_segment/{wildcards.run}/{wildcards.segment}.log"))
+    # Snakemake removes a job's log before it runs the job again
+    if not workflow.dryrun:
+        log = f"logs/train_segment/{wildcards.run}/{wildcards.segment}.log"
+        keep_earlier_log(Path(log))
     return max(1, math.ceil(RUNS[wildcards.run].time_limit_seconds / 60))
 
 
@@ -240,7 +242,8 @@ def measure_slot(wildcards, attempt):
     kept (Snakemake removes it before the next attempt), and a failure that recurs (a refusal,
     an error in the script) is not tried again."""
     if attempt > 1:
-        why = measure_retry_refusal(wildcards.run, Path(run_root(wildcards.run)), STARTED)
+        results = Path(run_root(wildcards.run))
+        why = measure_retry_refusal(wildcards.run, results, STARTED)
         if why:
             raise WorkflowError(why)
     if not workflow.dryrun:
