@@ -70,9 +70,29 @@ def read_manifest(folder: Path) -> dict:
     if len(data) > MANIFEST_MAX_BYTES:
         raise CorruptCheckpoint(f"{path}: larger than {MANIFEST_MAX_BYTES >> 20} MiB, not a manifest")
     try:
-        return json.loads(data)
+        manifest = json.loads(data)
     except ValueError as exc:
         raise CorruptCheckpoint(f"{path}: unreadable {MANIFEST}: {exc}") from None
+    if isinstance(manifest, dict) and MANIFEST_DIGEST in manifest and manifest[MANIFEST_DIGEST] != digest_of(manifest):
+        raise CorruptCheckpoint(f"{path}: {MANIFEST} does not match its own digest (its bytes changed after it "
+                                "was written)")
+    return manifest
+
+
+MANIFEST_DIGEST = "manifest_sha256"  # a manifest's digest of itself: a changed byte in it is damage
+
+
+def digest_of(manifest: dict) -> str:
+    """The sha256 of ``manifest``'s content, its own digest left out (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sealed(manifest: dict) -> dict:
+    """``manifest`` with its digest of itself, as the store writes it: a flipped bit in a field
+    (the model definition's hash, the world size) makes the checkpoint damaged, skipped for the
+    one before, never a different model or world that refuses the run."""
+    return {**manifest, MANIFEST_DIGEST: digest_of(manifest)}
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:

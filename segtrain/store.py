@@ -33,6 +33,7 @@ from .checkpoint_files import (  # noqa: F401  (the store's interface to one fol
     open_regular,
     read_manifest,
     regular_size,
+    sealed,
     sha256_file,
     verify,
     write_json_atomic,
@@ -250,7 +251,7 @@ class CheckpointStore:
                 size, known = f.stat().st_size, hashed.get(f.name)
                 # hashed as it was written (a disk that stored other bytes then fails verification)
                 files[f.name] = known if known and known["size"] == size else {"size": size, "sha256": sha256_file(f)}
-            manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files, **(meta or {})}
+            manifest = sealed({"format": FORMAT, "step": step, "created": time.time(), "files": files, **(meta or {})})
             with open(tmp / MANIFEST, "w") as fh:
                 json.dump(manifest, fh, indent=2, sort_keys=True)
                 fh.flush()
@@ -329,8 +330,8 @@ class CheckpointStore:
                         if not path.is_file():
                             raise StoreError(f"{path.name} in the checkpoint of step {step} is not a file")
                         files[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-                manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": dict(sorted(files.items())),
-                            "world_size": world.world_size, **(meta or {})}
+                manifest = sealed({"format": FORMAT, "step": step, "created": time.time(),
+                                   "files": dict(sorted(files.items())), "world_size": world.world_size, **(meta or {})})
                 write_json_atomic(tmp / MANIFEST, manifest)
                 os.rename(tmp, final)
                 fsync_path(self.root)

@@ -411,7 +411,8 @@ def _crafted(folder: Path, make) -> None:
     make(target)
     manifest = json.loads((folder / st.MANIFEST).read_text())
     manifest["files"]["state.bin"]["size"] = 0
-    (folder / st.MANIFEST).write_text(json.dumps(manifest))
+    manifest.pop("manifest_sha256")  # sealed again, as a crafted checkpoint would be: the files' checks still hold
+    (folder / st.MANIFEST).write_text(json.dumps(checkpoint_files.sealed(manifest)))
 
 
 CRAFTED = {
@@ -591,3 +592,24 @@ def test_a_job_on_a_completely_full_disk_says_so_and_keeps_the_checkpoints(small
         with runner.SegmentJob(run, segment, paths, None, tmp_path / "out"):
             pass
     assert st.verify(s.path(300))["step"] == 300
+
+
+@pytest.mark.parametrize("field, value", [("definition_hash", "0fe1b2"), ("world_size", 3)])
+def test_a_flipped_byte_in_a_manifest_field_is_damage_not_another_model_or_world(tmp_path, field, value):
+    """A manifest seals itself with its own digest: a changed definition hash or world size in the
+    newest checkpoint is skipped for the one before, by the job and by the check before any job."""
+    from segtrain.admission import rerun_refusal
+
+    run = RunSettings(name="r", model_hash="m", definition_hash="0fe1b3", model_definition={"task": "t"})
+    s = st.CheckpointStore(tmp_path, keep=3)
+    meta = {"model_hash": "m", "definition_hash": "0fe1b3", "model_definition": {"task": "t"}, "world_size": 1}
+    s.save(2, write_payload(b"two"), meta)
+    s.save(3, write_payload(b"three"), meta)
+    manifest = json.loads((s.path(3) / st.MANIFEST).read_text())
+    manifest[field] = value
+    (s.path(3) / st.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(st.CorruptCheckpoint, match="does not match its own digest"):
+        st.verify(s.path(3))
+    assert s.newest_valid().step == 2
+    assert st.recorded_manifest(tmp_path)["step"] == 2
+    assert rerun_refusal("r", run, tmp_path) is None
