@@ -86,7 +86,9 @@ def record_exit_without_output(ledger: Ledger, segment: int, output: str) -> str
 
 def attempts_of(records: list[dict]) -> list[dict]:
     """The attempts of one segment, in order: each start record merged with its end record
-    (``status`` is ``killed`` when there is none: the process had no chance to write it)."""
+    (``status`` is ``killed`` when there is none: the process had no chance to write it). An
+    attempt has one status: where a job failed after its segment completed, the error's end
+    record (``supersedes: completed``) replaces the completion."""
     starts = [r for r in records if "resumed_from" in r]
     ends = {r.get("attempt"): r for r in records if "status" in r}
     merged = []

@@ -71,6 +71,7 @@ class SegmentJob:
         self.deadline = (clock() - process_age() if job_start is None else job_start) + segment.time_limit
         self.step = self.attempting = segment.start
         self.started = False  # whether this attempt's start record is written
+        self.completed = False  # whether this attempt trained its segment to the end (its record written)
         self.timing = {"train_seconds": 0.0, "save_seconds": 0.0, "eval_seconds": 0.0}
         self.saves: Saves | None = None  # the checkpoint writes, once the store is open
         self.evals: list[float] = []
@@ -212,6 +213,7 @@ class SegmentJob:
                           skipped=skipped, **lost)
         self.started = True
         self.saves.saved_step = self.step  # the newest checkpoint this attempt can fall back to
+        self.attempting = self.step  # a failure before the first step happens where the run stands
         log.info("segment %d attempt %d: starting at step %d from %s; training to step %d, saving every %d steps",
                  segment.index, self.attempt, self.step, self.source, segment.end, segment.interval)
         return True
@@ -452,6 +454,7 @@ class SegmentJob:
         store_mod.verify(final)
         self.ledger.end(segment.index, self.attempt, self.step, "completed", "", saved_step=segment.end,
                         **self.timing)
+        self.completed = True
         if self.world.is_main:  # the others' view of the best may predate the main one's link to it
             history = self.ledger.records(segment.index)
             best_ckpt = self.best_store.newest_valid(max_step=segment.end)
@@ -474,8 +477,13 @@ class SegmentJob:
                               resumed_from=self.step, source=BEFORE_TRAINING, restore_seconds=0.0,
                               skipped=[])
         reason = f"{type(exc).__name__}: {exc}".strip()
+        more = {}
+        if self.completed:  # the segment trained to its end; the job failed after that
+            reason = f"after the segment's training completed at step {self.step}: {reason}"
+            more["supersedes"] = "completed"  # the attempt's status is its last end record (attempts_of)
         self.ledger.end(self.segment.index, self.attempt, self.attempting, "error", reason[:2000],
-                        saved_step=self.saved_step if self.saved_step is not None else self.step, **self.timing)
+                        saved_step=self.saved_step if self.saved_step is not None else self.step, **self.timing,
+                        **more)
 
 
 def run_segment(

@@ -380,3 +380,37 @@ def test_a_stop_signal_during_a_slow_restore_ends_the_job_at_once(tmp_path, run_
     assert newest > 0 and start["resumed_from"] == ends[-1]["end_step"] == ends[-1]["saved_step"] == newest
     summary = runner.run_segment(run_settings, segment(), paths, None, paths.segment_dir(0))
     assert summary["started_from"].startswith("periodic checkpoint")
+
+
+def test_a_script_that_fails_after_its_segment_completed_has_one_status_at_the_step_it_reached(tmp_path):
+    """A segment from step 10 to 20 trains to 20, then the script's code after seg.steps() fails:
+    the attempt is one error at step 20 (not 'completed' and 'error', not the segment's start), and
+    two such attempts refuse a third with that step and the error."""
+    import time
+
+    from segtrain.attempts import Ledger, attempts_of, retry_refusal
+    from segtrain.script import train_script
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\nimport segtrain\n\nseg = segtrain.session()\nmodel = torch.nn.Linear(2, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\nseg.track(model=model, optimizer=opt)\n"
+        "for step, x in seg.steps([torch.ones(4, 2)]):\n    loss = model(x).pow(2).mean()\n"
+        "    opt.zero_grad()\n    loss.backward()\n    opt.step()\n"
+        "raise RuntimeError('the report after training has a bug')\n")
+    run = resolve({"runs": {"s": {"script": str(script), "total_steps": 20}}}, base=tmp_path)["s"]
+    paths = runner.RunPaths(tmp_path / "run")
+    first = Segment(index=0, start=0, end=10, interval=5, time_limit=600)
+    second = Segment(index=1, start=10, end=20, interval=5, time_limit=600)
+    with pytest.raises(RuntimeError):
+        train_script(run, first, paths, None, paths.segment_dir(0))
+    started = time.time()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="has a bug"):
+            train_script(run, second, paths, paths.segment_dir(0) / SEGMENT_STATE, paths.segment_dir(1))
+    records = Ledger(paths.attempts).records(1)
+    attempts = attempts_of(records)
+    assert [(a["status"], a["end_step"], a["resumed_from"]) for a in attempts] == [("error", 20, 10), ("error", 20, 20)]
+    assert "after the segment's training completed at step 20" in attempts[0]["reason"]
+    why = retry_refusal(records, 2, 20, since=started - 10)
+    assert "failed 2 times at step 20" in why and "has a bug" in why
