@@ -183,7 +183,8 @@ def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) ->
     data["run"] = run.name
     data["model_hash"] = run.model_hash
     recorded = store_mod.recorded_manifest(RunPaths(Path(plan_json).parent).store)
-    exact, training = training_lines(run, measured, written_by=int((recorded or {}).get("world_size", 1)))
+    exact, training = training_lines(run, measured,
+                                     written_by=int(recorded.get("world_size", 1)) if recorded else None)
     data["bitwise_resume"] = exact
     store_mod.write_json_atomic(Path(plan_json), data)
     training = ([length_line] if length_line else []) + training
@@ -205,6 +206,12 @@ TRAINER_EXACTNESS = {
 }
 
 
+def reshard_line(written_by: int, processes: int) -> str:
+    return (f"  resume: NOT bitwise identical: the checkpoints were written by {written_by} process(es) and resume "
+            f"with {processes} (allow_reshard): every step trains the same samples, but the gradients are summed in "
+            "another order")
+
+
 def training_lines(run: RunSettings, measured: dict | None = None, written_by: int | None = None) -> tuple[bool, list[str]]:
     """How each step is computed, and whether a resume is bitwise identical: for the plan.
     ``written_by``: the number of processes that wrote the run's newest checkpoint, if any."""
@@ -212,10 +219,17 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
     if run.is_script:
         loader = (measured or {}).get("data_loader", "segtrain")
         lines = ["Training", f"  the script's own loop ({' '.join([run.task, *run.script_args])})"]
-        if loader == "the script's own":
-            lines.append("  resume: NOT bitwise identical: the script's own data loader starts again at its "
+        iterable = (measured or {}).get("data_iterable", "")
+        if loader == "the script's own" and iterable == "DataLoader":
+            lines.append("  resume: NOT bitwise identical: the script's own DataLoader starts its epoch again at its "
                          "beginning on a resume; give its dataset to seg.dataloader(dataset, batch_size) for an "
                          "exact data position")
+        elif loader == "the script's own":
+            lines.append(f"  resume: NOT known to be bitwise identical: seg.steps() draws the batches from the "
+                         f"script's own {iterable or 'iterable'}, which segtrain cannot position: a resume starts it "
+                         "again at its beginning, which gives the same batches only when they depend on nothing but "
+                         "the restored random streams; seg.dataloader(dataset, batch_size) gives an exact data "
+                         "position")
         elif loader in TRAINER_EXACTNESS:
             lines.append("  resume: at the exact step; " + TRAINER_EXACTNESS[loader])
         elif loader != "segtrain":
@@ -226,6 +240,11 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
         else:
             lines.append("  resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order, "
                          "deterministic kernels, every tracked state and random stream checkpointed)")
+        if written_by is not None and written_by != run.world_size:
+            if lines[-1].startswith("  resume: bitwise identical"):
+                lines.pop()
+            lines.append(reshard_line(written_by, run.world_size))
+            return False, lines
         return deterministic is True and loader == "segtrain", lines
     accumulate, clip, batch = run.accumulate, run.clip_grad_norm, run.batch_size
     lines = ["Training",
@@ -240,9 +259,7 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
                      f"{batch} samples of a step; the costs above were measured with {processes} processes; a "
                      "resume needs the same number of processes")
     if written_by is not None and written_by != processes:
-        lines.append(f"  resume: NOT bitwise identical: the checkpoints were written by {written_by} process(es) and "
-                     f"resume with {processes} (allow_reshard): every step trains the same samples, but the gradients "
-                     "are summed in another order")
+        lines.append(reshard_line(written_by, processes))
         return False, lines
     if deterministic is True:
         lines.append("  resume: bitwise identical to an uninterrupted run (deterministic kernels only)")

@@ -308,12 +308,13 @@ class Session:
         if isinstance(loader, SegmentLoader):
             job.order = loader.order
             return iter(loader.batches(job.step, job.segment.end))
-        job.data_note = ("approximate: the script's own loader restarts at its beginning on a resume; "
-                         "use seg.dataloader(...) for an exact data position")
+        job.data_note = (f"approximate: the script's own {type(loader).__name__} restarts at its beginning on a "
+                         "resume; use seg.dataloader(...) for an exact data position")
         if job.step > 0:
-            log.warning("resuming at step %d with the script's own data loader: it starts again at its "
-                        "beginning, so the data order differs from an uninterrupted run (not bitwise "
-                        "identical). seg.dataloader(dataset, batch_size) resumes exactly", job.step)
+            log.warning("resuming at step %d with the script's own %s (not seg.dataloader): segtrain cannot position "
+                        "it, so it starts again at its beginning; unless its batches depend only on the restored "
+                        "random streams, the data order differs from an uninterrupted run (not bitwise identical). "
+                        "seg.dataloader(dataset, batch_size) resumes exactly", job.step, type(loader).__name__)
         return _foreign_batches(loader, job.step)
 
     @staticmethod
@@ -355,6 +356,8 @@ class Session:
             yield step, next(batches)
             names |= set(state.as_numbers(self._row))  # waits for the device
             marks.mark()
+        if not isinstance(loader, SegmentLoader):
+            self._iterable = type(loader).__name__  # what the plan names (it cannot position it)
         self._finish_measure(state, marks.step_times(), names, evaluate,
                              len(loader) if hasattr(loader, "__len__") else 0,
                              "segtrain" if isinstance(loader, SegmentLoader) else "the script's own", marks.startup)
@@ -375,6 +378,8 @@ class Session:
                          eval_times=eval_times, steps_per_epoch=steps_per_epoch, names=names, run=run,
                          store_root=store_root)
         costs["data_loader"] = data_loader
+        if getattr(self, "_iterable", None):
+            costs["data_iterable"] = self._iterable
         if self._length is not None:  # the config leaves total_steps out: the framework's length is the run's
             costs["total_steps"], costs["total_steps_from"] = self._length
         if evaluates:  # a trainer evaluates on its own schedule: its metrics may not be known yet

@@ -79,3 +79,21 @@ def test_lightning_cli_saving_its_config_once_is_refused_with_the_fix():
     assert "refuses to overwrite it" in why and "save_config_kwargs={'overwrite': True}" in why
     assert config_saved_once(trainer(None, overwrite=True)) is None
     assert config_saved_once(trainer(object())) is None  # a logger's folder is a new version in every job
+
+
+def test_the_plan_of_a_script_says_what_its_batches_come_from_and_a_reshard_and_no_reshard_of_a_new_run():
+    run = RunSettings(name="s", task="train.py", script_args=(), validation_split=0, processes=2)
+    exact, lines = training_lines(run, {"data_loader": "the script's own", "data_iterable": "generator"})
+    assert not exact and "NOT known to be bitwise identical" in lines[2] and "script's own generator" in lines[2]
+    assert "data loader starts again" not in " ".join(lines)  # no loader it does not have
+    exact, lines = training_lines(run, {"data_loader": "the script's own", "data_iterable": "DataLoader"})
+    assert not exact and "DataLoader starts its epoch again" in lines[2]
+    # checkpoints of 1 process resumed with 2 (allow_reshard): said for a script too
+    exact, lines = training_lines(run.replace(allow_reshard=True), {"data_loader": "segtrain"}, written_by=1)
+    assert not exact and "written by 1 process(es) and resume with 2" in lines[-1]
+    assert not any("resume: bitwise identical" in line for line in lines)
+    exact, lines = training_lines(run, {"data_loader": "segtrain"}, written_by=None)  # a new run
+    assert not any("written by" in line for line in lines)
+    task = RunSettings(name="t", task="task.py", processes=2, batch_size=32, deterministic=True)
+    exact, lines = training_lines(task, {}, written_by=None)  # every new multi-process task's plan said it
+    assert exact and not any("written by" in line for line in lines)
