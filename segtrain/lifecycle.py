@@ -51,12 +51,16 @@ def process_age() -> float:
 
 
 def _start_ticks(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (with the PID, it names the process)."""
+    """A process's start time in clock ticks since boot (with the PID, it names the process); None
+    when it has ended."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):  # a zombie has ended: only its parent has not reaped it
+        return None
+    return fields[19]
 
 
 class StopFlag:
@@ -132,7 +136,8 @@ STOP = StopFlag()  # one per process: signals are process-wide
 
 
 def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 0.5) -> threading.Thread | None:
-    """Request a stop when the Snakemake process that started this job is gone.
+    """Request a stop when the Snakemake process that started this job is gone, or, in one of
+    several processes, the launcher that started it.
 
     ``kill -9`` of Snakemake leaves its jobs running with no one to collect them; the local
     executor does not pass its death on. The PID comes from the environment the workflow set;
@@ -143,17 +148,25 @@ def watch_parent(stop: StopFlag = STOP, pid: int | None = None, period: float = 
     if pid is None:
         text = os.environ.get(PARENT_ENV, "")
         pid = int(text) if text.isdigit() else None
-    if pid is None or pid == os.getpid():
-        return None
-    born = _start_ticks(pid)
-    if born is None:
+    watched = []  # (pid, its start time, what it is)
+    if pid is not None and pid != os.getpid():
+        watched.append((pid, _start_ticks(pid), f"the Snakemake process {pid} that started this job"))
+    # a rank also watches its launcher (torchrun: the job's own process): killed, it cannot end its
+    # ranks, which would train on unsupervised, holding the run's lock against the retry
+    launcher = os.environ.get(JOB_PID_ENV, "") if os.environ.get("WORLD_SIZE") else ""
+    if launcher.isdigit() and int(launcher) != os.getpid():
+        watched.append((int(launcher), _start_ticks(int(launcher)),
+                        f"the launcher (torchrun, pid {launcher}) of this job's processes"))
+    watched = [w for w in watched if w[1] is not None]
+    if not watched:
         return None
 
     def watch():
         while not stop:
-            if _start_ticks(pid) != born:
-                stop.request_from_watch(f"the Snakemake process {pid} that started this job is gone")
-                return
+            for pid_, born, what in watched:
+                if _start_ticks(pid_) != born:
+                    stop.request_from_watch(f"{what} is gone")
+                    return
             time.sleep(period)
 
     thread = threading.Thread(target=watch, name="watch-parent", daemon=True)

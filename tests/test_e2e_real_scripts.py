@@ -3,7 +3,10 @@ GPT-style model with tied weights, its own init_process_group and a per-rank tra
 1 segment against 4 through a SIGKILL, a SIGTERM and a killed Snakemake."""
 
 import json
+import os
+import signal
 import sys
+import time
 
 import pytest
 import torch
@@ -11,7 +14,15 @@ import torch
 from segtrain import store as st
 
 from conftest import REPO, assert_bitwise_equal, final_state, model_file
-from support import three_failures
+from support import ranks_of, three_failures, wait_for_checkpoint
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # the exports, no figures
@@ -24,9 +35,23 @@ def test_a_tied_gpt_with_per_rank_state_at_two_processes_ends_bitwise_through_ki
     project.write_config({"whole": {**GPT, "steps_per_segment": 120}})
     project.snakemake()
     project.write_config({"whole": {**GPT, "steps_per_segment": 120}, "cut": {**GPT, "steps_per_segment": 30}})
+    # torchrun itself is killed (the job's own process): its ranks see it gone, save together and end
+    store_root = project.paths("cut").store
+    proc = project.popen()
+    wait_for_checkpoint(store_root, 10, proc)
+    launcher, rank0, rank1 = ranks_of(store_root)
+    os.kill(launcher, signal.SIGKILL)
+    deadline = time.time() + 30
+    while any(_running(pid) for pid in (rank0, rank1)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in (rank0, rank1)), "the ranks went on training without their launcher"
+    proc.wait(timeout=120)
+    (stopped,) = [a for a in project.attempts("cut") if a.get("status") == "stopped"]
+    assert "launcher (torchrun" in stopped["reason"] and stopped["saved_step"] == stopped["end_step"], stopped
+
     attempts = three_failures(project, "cut", 30, 10)
     # the SIGTERM's attempt of segment 2 was retried at once: its log is kept beside the retry's
-    stopped = next(a for a in attempts if a.get("status") == "stopped")
+    stopped = next(a for a in attempts if a.get("status") == "stopped" and a["segment"] == 2)
     logs = project.root / "logs" / "train_segment" / "cut"
     assert f"stopped at step {stopped['end_step']}" in (logs / "0002.1.log").read_text()
     assert f"starting at step {stopped['end_step']}" in (logs / "0002.log").read_text()
