@@ -43,6 +43,7 @@ localrules:
 onstart:
     check_sources_shipped()
     check_nodes_executor()
+    check_processes_fit()
 
 
 rule all:

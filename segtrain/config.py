@@ -71,6 +71,12 @@ def _format_schema_error(err, schema) -> str:
             err.instance.is_integer() else f"{where}: {err.instance!r} is not a whole number"
     if err.validator == "oneOf" and isinstance(err.instance, float):
         return f"{where}: {err.instance!r} is not a whole number (or 'auto')"
+    if err.validator == "pattern" and where == "runs":
+        return (f"runs: {err.instance!r} is not a run name: a run's name is a folder and a Snakemake wildcard; give "
+                "1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if err.validator == "maximum" and where.endswith(".processes"):
+        return (f"{where}: {err.instance} processes on one machine is more than any machine gives (at most "
+                f"{err.validator_value}); for more, use nodes (SLURM) x processes")
     if where == "checkpoint_root":
         return (f"checkpoint_root: {err.instance!r} is not a folder; give the folder that holds each run's "
                 "checkpoints (checkpoint_root: results, the default, or a path on the persistent volume)")
@@ -259,6 +265,11 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
         raise ConfigError("invalid config:\n  " + "\n  ".join(_format_schema_error(e, schema) for e in errors))
 
     deadline_of(config)  # refuses a naive, unreadable or past end before any job starts
+    root = Path(base) / str(config.get("checkpoint_root", "results"))
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"invalid config:\n  checkpoint_root: {root} exists and is not a folder; give the folder "
+                          "that holds each run's checkpoints (checkpoint_root: results, the default, or a path on "
+                          "the persistent volume)")
     settings_props = schema["$defs"]["settings"]["properties"]
     run_props = schema["$defs"]["run"]["properties"]
     defaults = _fill_defaults(settings_props, config.get("defaults") or {})

@@ -363,3 +363,15 @@ def test_the_settings_defaults_are_the_schemas_and_every_key_is_a_setting():
     assert {k: getattr(default, k) for k in derived} == {k: getattr(resolved, k) for k in derived}
     with pytest.raises(dataclasses.FrozenInstanceError):
         default.keep = 3
+
+
+@pytest.mark.parametrize("config, says", [
+    ({"runs": {"a\n": {**MLP, "total_steps": 10}}}, "'a\\n' is not a run name"),  # Python's $ took it
+    ({"runs": {"r" * 300: {**MLP, "total_steps": 10}}}, "1 to 100 letters"),  # failed at the first job
+    ({"runs": {"r": {**MLP, "total_steps": 10, "processes": 1000}}}, "at most 256"),
+    ({"checkpoint_root": "/dev/null", "runs": {"r": {**MLP, "total_steps": 10}}}, "/dev/null exists and is not a folder"),
+])
+def test_names_processes_and_a_checkpoint_root_no_job_could_use_are_refused_with_the_fix(config, says):
+    with pytest.raises(ConfigError) as refused:
+        resolve(config, base=REPO)
+    assert says in str(refused.value)

@@ -169,6 +169,21 @@ def check_nodes_executor():
         )
 
 
+def check_processes_fit():
+    """Refuse before any job a run whose processes this machine cannot give (local executor:
+    each process needs a core of its own; the measure job would start them all at once)."""
+    if executor_name() != "local" or workflow.dryrun:
+        return
+    cores = os.cpu_count() or 1
+    for name, run in sorted(RUNS.items()):
+        if run.processes > cores:
+            raise WorkflowError(
+                f"run {name}: processes: {run.processes}, and this machine has {cores} CPU cores (the "
+                f"local executor runs every process here): set processes: {cores} or fewer, or run "
+                "with a cluster profile whose nodes have more"
+            )
+
+
 def measure_settings(wildcards):
     return _subset(
         wildcards.run,
