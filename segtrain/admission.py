@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .attempts import Ledger, retry_refusal
-from .definition import definition_changes, differs_in_processes_only
+from .definition import definition_changes, differs_in_processes_only, only_sources_differ, source_edits
 from .layout import DEFAULT_CHECKPOINT_ROOT, RunPaths, checkpoint_folder, run_root
 from .settings import RunSettings
 from .store import CheckpointStore, recorded_manifest
@@ -38,12 +38,43 @@ def definition_mismatch(run: RunSettings, manifest: dict) -> str | None:
             if differs_in_processes_only(recorded, run.model_definition):
                 return None if run.allow_reshard else RESHARD_REFUSAL.format(
                     saved=recorded.get("processes", 1), now=run.model_definition.get("processes", 1))
+            if accepted_edit(run, recorded):
+                return None
             changed = definition_changes(recorded, run.model_definition)
             return "; ".join(changed) or "its definition"
         return None
     if manifest.get("model_hash") != run.model_hash:  # written by a version without definitions
         return "framework, task, params, batch_size or seed"
     return None
+
+
+def accepted_edit(run: RunSettings, recorded: dict) -> bool:
+    """Whether ``run`` goes on with an edit of its script (``continue_edited`` names the edited
+    definition) from checkpoints of the definition ``recorded``: an edit of the sources or the
+    script's arguments only."""
+    return bool(run.continue_edited) and run.continue_edited == run.definition_hash and \
+        only_sources_differ(recorded, run.model_definition)
+
+
+def edit_refusal(name: str, run: RunSettings, recorded: dict, checkpoints: Path) -> str:
+    """The refusal of a run whose script changed since its checkpoints: what changed, where (a
+    short diff), and the one step that goes on with the edit."""
+    edits = source_edits(recorded, run.model_definition, checkpoints)
+    shown = "\n".join(f"  {e['file']}: {e['where']}" + (f"\n{_indented(e['diff'])}" if e.get("diff") else "")
+                      for e in edits)
+    args = (recorded.get("script_args"), run.model_definition.get("script_args"))
+    if args[0] != args[1]:
+        shown += f"\n  the script's arguments: {' '.join(args[0] or [])!r} -> {' '.join(args[1] or [])!r}"
+    step = recorded.get("step", "?")
+    return (f"run '{name}': its code changed since its checkpoints were written (newest: step {step}):\n{shown}\n"
+            f"Nothing was touched. To go on with the edited code from the newest checkpoint (finished segments are "
+            f"kept; the edit is recorded, and the run is no longer bitwise identical to an uninterrupted one from "
+            f"that step on), add to run '{name}' in the config:\n    continue_edited: {run.definition_hash}\n"
+            f"To start over instead, give the run a new name, or move {run_root(name)} and {checkpoints} away.")
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"      {line}" for line in text.splitlines())
 
 
 def rerun_refusal(name: str, run: RunSettings, checkpoints: Path) -> str | None:
@@ -57,6 +88,8 @@ def rerun_refusal(name: str, run: RunSettings, checkpoints: Path) -> str | None:
         return None
     if differs_in_processes_only(recorded.get("model_definition", {}), run.model_definition):
         return f"run '{name}': {changed}. Nothing was touched."
+    if "model_definition" in recorded and only_sources_differ(recorded["model_definition"], run.model_definition):
+        return edit_refusal(name, run, {**recorded["model_definition"], "step": recorded.get("step")}, checkpoints)
     results = run_root(name)
     if Path(checkpoints) == checkpoint_folder(name, DEFAULT_CHECKPOINT_ROOT):
         move = f"{results} away to start it over."

@@ -186,3 +186,80 @@ def model_hash(run: dict) -> str:
     if run.get("validation_split"):  # it changes which samples train (absent: hashes as before)
         key["validation_split"] = run["validation_split"]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Where the sources of a run's definitions are kept, by content (under the run's checkpoint
+# folder): what a refusal shows the diff against, and what an accepted edit names the lines of
+SOURCES_FOLDER = "sources"
+EDITABLE = ("sources", "script_args")  # what `continue_edited` may accept: the script fixed, not the run's settings
+
+
+def keep_sources(definition: dict, store_root: Path, base: Path = Path(".")) -> None:
+    """Copy each source of ``definition`` into ``store_root/sources/<sha256>`` (once per content)."""
+    folder = Path(store_root) / SOURCES_FOLDER
+    for name, digest in (definition.get("sources") or {}).items():
+        target = folder / str(digest)
+        if target.exists():
+            continue
+        source = Path(name) if Path(name).is_absolute() else Path(base) / name
+        try:
+            data = source.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() != digest:
+            continue  # edited since the definition was read: not the content it names
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{digest}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(target)
+
+
+def changed_lines(old: str, new: str) -> str:
+    """The lines of ``new`` an edit changed, for people: 'lines 120-124, 130' ('lines removed
+    after 57' where it only removed)."""
+    import difflib
+
+    spans = []
+    for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(),
+                                                     autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        if j2 > j1:
+            spans.append(f"{j1 + 1}-{j2}" if j2 - j1 > 1 else f"{j1 + 1}")
+        else:
+            spans.append(f"removed after {j1}")
+    return ("lines " + ", ".join(spans)) if spans else "no line (whitespace at the end)"
+
+
+def source_edits(recorded: dict, now: dict, store_root: Path, base: Path = Path("."), diff_lines: int = 24) -> list[dict]:
+    """Each source file whose content differs between two definitions: its name, the lines the
+    edit changed and a short unified diff (when the old content was kept: ``keep_sources``)."""
+    import difflib
+
+    old, new = recorded.get("sources") or {}, now.get("sources") or {}
+    edits = []
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) == new.get(name):
+            continue
+        edit = {"file": name, "where": "added" if name not in old else "no longer imported" if name not in new else ""}
+        kept = Path(store_root) / SOURCES_FOLDER / str(old.get(name))
+        current = Path(name) if Path(name).is_absolute() else Path(base) / name
+        if not edit["where"]:
+            if kept.is_file() and current.is_file():
+                before, after = kept.read_text(errors="replace"), current.read_text(errors="replace")
+                edit["where"] = changed_lines(before, after)
+                diff = list(difflib.unified_diff(before.splitlines(), after.splitlines(), f"{name} (checkpoints)",
+                                                 f"{name} (now)", n=1, lineterm=""))
+                edit["diff"] = "\n".join(diff[:diff_lines] + (["..."] if len(diff) > diff_lines else []))
+            else:
+                edit["where"] = "content changed (its earlier content was not kept)"
+        edits.append(edit)
+    return edits
+
+
+def only_sources_differ(recorded: dict, now: dict) -> bool:
+    """Whether two definitions differ in what `continue_edited` may accept and nothing else."""
+    def rest(definition):
+        return {k: v for k, v in definition.items() if k not in EDITABLE}
+
+    return definition_hash(rest(recorded)) == definition_hash(rest(now))

@@ -274,8 +274,27 @@ def plan_vs_measured(run: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plan_page(name: str, plan_txt: str, table: pd.DataFrame, attempts: pd.DataFrame) -> str:
+def definition_edits(segments: list[dict]) -> list[dict]:
+    """The accepted edits of the run's code (``continue_edited``), in order, once each, from the
+    attempts that resumed across one."""
+    seen, edits = set(), []
+    for seg in segments:
+        for record in seg.get("history", []):
+            edit = record.get("edited")
+            if isinstance(edit, dict) and (edit.get("step"), edit.get("to")) not in seen:
+                seen.add((edit.get("step"), edit.get("to")))
+                edits.append(edit)
+    return edits
+
+
+def plan_page(name: str, plan_txt: str, table: pd.DataFrame, attempts: pd.DataFrame, edits=()) -> str:
     """The plan as an HTML page, shown inline by Snakemake's report (text files are download-only)."""
+    edited = "".join(f"<li>definition changed at step {int(e['step'])}: {html.escape(str(e.get('where', '')))} "
+                     f"({html.escape(str(e.get('from', '')))} &rarr; {html.escape(str(e.get('to', '')))})</li>"
+                     for e in edits)
+    edited = (f"<h3>Definition changes</h3><ul>{edited}</ul><p>The run went on with edited code "
+              "(continue_edited): from the first of these steps on it is not bitwise identical to an uninterrupted "
+              "run of either version.</p>") if edited else ""
     stops = attempts[attempts["status"] != "completed"] if len(attempts) else attempts
     stop_rows = "".join(
         f"<tr><td>{int(r['segment'])}</td><td>{int(r['attempt'])}</td><td>{html.escape(r['status'])}</td>"
@@ -289,6 +308,7 @@ table {{ border-collapse: collapse; font-size: 13px; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 </style></head><body>
 <h2>Plan of run {html.escape(name)}</h2>
+{edited}
 <pre>{html.escape(plan_txt)}</pre>
 <h3>Planned versus measured, per segment (all attempts together)</h3>
 {table.to_html(index=False, border=0)}
@@ -309,7 +329,7 @@ def make_run_report(name, plan_json, metrics_csv, segment_dirs, training, checkp
     rows.to_csv(table, index=False)
     if page is not None:
         text = Path(plan_txt).read_text() if plan_txt else ""
-        Path(page).write_text(plan_page(name, text, rows, run["attempts"]))
+        Path(page).write_text(plan_page(name, text, rows, run["attempts"], definition_edits(run["segments"])))
 
 
 def compare_runs(names: list[str], metrics_csvs: list[Path], out: Path) -> None:

@@ -49,6 +49,26 @@ class Restored(NamedTuple):
     extra: dict
     clean: bool  # False when a checkpoint failed half-way through loading: build the state again
     processes: int  # that wrote the checkpoint (a resume at another number reshards)
+    manifest: dict = {}  # the checkpoint's manifest (its definition: an accepted edit is recorded)
+
+
+def definition_edits(extra: dict, manifest: dict, step: int, run, world, store_root) -> list[dict]:
+    """Every accepted edit of the run's code so far (``continue_edited``), to carry in each later
+    checkpoint's extra and manifest: the restored ``extra``'s, and this resume's when the
+    checkpoint was written by the code before the edit (then told in the log)."""
+    from .definition import source_edits
+
+    edits = list(extra.get("definition_edits") or [])
+    written = manifest.get("definition_hash")
+    if step > 0 and written and run.definition_hash and written != run.definition_hash:
+        found = source_edits(manifest.get("model_definition") or {}, run.model_definition, store_root)
+        where = "; ".join(f"{e['file']} {e['where']}" for e in found) or "the script's arguments"
+        edits.append({"step": step, "from": written, "to": run.definition_hash, "where": where})
+        if world.is_main:
+            log.warning("definition changed at step %d: %s (continue_edited: %s). The run goes on with the edited "
+                        "code; from this step on it is no longer bitwise identical to an uninterrupted run",
+                        step, where, run.definition_hash)
+    return edits
 
 
 def reshards(extra: dict, step: int, written_by: int, world) -> list[dict]:
@@ -95,7 +115,7 @@ def restore(run, segment, store, previous, backend, skipped, world=SINGLE) -> Re
         # damaged file of one rank) is skipped by all
         failures = [f for f in world.all_gather(failure) if f is not None]
         if not failures:
-            return Restored(source, ck.step, extra, clean, int(ck.manifest.get("world_size", 1)))
+            return Restored(source, ck.step, extra, clean, int(ck.manifest.get("world_size", 1)), ck.manifest)
         kind, why = next((f for f in failures if f[0] == "incompatible"), failures[0])
         if kind == "incompatible":
             raise store_mod.IncompatibleCheckpoint(why)

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import resume
 from . import store as store_mod
 from .attempts import BEFORE_TRAINING, Ledger
+from .definition import keep_sources
 from .events import EventFile
 from .layout import CHECKPOINT_ROOT_ENV, RunPaths  # noqa: F401  (RunPaths: part of the runner's interface)
 from .lifecycle import STOP, StopRequested, process_age
@@ -82,6 +83,7 @@ class SegmentJob:
         self.data_note = ""  # why the data position of a resume is not exact, if it is not
         self.order = None  # the seeded data order, when the data goes through us
         self.reshards: list[dict] = []  # changes of the number of processes so far (allow_reshard)
+        self.edits: list[dict] = []  # accepted edits of the run's code so far (continue_edited)
         self._row: dict = {}
         self._rows: list[dict] | None = None  # the outputs of a call that trained several steps
         self._call_seconds, self._call_steps = 0.0, 1  # the client's last call: its seconds and steps
@@ -123,6 +125,8 @@ class SegmentJob:
         if main:  # partial writes of a dead attempt; no process of this one writes yet
             self.store.clean_partials()
             self.best_store.clean_partials()
+            # the code this attempt runs, kept by content: what a later edit's refusal shows its diff against
+            keep_sources(self.run.model_definition or {}, self.paths.store)
         self.world.barrier()
         self.saves = Saves(self.run, self.segment, self.store, self.best_store, self.world)
 
@@ -175,7 +179,7 @@ class SegmentJob:
         t_restore = time.perf_counter()
         try:
             with STOP.interrupting():  # a stop during a restore ends the job at once: nothing to save yet
-                self.source, self.step, restored, clean, written_by = resume.restore(
+                self.source, self.step, restored, clean, written_by, manifest = resume.restore(
                     self.run, segment, self.store, self.previous, state, skipped, world=self.world)
         except StopRequested as stop:
             # nothing was restored or trained: the attempt starts and ends where the segment stands
@@ -195,7 +199,9 @@ class SegmentJob:
             self._skipped = skipped
             return False
         self.reshards = resume.reshards(restored, self.step, written_by, self.world)
-        self.saves.notes = {"resharded": self.reshards} if self.reshards else {}
+        self.edits = resume.definition_edits(restored, manifest, self.step, self.run, self.world, self.paths.store)
+        self.saves.notes = {**({"resharded": self.reshards} if self.reshards else {}),
+                            **({"definition_edits": self.edits} if self.edits else {})}
         best = restored.get("best")
         if best and (best.get("monitor"), best.get("mode")) != (segment.monitor, segment.mode):
             log.info("the best-model criterion changed (%s); best so far starts anew", best)
@@ -210,7 +216,8 @@ class SegmentJob:
         self.ledger.start(segment.index, self.attempt, start_time=self.started_wall,
                           process_start_time=self.process_start, train_start_time=time.time(),
                           resumed_from=self.step, source=self.source, restore_seconds=restore_seconds,
-                          skipped=skipped, **lost)
+                          skipped=skipped, **lost,
+                          **({"edited": self.edits[-1]} if self.edits and self.edits[-1]["step"] == self.step else {}))
         self.started = True
         self.saves.saved_step = self.step  # the newest checkpoint this attempt can fall back to
         self.attempting = self.step  # a failure before the first step happens where the run stands
@@ -417,6 +424,8 @@ class SegmentJob:
         extra = {"step": step, "segment": self.segment.index, "best": self.best}
         if self.reshards:
             extra["reshards"] = self.reshards
+        if self.edits:
+            extra["definition_edits"] = self.edits
         if self.order is not None:
             pos = self.order.position(step)
             extra.update(epoch=pos.epoch, index=pos.index)

@@ -53,6 +53,8 @@ class RunSettings:
     """How several processes share the model: ddp (replicated) or fsdp2 (sharded by fully_shard)."""
     allow_reshard: bool = False
     """Whether a resume at another number of processes than the checkpoint's is allowed (not bitwise)."""
+    continue_edited: str | None = None
+    """The edited definition (its hash) a run may go on with from checkpoints of the one before."""
     precision: str = "fp32"
     """fp32, bf16 or fp16 (autocast; fp16 with a checkpointed GradScaler)."""
     accumulate: int = 1

@@ -98,3 +98,77 @@ def test_a_measure_job_that_fails_in_the_script_is_tried_once_and_says_why(proje
     logs = project.root / "logs" / "measure_checkpoint_cost"
     assert [p.name for p in logs.iterdir()] == ["r.log"]  # one attempt: no earlier attempt's log kept
     assert (logs / "r.log").read_text().count("Traceback") == 1
+
+
+FLAWED = '''"""A script whose evaluation has a bug that shows only late in the run."""
+import torch
+from torch import nn
+
+import segtrain
+
+seg = segtrain.session()
+torch.manual_seed(0)
+x = torch.randn(256, 8)
+y = (x.sum(1, keepdim=True) > 0).float()
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+seg.track(model=model, optimizer=optimizer)
+loader = seg.dataloader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+evaluations = []
+
+
+def evaluate():
+    evaluations.append(1)
+    loss = nn.functional.binary_cross_entropy_with_logits(model(x), y).item()
+    report = {"val_loss": loss}
+    if step >= 70:
+        report["val_note"] = report["val_accuracy"]  # the bug: no such key
+    return report
+
+
+for step, (xb, yb) in seg.steps(loader, evaluate=evaluate):
+    loss = nn.functional.binary_cross_entropy_with_logits(model(xb), yb)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    seg.log(loss=loss.detach())
+'''
+
+
+def test_a_script_fixed_after_a_crash_goes_on_with_the_documented_step_and_the_edit_is_recorded(project):
+    import re
+
+    from segtrain.layout import run_root
+
+    script = project.root / "tasks" / "flawed.py"
+    script.write_text(FLAWED)
+    run = {"script": "tasks/flawed.py", "total_steps": 120, "steps_per_segment": 40, "checkpoint": {"every_steps": 10},
+           "eval_every": 25, "monitor": "val_loss"}
+    project.write_config({"r": run})
+    failed = project.snakemake(check=False)
+    logs = "".join(p.read_text() for p in (project.root / "logs" / "train_segment" / "r").glob("*.log"))
+    assert failed.returncode != 0 and "KeyError: 'val_accuracy'" in logs, failed.stderr[-3000:]
+    segment0 = project.paths("r").segment_dir(0) / "segment.json"
+    before = segment0.stat().st_mtime_ns
+    reached = st.CheckpointStore(project.paths("r").store).newest_valid().step
+    assert 40 < reached < 80
+
+    # the user fixes the line; the same command is refused, with the diff and the one step to go on
+    script.write_text(FLAWED.replace('report["val_note"] = report["val_accuracy"]  # the bug: no such key',
+                                     'report["val_note"] = report["val_loss"]'))
+    refused = project.snakemake("-n", check=False)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "its code changed since its checkpoints were written" in out, out[-3000:]
+    assert "tasks/flawed.py: lines 23" in out and '+        report["val_note"] = report["val_loss"]' in out, out
+    (accept,) = re.findall(r"continue_edited: ([0-9a-f]{16})", out)
+
+    project.write_config({"r": {**run, "continue_edited": accept}})
+    project.snakemake(str(run_root("r") / "report" / "plan.html"))
+    assert segment0.stat().st_mtime_ns == before  # the finished segment was not trained again
+    assert [a["segment"] for a in project.attempts("r") if "resumed_from" in a].count(0) == 1
+    manifest = st.verify(project.paths("r").store / st.step_dir_name(120))
+    (edit,) = manifest["definition_edits"]
+    assert edit["step"] == reached and edit["to"] == accept and "tasks/flawed.py lines 23" in edit["where"]
+    page = (project.run_dir("r") / "report" / "plan.html").read_text()
+    assert f"definition changed at step {reached}: tasks/flawed.py lines 23" in page
+    assert (project.run_dir("r") / "model.pt").exists()
