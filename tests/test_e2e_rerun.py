@@ -54,6 +54,19 @@ def test_touching_replanning_editing_and_raising_total_steps_never_retrain(proje
     assert {k: after[k] for k in before} == before
     assert "Nothing to be done" in project.snakemake("-n").stdout
 
+    # 5. a copy of results/ without Snakemake's records (.snakemake/: another machine, a new clone):
+    # raising total_steps still extends the chain (Snakemake has no params record to compare)
+    import shutil
+
+    from conftest import Project
+
+    copy = Project(project.root.parent / "copy")
+    shutil.copytree(project.root / "results", copy.root / "results", copy_function=shutil.copy2, symlinks=True)
+    copy.write_config({"mlp": {**run, "total_steps": 600}})
+    r = copy.snakemake()
+    assert trained_segments(r) == {"0005"}, r.stdout[-2000:] + r.stderr[-3000:]
+    assert sorted(segment_stamps(copy, "mlp")) == ["0000", "0001", "0002", "0003", "0004", "0005"]
+
 
 def test_changed_model_definition_is_refused_and_nothing_is_touched(project):
     run = {**MLP, "total_steps": 100, "steps_per_segment": 50}

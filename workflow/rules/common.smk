@@ -171,7 +171,8 @@ def check_nodes_executor():
 
 def check_processes_fit():
     """Refuse before any job a run whose processes this machine cannot give (local executor:
-    each process needs a core of its own; the measure job would start them all at once)."""
+    each process needs a core of its own; the measure job would start them all at once).
+    """
     if executor_name() != "local" or workflow.dryrun:
         return
     cores = os.cpu_count() or 1
@@ -206,6 +207,33 @@ def plan_settings(wildcards):
     )
     extra = ("steps_per_segment", "keep", "log_every", "eval_every", "monitor", "mode")
     return _subset(wildcards.run, keys + extra + several_processes(wildcards.run))
+
+
+# in results/<run>/: what the run's plan must be made from
+PLAN_SETTINGS = ".plan-settings.json"
+
+
+def plan_settings_record(wildcards):
+    """The plan's settings as a file beside it, rewritten (newer) only when they change: the
+    plan is made again by their file's time, where Snakemake has no record of the params it
+    was made with (a copy of results/ without .snakemake/, a new clone on the cluster), which
+    would otherwise say "Nothing to be done" over a run whose config asks for more steps. Not
+    with a storage provider (the plan lives in storage there, and Snakemake's record with it).
+    """
+    if workflow.storage_settings.default_storage_provider:
+        return []
+    path = Path(run_root(wildcards.run)) / PLAN_SETTINGS
+    text = plan_settings(wildcards)
+    try:
+        same = path.read_text() == text
+    except OSError:
+        same = False
+    if not same:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return [str(path)]
 
 
 def runtime_minutes(wildcards, attempt):

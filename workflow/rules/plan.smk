@@ -3,6 +3,7 @@ checkpoint plan_segments:
     """Checkpoint interval, steps per segment and the segments, from the measured costs and time_limit."""
     input:
         costs=Files.costs,
+        settings=plan_settings_record,
     output:
         plan=Files.plan,
         table=Files.plan_txt,
