@@ -90,6 +90,13 @@ class Checkpoints(TrainerCallback):
         self.state = _TrainerState()
         self.hook = TrainerHook(self.state, "the Trainer's")
         self.max_steps = self.hook.max_steps
+
+    @property
+    def finished(self) -> bool:
+        """True once the run is trained to its end (the job of its last segment, after train):
+        code after ``trainer.train()`` runs at the end of every segment's job, and what should run
+        once (``trainer.evaluate``, ``predict``, ``save_model``) checks ``if checkpoints.finished:``."""
+        return self.hook.finished
         self._ended_segment = False
 
     def train(self, trainer, **kwargs):

@@ -151,6 +151,13 @@ class Checkpoints(L.Callback):
         self._before: set[str] = set()
 
     @property
+    def finished(self) -> bool:
+        """True once the run is trained to its end (the job of its last segment, after fit): code
+        after ``trainer.fit`` runs at the end of every segment's job, and what should run once
+        (``trainer.test``, ``predict``) checks ``if checkpoints.finished:``."""
+        return self.hook.finished
+
+    @property
     def resume(self) -> dict:
         """``trainer.fit`` keywords: the checkpoint to resume from (None for a fresh start), loaded
         with ``weights_only=True``."""

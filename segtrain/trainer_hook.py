@@ -32,6 +32,17 @@ class TrainerHook:
             self.job.restore_once(state, into="the trainer's model")
 
     @property
+    def finished(self) -> bool:
+        """Whether the run is trained to its end in this process: its last segment's job once the
+        trainer ended, or a script run alone; never in the measure job. Code after the trainer's
+        ``fit`` runs at the end of every segment's job; what should run once checks this."""
+        if self.seg.measuring:
+            return False
+        if self.job is None:
+            return True
+        return self.trained and self.job.segment.end >= self.seg.total_steps
+
+    @property
     def max_steps(self) -> int:
         """The trainer's max_steps: the run's total (a schedule built from it spans the whole run);
         the job stops the trainer at its segment's end."""
@@ -112,6 +123,14 @@ class TrainerHook:
         except StopIteration:
             pass
         self._steps = None
+        if not self.finished and self.seg.world.is_main:
+            segment = self.job.segment
+            text = (f"segment {segment.index} ended at step {segment.end} of {self.seg.total_steps}: the script's "
+                    "code after the trainer's fit() runs now, at the end of this job, on the weights of this step; "
+                    "what should run once, on the trained model (test, predict, an export), checks "
+                    "`if checkpoints.finished:`")
+            log.warning("%s", text)
+            print(f"segtrain: {text}", flush=True)
 
     def _advance(self) -> bool:
         try:

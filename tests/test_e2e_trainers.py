@@ -95,6 +95,10 @@ def test_a_lightning_cli_script_through_kills_and_a_sigterm_resumes_bitwise(tmp_
     assert all(best_ref[k].equal(best_cut[k]) for k in best_ref)
     plan = (p.run_dir("cut") / "plan.txt").read_text()
     assert "resume: bitwise identical to an uninterrupted run (the pipeline's seeded data order" in plan
+    # code after fit runs once on the trained model (checkpoints.finished); each other job says why not
+    logs = {f.name: f.read_text() for f in (p.root / "logs" / "train_segment" / "cut").glob("000?.log")}
+    assert [name for name, text in sorted(logs.items()) if "trained: validation loss" in text] == ["0003.log"], logs
+    assert all("checks `if checkpoints.finished:`" in logs[f"000{i}.log"] for i in range(3))
 
 
 def test_a_hugging_face_trainer_through_kills_and_a_sigterm_resumes_bitwise(tmp_path, measured):

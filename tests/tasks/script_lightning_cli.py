@@ -70,6 +70,8 @@ def cli_main():
         "logger": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu",
         "deterministic": True}, save_config_kwargs={"overwrite": True})  # every segment's job writes it again
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, **checkpoints.resume)
+    if checkpoints.finished:  # segtrain: code after fit runs at the end of every segment's job
+        print(f"trained: validation loss {cli.trainer.validate(cli.model, datamodule=cli.datamodule)[0]['val_loss']:.4f}")
 
 
 if __name__ == "__main__":
