@@ -83,6 +83,17 @@ class _TrainerState:
     as_numbers = staticmethod(as_numbers)
 
 
+def _world_fix(args) -> str:
+    """Why the Trainer trains in another number of processes than the job's, in its own terms."""
+    import torch
+
+    if not torch.cuda.is_available() and not getattr(args, "use_cpu", False):
+        return ("on a machine without CUDA the Trainer joins torchrun's processes only with use_cpu=True: give "
+                "TrainingArguments(use_cpu=True, ...)")
+    return ("the Trainer takes its processes from torchrun, which the pipeline starts; keep TrainingArguments' "
+            "parallelism settings at their defaults")
+
+
 class Checkpoints(TrainerCallback):
     """Hands each optimizer step to the pipeline's job (see the module's text)."""
 
@@ -112,9 +123,7 @@ class Checkpoints(TrainerCallback):
         if args.max_steps != self.max_steps:  # the Trainer's own limit: num_train_epochs, or a max_steps of its own
             own = (int(state.max_steps), f"the Trainer's max_steps={args.max_steps}" if args.max_steps > 0 else
                    f"the Trainer's num_train_epochs={args.num_train_epochs:g}")
-        if self.hook.start(state.global_step, args.world_size,
-                           "the Trainer takes its processes from torchrun, which the pipeline starts; keep "
-                           "TrainingArguments' parallelism settings at their defaults", length=own):
+        if self.hook.start(state.global_step, args.world_size, _world_fix(args), length=own):
             control.should_training_stop = self._ended_segment = True
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -97,3 +97,17 @@ def test_the_plan_of_a_script_says_what_its_batches_come_from_and_a_reshard_and_
     task = RunSettings(name="t", task="task.py", processes=2, batch_size=32, deterministic=True)
     exact, lines = training_lines(task, {}, written_by=None)  # every new multi-process task's plan said it
     assert exact and not any("written by" in line for line in lines)
+
+
+def test_the_trainers_refusal_of_another_world_names_use_cpu_where_that_is_the_fix():
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    import torch
+
+    from segtrain.huggingface import _world_fix
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU fix is named on machines without CUDA")
+    assert "use_cpu=True" in _world_fix(SimpleNamespace(use_cpu=False))
+    assert "use_cpu" not in _world_fix(SimpleNamespace(use_cpu=True))
