@@ -124,6 +124,33 @@ class SegmentLoader:
             yield batch
 
 
+class _LrAtStep:
+    """The learning rate a step used: the optimizer's at its ``step()`` call in the script's loop
+    body (a script may set the rate in the body, before the step; a scheduler steps after it),
+    read by a pre-step hook; the rate before the body where the optimizer has no hooks."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.used, self.handle = optimizer, [], None
+        if optimizer is not None and callable(getattr(optimizer, "register_step_pre_hook", None)):
+            self.handle = optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.used.append(self._rate()))
+
+    def _rate(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def begin(self) -> None:
+        self.used.clear()
+        if self.optimizer is not None:
+            self.before = self._rate()
+
+    def log(self, job) -> None:
+        if self.optimizer is not None:
+            job.log({"lr": self.used[0] if self.used else self.before})
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
 def _foreign_batches(loader, start: int):
     """Batches of a loader that is not ours, endlessly (epoch after epoch), from its beginning."""
     while True:
@@ -241,11 +268,14 @@ class Session:
                                "'Bringing your training')")
         job.restore_once(state, into="the tracked objects")
         batches = self._batches(loader, job)
-        optimizer = self._optimizer()
-        for step in job.steps(state, evaluate=evaluate):
-            if optimizer is not None:
-                job.log({"lr": optimizer.param_groups[0]["lr"]})
-            yield step, next(batches)
+        lr = _LrAtStep(self._optimizer())
+        try:
+            for step in job.steps(state, evaluate=evaluate):
+                lr.begin()
+                yield step, next(batches)
+                lr.log(job)
+        finally:
+            lr.close()
         self._check_ended(job)
 
     def epochs(self, loader, evaluate=None):
@@ -282,11 +312,14 @@ class Session:
         """This epoch's batches that this job trains (inside ``for epoch in seg.epochs(loader)``)."""
         if getattr(self, "_epochs", None) is None:
             raise RuntimeError("seg.batches() runs inside `for epoch in seg.epochs(loader):`")
-        optimizer = self._optimizer() if self._job is not None and self._measure is None else None
-        for batch in self._epochs.batches():
-            if optimizer is not None:
-                self._job.log({"lr": optimizer.param_groups[0]["lr"]})
-            yield batch
+        lr = _LrAtStep(self._optimizer() if self._job is not None and self._measure is None else None)
+        try:
+            for batch in self._epochs.batches():
+                lr.begin()
+                yield batch
+                lr.log(self._job)
+        finally:
+            lr.close()
 
     # -- the rest is the job's --
     def _state(self):

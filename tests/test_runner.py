@@ -414,3 +414,30 @@ def test_a_script_that_fails_after_its_segment_completed_has_one_status_at_the_s
     assert "after the segment's training completed at step 20" in attempts[0]["reason"]
     why = retry_refusal(records, 2, 20, since=started - 10)
     assert "failed 2 times at step 20" in why and "has a bug" in why
+
+
+def test_the_lr_column_is_the_rate_each_step_used_set_in_the_body_or_stepped_after_it(tmp_path):
+    """A script that sets the rate in its loop body before optimizer.step() (warm-up by hand) and
+    one whose scheduler steps after it: the lr column holds the rate of the step's update."""
+    import pandas as pd
+
+    from segtrain.script import train_script
+
+    body = ("import torch\nimport segtrain\n\nseg = segtrain.session()\nmodel = torch.nn.Linear(2, 1)\n"
+            "opt = torch.optim.SGD(model.parameters(), lr=1.0)\n"
+            "sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 / (i + 1))\n"
+            "seg.track(model=model, optimizer=opt, scheduler=sched)\n"
+            "for step, x in seg.steps([torch.ones(4, 2)]):\n"
+            "    {set}\n    loss = model(x).pow(2).mean()\n    opt.zero_grad()\n    loss.backward()\n"
+            "    opt.step()\n    {after}\n")
+    cases = {"by_hand": ("for g in opt.param_groups: g['lr'] = 0.001 * step", "pass", lambda s: 0.001 * s),
+             "scheduler": ("pass", "sched.step()", lambda s: 1.0 / s)}
+    for name, (set_, after, expected) in cases.items():
+        script = tmp_path / f"{name}.py"
+        script.write_text(body.format(set=set_, after=after))
+        run = resolve({"runs": {name: {"script": str(script), "total_steps": 6, "log_every": 1}}}, base=tmp_path)[name]
+        paths = runner.RunPaths(tmp_path / name)
+        train_script(run, Segment(index=0, start=0, end=6, interval=3, time_limit=600), paths, None,
+                     paths.segment_dir(0))
+        rows = pd.read_csv(paths.segment_dir(0) / "metrics.csv").set_index("step")
+        assert rows["lr"].tolist() == pytest.approx([expected(s) for s in range(1, 7)]), name
