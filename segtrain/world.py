@@ -81,7 +81,8 @@ class Distributed(World):
     def barrier(self) -> None:
         import torch.distributed as dist
 
-        dist.barrier(group=self.group)
+        with _waiting("a barrier"):
+            dist.barrier(group=self.group)
 
     def close(self) -> None:
         import torch.distributed as dist
@@ -95,7 +96,8 @@ class Distributed(World):
         import torch.distributed as dist
 
         box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0, group=self.group)
+        with _waiting("a broadcast from rank 0"):
+            dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
     def all_gather(self, obj) -> list:
@@ -103,7 +105,8 @@ class Distributed(World):
         import torch.distributed as dist
 
         boxes = [None] * self.world_size
-        dist.all_gather_object(boxes, obj, group=self.group)
+        with _waiting("an exchange of every process's values"):
+            dist.all_gather_object(boxes, obj, group=self.group)
         return boxes
 
     def agree(self, flag: bool) -> bool:
@@ -111,7 +114,8 @@ class Distributed(World):
         import torch.distributed as dist
 
         value = torch.tensor([1 if flag else 0], dtype=torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        with _waiting("the agreement at a step boundary"):
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return bool(value.item())
 
     def mean(self, row: dict) -> dict:
@@ -122,7 +126,8 @@ class Distributed(World):
         if not keys:
             return row
         values = torch.tensor([row[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.group)
+        with _waiting("the average of a logged row"):
+            dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.group)
         return {**row, **dict(zip(keys, (values / self.world_size).tolist()))}
 
     def of_own(self) -> World:
@@ -136,6 +141,96 @@ class Distributed(World):
         if not self.agree(reason is not None):
             return None
         return next(r for r in self.all_gather(reason) if r is not None)
+
+
+class _Watch:
+    """Names a process that stops taking part. Every process publishes, once a second, a beat
+    in the process group's store: the time and where its main thread waits for the others, if
+    it does. A process that has waited ``warn`` seconds reads the others' beats and says which
+    one is silent (its beat is old: stopped, frozen, or gone) or busy outside the collectives
+    (in its step, or the script's code), and for how long, once per wait."""
+
+    def __init__(self, store, rank: int, world_size: int, timeout: float):
+        import logging
+        import threading
+
+        self.store, self.rank, self.world_size = store, rank, world_size
+        self.warn = max(5.0, min(30.0, timeout / 4))
+        self.timeout = timeout
+        self.waiting: tuple[float, str] | None = None  # (since, at what) of the main thread
+        self.told = False
+        self.log = logging.getLogger(__name__)
+        threading.Thread(target=self._beat, name="segtrain-beat", daemon=True).start()
+
+    def _beat(self) -> None:
+        import json
+        import time
+
+        while True:
+            waiting = self.waiting
+            try:
+                self.store.set(f"segtrain/beat/{self.rank}", json.dumps(
+                    {"time": time.time(), "waiting": waiting[1] if waiting else None,
+                     "for": time.monotonic() - waiting[0] if waiting else 0.0}))
+                if waiting and not self.told and time.monotonic() - waiting[0] >= self.warn:
+                    self.told = True
+                    self.log.warning("%s", self.silent(time.monotonic() - waiting[0], waiting[1]))
+            except Exception:  # the store went away with its process: the collective's timeout says the rest
+                return
+            time.sleep(1.0)
+
+    def silent(self, waited: float, what: str) -> str:
+        """Who the others are waiting for, from their beats."""
+        import json
+        import time
+
+        now, found = time.time(), []
+        for rank in range(self.world_size):
+            if rank == self.rank:
+                continue
+            key = f"segtrain/beat/{rank}"
+            beat = json.loads(self.store.get(key)) if self.store.check([key]) else None
+            if beat is None:
+                found.append(f"rank {rank} has not started taking part")
+            elif now - beat["time"] > 2.5:  # a beat every second: two missed
+                found.append(f"rank {rank} has been silent for {now - beat['time']:.0f} s (stopped, frozen or gone)")
+            elif not beat["waiting"]:
+                found.append(f"rank {rank} is busy outside the collectives (its step, or the script's own code)")
+        who = "; ".join(found) or "every other rank waits too, at another collective"
+        return (f"waiting {waited:.0f} s for the other processes at {what}: {who}. The job gives up after "
+                f"{COLLECTIVE_TIMEOUT_ENV}={self.timeout:g} s and the retry resumes from the newest checkpoint")
+
+
+_WATCH: list[_Watch] = []
+
+
+class _waiting:
+    """Marks the main thread as waiting in a collective (for ``_Watch``)."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        import threading
+        import time
+
+        self.mine = bool(_WATCH) and threading.current_thread() is threading.main_thread()
+        if self.mine:
+            _WATCH[0].waiting, _WATCH[0].told = (time.monotonic(), self.what), False
+
+    def __exit__(self, *exc):
+        if self.mine:
+            _WATCH[0].waiting = None
+
+
+def _start_watch(world: "Distributed", timeout: float) -> None:
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        store = _get_default_store()
+    except Exception:  # no store to publish in: the collective's timeout alone ends a wait
+        return
+    _WATCH[:] = [_Watch(store, world.rank, world.world_size, timeout)]
 
 
 class SeveralProcesses(RuntimeError):
@@ -184,4 +279,5 @@ def current(environ=None) -> World:
     world = Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(),
                         local_rank=int(environ.get("LOCAL_RANK", "0")), group=group)
     _CURRENT.append(world)
+    _start_watch(world, timeout.total_seconds())
     return world

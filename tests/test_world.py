@@ -2,6 +2,7 @@
 CPU) that agree, save one checkpoint together and resume from the same one."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,15 @@ def test_fsdp2_shards_are_saved_by_each_rank_and_load_at_the_same_and_another_nu
     joined = sharded_weights(tmp_path / "ckpt" / st.step_dir_name(3))
     assert_bitwise_equal({f"model.{k}": v for k, v in joined.items()},
                          {k: v for k, v in written.items() if k.startswith("model.")})
+
+
+def test_a_rank_that_stops_taking_part_is_named_with_how_long_it_has_been_silent():
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(HERE / "ranks" / "silent_check.py")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SEGTRAIN_COLLECTIVE_TIMEOUT": "30"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("rank 0: waiting")]
+    assert len(lines) == 2, done.stderr[-4000:]
+    assert "at the agreement at a step boundary: rank 1 has been silent for" in lines[0]
+    assert "stopped, frozen or gone" in lines[0] and "SEGTRAIN_COLLECTIVE_TIMEOUT=30 s" in lines[0]
+    assert "at a barrier: rank 1 is busy outside the collectives" in lines[1]
