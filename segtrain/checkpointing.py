@@ -142,10 +142,13 @@ def same_tensor(value) -> tuple:
     dict's tensors are new objects at every call; tied weights are one storage under two names)."""
     import torch
 
-    if value.layout != torch.strided or not value.untyped_storage().data_ptr():
+    try:
+        if value.layout != torch.strided or type(value) is not torch.Tensor or not value.untyped_storage().data_ptr():
+            return ("object", id(value))
+        return (str(value.device), value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                value.stride(), value.dtype)
+    except (RuntimeError, NotImplementedError):  # a tensor without storage of its own (a subclass's, meta)
         return ("object", id(value))
-    return (str(value.device), value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
-            value.stride(), value.dtype)
 
 
 class BackgroundWriter:

@@ -349,7 +349,13 @@ def export_model(run: RunSettings, segment_dir: Path, outputs: dict[str, Path]) 
     backend = load_backend(run.framework)
     for which in ("last", "best"):
         folder = Path(segment_dir) / SEGMENT_STATE if which == "last" else best_folder(run, Path(segment_dir))
-        store_mod.verify(folder)
+        try:
+            store_mod.verify(folder)
+        except store_mod.CorruptCheckpoint as exc:
+            raise store_mod.CorruptCheckpoint(
+                f"run {run.name}: the final state is damaged ({exc}); nothing was exported. Train the last "
+                f"segment again from the newest checkpoint that verifies: snakemake --forcerun {Path(segment_dir)}"
+            ) from None
         out = {ext: Path(outputs[f"{which}.{ext}"]) for ext in backend.EXPORTS}
         if run.is_script and run.framework == "keras":  # only the script knows how to build its model
             from .script import export_script
