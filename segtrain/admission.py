@@ -24,9 +24,10 @@ def seconds_to_start_and_save(save_seconds: float, load_seconds: float = 0.0, st
 
 
 RESHARD_REFUSAL = ("processes ({saved} -> {now}): the checkpoints were written by {saved} process(es). To resume "
-                   "them with {now}, set allow_reshard: true (every step trains the same samples, but the gradients "
-                   "are summed in another order, so the result is no longer bitwise identical to an uninterrupted "
-                   "run); or set processes (times nodes, on several) back to {saved}")
+                   "them with {now}, set allow_reshard: true (every step trains the same samples where its batches "
+                   "are the pipeline's or seg.dataloader's, but the gradients are summed in another order, so the "
+                   "result is no longer bitwise identical to an uninterrupted run); or set processes (times nodes, on "
+                   "several) back to {saved}")
 
 
 def definition_mismatch(run: RunSettings, manifest: dict) -> str | None:

@@ -206,10 +206,13 @@ TRAINER_EXACTNESS = {
 }
 
 
-def reshard_line(written_by: int, processes: int) -> str:
+def reshard_line(written_by: int, processes: int, same_samples: bool = True) -> str:
+    samples = ("every step trains the same samples, but the gradients are summed in another order" if same_samples
+               else "the batches are not seg.dataloader's, so each process's batch is the script's or its trainer's "
+                    "own: with another number of processes a step trains another number of samples, unless the "
+                    "script sizes its per-process batch by the number of processes")
     return (f"  resume: NOT bitwise identical: the checkpoints were written by {written_by} process(es) and resume "
-            f"with {processes} (allow_reshard): every step trains the same samples, but the gradients are summed in "
-            "another order")
+            f"with {processes} (allow_reshard): {samples}")
 
 
 def training_lines(run: RunSettings, measured: dict | None = None, written_by: int | None = None) -> tuple[bool, list[str]]:
@@ -243,7 +246,7 @@ def training_lines(run: RunSettings, measured: dict | None = None, written_by: i
         if written_by is not None and written_by != run.world_size:
             if lines[-1].startswith("  resume: bitwise identical"):
                 lines.pop()
-            lines.append(reshard_line(written_by, run.world_size))
+            lines.append(reshard_line(written_by, run.world_size, same_samples=loader == "segtrain"))
             return False, lines
         return deterministic is True and loader == "segtrain", lines
     accumulate, clip, batch = run.accumulate, run.clip_grad_norm, run.batch_size

@@ -71,7 +71,7 @@ def definition_edits(extra: dict, manifest: dict, step: int, run, world, store_r
     return edits
 
 
-def reshards(extra: dict, step: int, written_by: int, world) -> list[dict]:
+def reshards(extra: dict, step: int, written_by: int, world, script: bool = False) -> list[dict]:
     """Every change of the number of processes the run went through (allow_reshard), to carry in
     each later checkpoint's extra and manifest: the restored ``extra``'s, and this resume's when
     it is one (then told in the log)."""
@@ -79,10 +79,13 @@ def reshards(extra: dict, step: int, written_by: int, world) -> list[dict]:
     if step > 0 and written_by != world.world_size:
         changes.append({"step": step, "from": written_by, "to": world.world_size})
         if world.is_main:
+            samples = ("every step trains the same samples when the batches come from seg.dataloader (its batch_size "
+                       "is the step's over all processes); a loader of the script's or a trainer's own gives each "
+                       "process its own batch, so a step then trains another number of samples" if script else
+                       "every step trains the same samples")
             log.warning("resharded: the checkpoint at step %d was written by %d process(es) and resumes with %d "
-                        "(allow_reshard): every step trains the same samples, but the gradients are summed in "
-                        "another order, so the result is no longer bitwise identical to an uninterrupted run",
-                        step, written_by, world.world_size)
+                        "(allow_reshard): %s, but the gradients are summed in another order, so the result is no "
+                        "longer bitwise identical to an uninterrupted run", step, written_by, world.world_size, samples)
     return changes
 
 

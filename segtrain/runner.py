@@ -198,7 +198,7 @@ class SegmentJob:
         if not clean and self.step == 0:
             self._skipped = skipped
             return False
-        self.reshards = resume.reshards(restored, self.step, written_by, self.world)
+        self.reshards = resume.reshards(restored, self.step, written_by, self.world, script=self.run.is_script)
         self.edits = resume.definition_edits(restored, manifest, self.step, self.run, self.world, self.paths.store)
         self.saves.notes = {**({"resharded": self.reshards} if self.reshards else {}),
                             **({"definition_edits": self.edits} if self.edits else {})}

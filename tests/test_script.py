@@ -111,3 +111,12 @@ def test_the_trainers_refusal_of_another_world_names_use_cpu_where_that_is_the_f
         pytest.skip("the CPU fix is named on machines without CUDA")
     assert "use_cpu=True" in _world_fix(SimpleNamespace(use_cpu=False))
     assert "use_cpu" not in _world_fix(SimpleNamespace(use_cpu=True))
+
+
+def test_a_reshard_of_a_script_whose_batches_are_its_own_does_not_claim_the_same_samples():
+    run = RunSettings(name="s", task="train.py", script_args=(), validation_split=0, processes=1, allow_reshard=True)
+    exact, lines = training_lines(run, {"data_loader": "Lightning's"}, written_by=2)
+    assert not exact and "written by 2 process(es) and resume with 1" in lines[-1]
+    assert "every step trains the same samples" not in lines[-1] and "another number of samples" in lines[-1]
+    exact, lines = training_lines(run, {"data_loader": "segtrain"}, written_by=2)
+    assert "every step trains the same samples" in lines[-1]
