@@ -101,6 +101,7 @@ class Checkpoints(TrainerCallback):
         self.state = _TrainerState()
         self.hook = TrainerHook(self.state, "the Trainer's")
         self.max_steps = self.hook.max_steps
+        self._ended_segment = False
 
     @property
     def finished(self) -> bool:
@@ -108,7 +109,6 @@ class Checkpoints(TrainerCallback):
         code after ``trainer.train()`` runs at the end of every segment's job, and what should run
         once (``trainer.evaluate``, ``predict``, ``save_model``) checks ``if checkpoints.finished:``."""
         return self.hook.finished
-        self._ended_segment = False
 
     def train(self, trainer, **kwargs):
         """``trainer.train``, resumed from the newest verified checkpoint of this segment's chain."""
