@@ -52,7 +52,8 @@ def three_failures(p, run, segment_steps, interval):
     store_root = p.paths(run).store
     # 1. SIGKILL of the training process in segment 1
     proc = p.popen()
-    wait_for_checkpoint(store_root, segment_steps + interval, proc)
+    # the measure job, the plan and segment 0 come first: minutes on a busy machine
+    wait_for_checkpoint(store_root, segment_steps + interval, proc, timeout=400)
     os.kill(int((store_root / ".lock").read_text().split()[1]), signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode != 0
