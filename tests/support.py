@@ -25,6 +25,18 @@ def wait_for_checkpoint(store_root, min_step, proc, timeout=120):
     raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
 
 
+def wait_for_logged_step(metrics_csv, step, proc, timeout=300):
+    """Wait until the working metrics ``metrics_csv`` hold a row of ``step`` or later (the job is
+    past it); fails at once when ``proc`` (the snakemake) ended, with its output."""
+    deadline = time.time() + timeout
+    while last_logged_step(metrics_csv) < step:
+        if proc.poll() is not None:
+            raise AssertionError(f"snakemake ended before step {step}:\n{proc.stdout.read()[-3000:]}")
+        if time.time() > deadline:
+            raise AssertionError(f"no row of step {step} in {metrics_csv} within {timeout} s")
+        time.sleep(0.005)
+
+
 def children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
         return [int(c) for c in fh.read().split()]
@@ -64,8 +76,7 @@ def three_failures(p, run, segment_steps, interval):
     proc = p.popen("--retries", "2")
     first_save = 2 * segment_steps + interval
     wait_for_checkpoint(store_root, first_save, proc)
-    while last_logged_step(working_metrics(store_root, 2)) < first_save + 3:
-        time.sleep(0.005)
+    wait_for_logged_step(working_metrics(store_root, 2), first_save + 3, proc)
     # frozen (SIGSTOP) while the signal is sent, so that a busy machine cannot carry the job to its
     # segment's end before the SIGTERM lands; it arrives as the job runs again (SIGCONT)
     job = int((store_root / ".lock").read_text().split()[1])

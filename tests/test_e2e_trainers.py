@@ -7,15 +7,14 @@ validation metrics at the same steps and the same best model; in one process and
 import json
 import os
 import signal
-import time
 
 import pytest
 
 from segtrain import store as st
 from segtrain.layout import SEGMENT_STATE, working_metrics
 
-from conftest import Project, last_logged_step
-from support import metric_rows, ranks_of, three_failures, wait_for_checkpoint
+from conftest import Project
+from support import metric_rows, ranks_of, three_failures, wait_for_checkpoint, wait_for_logged_step
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE_TARGETS = ("models",)  # no test here reads the figures: plans and exports only
@@ -195,8 +194,7 @@ def test_a_trainer_in_two_processes_stops_at_one_step_on_a_sigterm_to_the_launch
     store_root = p.paths("cut").store
     proc = p.popen("--retries", "2")
     wait_for_checkpoint(store_root, 20, proc, timeout=300)
-    while last_logged_step(working_metrics(store_root, 0)) < 30:
-        time.sleep(0.005)
+    wait_for_logged_step(working_metrics(store_root, 0), 30, proc)
     launcher, _, _ = ranks_of(store_root)
     os.kill(launcher, signal.SIGTERM)
     proc.wait(timeout=600)
