@@ -61,8 +61,9 @@ def edit_refusal(name: str, run: RunSettings, recorded: dict, checkpoints: Path)
     """The refusal of a run whose script changed since its checkpoints: what changed, where (a
     short diff), and the one step that goes on with the edit."""
     edits = source_edits(recorded, run.model_definition, checkpoints)
-    shown = "\n".join(f"  {e['file']}: {e['where']}" + (f"\n{_indented(e['diff'])}" if e.get("diff") else "")
-                      for e in edits)
+    shown = "\n".join(f"  {e['file']} " + (f"(content changed): {e['where']}" if e["where"].startswith(("lines", "no line"))
+                                           else f"({e['where']})")
+                      + (f"\n{_indented(e['diff'])}" if e.get("diff") else "") for e in edits)
     args = (recorded.get("script_args"), run.model_definition.get("script_args"))
     if args[0] != args[1]:
         shown += f"\n  the script's arguments: {' '.join(args[0] or [])!r} -> {' '.join(args[1] or [])!r}"

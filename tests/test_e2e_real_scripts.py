@@ -159,7 +159,7 @@ def test_a_script_fixed_after_a_crash_goes_on_with_the_documented_step_and_the_e
     refused = project.snakemake("-n", check=False)
     out = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "its code changed since its checkpoints were written" in out, out[-3000:]
-    assert "tasks/flawed.py: lines 23" in out and '+        report["val_note"] = report["val_loss"]' in out, out
+    assert "tasks/flawed.py (content changed): lines 23" in out and '+        report["val_note"] = report["val_loss"]' in out, out
     (accept,) = re.findall(r"continue_edited: ([0-9a-f]{16})", out)
 
     project.write_config({"r": {**run, "continue_edited": accept}})
