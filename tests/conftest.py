@@ -230,6 +230,19 @@ def _snakemake_targets(request):
     Project.targets = ()
 
 
+@pytest.fixture(autouse=True)
+def _each_test_is_a_fresh_job(monkeypatch):
+    """A job's clock starts with its process; a test that runs a segment in pytest's long-lived
+    worker is a job that starts with the test (the worker's age would eat the time limit)."""
+    import time
+
+    from segtrain import measure, runner
+
+    began = time.time()
+    monkeypatch.setattr(runner, "process_age", lambda: time.time() - began)
+    monkeypatch.setattr(measure, "process_age", lambda: time.time() - began)
+
+
 @pytest.fixture
 def project(tmp_path) -> Project:
     return Project(tmp_path / "proj")

@@ -38,3 +38,5 @@ if world.rank == 1:
 world.barrier()
 print(f"rank {world.rank} done", flush=True)
 world.close()
+sys.stderr.flush()
+os._exit(0)  # as a job's processes end (pipeline.exit_now): gloo's threads may abort in the interpreter's teardown

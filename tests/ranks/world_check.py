@@ -67,7 +67,8 @@ segment = Segment(index=0, start=0, end=10, interval=1, time_limit=60, save_seco
                   monitor="loss", mode="min", keep=3, log_every=1)
 torch.manual_seed(999)  # whatever the streams are now, the restore sets this rank's saved ones
 skipped = []
-source, step, extra, clean, _ = resume.restore(RunSettings(model_hash="x"), segment, store, None, state, skipped, world=world)
+restored = resume.restore(RunSettings(model_hash="x"), segment, store, None, state, skipped, world=world)
+step = restored.step
 seen["resumed_step"] = step
 seen["skipped"] = [s["step"] for s in skipped]
 seen["own_streams_back"] = bool(torch.equal(torch.get_rng_state(), at_step_1))
