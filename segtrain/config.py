@@ -305,6 +305,8 @@ def resolve(config: dict, base: Path = Path("."), schema: dict | None = None) ->
                 if policy["mtbf_seconds"] <= 0:
                     raise DurationError(f"{where}.checkpoint.mtbf: must be positive")
             run["policy"] = policy
+            check = run.get("resume_check", "auto")  # YAML reads a bare `off` as false
+            run["resume_check"] = "off" if check is False else "auto" if check is True else check
         except DurationError as exc:
             problems.append(str(exc))
         if run.get("time_limit_seconds", MIN_TIME_LIMIT) < MIN_TIME_LIMIT:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import planning
 from . import store as store_mod
-from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY, RunPaths
+from .layout import SEGMENT_BEST, SEGMENT_METRICS, SEGMENT_STATE, SEGMENT_SUMMARY, Files, RunPaths
 from .plan_text import plan_table
 from .runner import Stopped, run_segment
 from .settings import RunSettings
@@ -77,6 +77,23 @@ def _measure(run: RunSettings, output: Path) -> dict:
         store_mod.write_json_atomic(Path(output), {**costs, "processes": world.world_size})
     world.barrier()
     return costs
+
+
+def check_resume(run: RunSettings, costs_file: Path, job_log: Path) -> int:
+    """The measure job's resume check (``segtrain.check``): its verdict goes into the costs."""
+    from .check import CheckFailed, check_costs_file, policy
+
+    if not run.total_steps:  # a script's framework gave the length to the measure job
+        run = run.replace(total_steps=run_length(run, json.loads(Path(costs_file).read_text()))[0])
+    try:
+        verdict = check_costs_file(run, costs_file, job_log)
+    except CheckFailed as exc:
+        log.error("%s", exc)
+        return 1
+    if verdict is not None:
+        (log.info if verdict["bitwise"] else log.warning)("%s (%.1f s, %d jobs; resume_check: %s)", verdict["text"],
+                                                          verdict["seconds"], verdict["jobs"], policy(run))
+    return 0
 
 
 def frozen_segments(run_root: Path) -> list[planning.Segment]:
@@ -185,13 +202,40 @@ def plan(run: RunSettings, costs_file: Path, plan_json: Path, plan_txt: Path) ->
     recorded = store_mod.recorded_manifest(RunPaths(Path(plan_json).parent).store)
     exact, training = training_lines(run, measured,
                                      written_by=int(recorded.get("world_size", 1)) if recorded else None)
+    exact, training = measured_exactness(run, measured, exact, training)
     data["bitwise_resume"] = exact
+    data["resume_check"] = measured.get("resume_check")
     store_mod.write_json_atomic(Path(plan_json), data)
     training = ([length_line] if length_line else []) + training
     table = plan_table(result, run.name).rstrip("\n") + "\n\n" + "\n".join(training) + "\n"
     Path(plan_txt).write_text(table)
     log.info("\n%s", table)
     return result
+
+
+def measured_exactness(run: RunSettings, measured: dict, exact, lines: list[str]) -> tuple[bool | None, list[str]]:
+    """The plan's resume line is the measure job's resume check (``segtrain.check``), not a guess
+    from the way in: the verdict, or 'not checked'. A resume by another number of processes
+    (``reshard_line``) stays. Refuses a divergence where ``resume_check`` says so."""
+    from .check import policy, verdict_line
+
+    verdict = measured.get("resume_check")
+    resharded = any("(allow_reshard)" in line for line in lines)
+    kept = [line for line in lines if not line.startswith("  resume:") or "(allow_reshard)" in line]
+    if verdict is None:
+        if policy(run) != "off":  # costs measured before the check existed: the plan says what it knows
+            return exact, lines
+        return (False if resharded else None), kept + [verdict_line(None)]
+    if not verdict["bitwise"] and policy(run) == "refuse":
+        raise planning.PlanError(
+            f"run '{run.name}': {verdict['text']}.\nNo training job starts (resume_check: refuse). Fix the code and "
+            f"measure and check it again: snakemake ... --forcerun {Files.of(Files.costs, run=run.name)}; or set "
+            "resume_check: warn in the run's config to train knowing that a resume is not bitwise identical")
+    kept.append(verdict_line(verdict, run))
+    if verdict["bitwise"] and run.deterministic is not True and not run.is_script:
+        kept.append(f"  (deterministic: {str(run.deterministic).lower()}: the kernels may round differently on "
+                    "another device or input; the check measured on this machine's kernels)")
+    return (verdict["bitwise"] and not resharded), kept
 
 
 # What a resume through a trainer's callback keeps, as this project's tests found it
@@ -304,6 +348,7 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
     check_world(run)
     if run.world_size > 1:
         tell_where(run)
+    warn_inexact(paths)
     try:
         if run.is_script:
             from .script import train_script
@@ -315,6 +360,16 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
         log.warning("%s", exc)
         return EXIT_STOPPED
     return 0
+
+
+def warn_inexact(paths: RunPaths) -> None:
+    """Every training job of a run whose resume check diverged (resume_check: warn) says so."""
+    try:
+        verdict = json.loads(paths.plan.read_text()).get("resume_check")
+    except (OSError, ValueError):
+        return
+    if verdict and not verdict.get("bitwise", True):
+        log.warning("%s; this run trains anyway (resume_check: warn)", verdict["text"])
 
 
 def check_world(run: RunSettings) -> None:

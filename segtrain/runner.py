@@ -81,6 +81,8 @@ class SegmentJob:
         self.summary: dict | None = None
         self.stopped = ""  # why the job stopped early, once it has
         self.data_note = ""  # why the data position of a resume is not exact, if it is not
+        self.data_shuffled = False  # a loader of the script's own that draws a new order each pass
+        self.data_placeholder = False  # the script's iterable gives None: it draws its batches itself
         self.order = None  # the seeded data order, when the data goes through us
         self.reshards: list[dict] = []  # changes of the number of processes so far (allow_reshard)
         self.edits: list[dict] = []  # accepted edits of the run's code so far (continue_edited)
@@ -472,7 +474,9 @@ class SegmentJob:
                             self.best["monitor"], self.best["value"], self.best["step"],
                             f"the best one that does (step {best_ckpt.step})" if best_ckpt else "no best checkpoint")
             self.summary = write_output(segment, final, self.metrics, self.out_dir, self.source, self.attempt,
-                                         self.saves.blocked, self.started_wall, history, best_ckpt, self.saves.log)
+                                         self.saves.blocked, self.started_wall, history, best_ckpt, self.saves.log,
+                                         data=self.data_note,
+                                         data_shuffled=self.data_shuffled, data_placeholder=self.data_placeholder)
         self.summary = self.world.broadcast(self.summary)  # the output is complete, for every process
 
     def fail(self, exc: BaseException) -> None:

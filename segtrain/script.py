@@ -151,6 +151,25 @@ class _LrAtStep:
             self.handle.remove()
 
 
+def _shuffles(loader) -> bool:
+    """Whether a loader of the script's own draws a new order each pass (a DataLoader with
+    shuffle=True): a resume that starts it again gives other batches, whatever else is exact."""
+    sampler = getattr(loader, "sampler", None)
+    try:
+        from torch.utils.data import RandomSampler
+    except ImportError:
+        return False
+    return isinstance(sampler, RandomSampler) or isinstance(getattr(loader, "batch_sampler", None), RandomSampler)
+
+
+def _noting_empty(batches, job):
+    """Batches, noting on ``job`` whether they are None (the script makes its own batches, from a
+    sampler of its own, and hands seg.steps() a placeholder such as itertools.repeat(None))."""
+    for batch in batches:
+        job.data_placeholder = batch is None
+        yield batch
+
+
 def _foreign_batches(loader, start: int):
     """Batches of a loader that is not ours, endlessly (epoch after epoch), from its beginning."""
     while True:
@@ -343,12 +362,13 @@ class Session:
             return iter(loader.batches(job.step, job.segment.end))
         job.data_note = (f"approximate: the script's own {type(loader).__name__} restarts at its beginning on a "
                          "resume; use seg.dataloader(...) for an exact data position")
+        job.data_shuffled = _shuffles(loader)
         if job.step > 0:
             log.warning("resuming at step %d with the script's own %s (not seg.dataloader): segtrain cannot position "
                         "it, so it starts again at its beginning; unless its batches depend only on the restored "
                         "random streams, the data order differs from an uninterrupted run (not bitwise identical). "
                         "seg.dataloader(dataset, batch_size) resumes exactly", job.step, type(loader).__name__)
-        return _foreign_batches(loader, job.step)
+        return _noting_empty(_foreign_batches(loader, job.step), job)
 
     @staticmethod
     def _check_ended(job):

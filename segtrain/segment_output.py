@@ -39,7 +39,8 @@ def save_best(run, segment, store, best_store, state, extra, best, world=SINGLE,
 
 
 def write_output(segment, final, metrics, out_dir, source, attempt, saves, started_wall, history,
-                  best_ckpt=None, save_log=()) -> dict:
+                  best_ckpt=None, save_log=(), data: str = "", data_shuffled: bool = False,
+                 data_placeholder: bool = False) -> dict:
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -62,6 +63,10 @@ def write_output(segment, final, metrics, out_dir, source, attempt, saves, start
         "wall_seconds_this_attempt": time.time() - started_wall,
         "history": history,
         "best": best_ckpt.manifest.get("best") if best_ckpt is not None else None,
+        # why the data position of a resume is not exact ('' where it is: seg.dataloader, the tasks')
+        "data": data,
+        "data_shuffled": data_shuffled,
+        "data_placeholder": data_placeholder,  # the script's iterable gave None: it draws its batches itself
     }
     store_mod.write_json_atomic(out_dir / SEGMENT_SUMMARY, summary)  # written last: the output is complete
     return summary

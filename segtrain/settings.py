@@ -111,6 +111,11 @@ class RunSettings:
     """Training steps timed by measure_checkpoint_cost."""
     measure_saves: int = 3
     """Checkpoint saves and loads timed by measure_checkpoint_cost."""
+    resume_check: str = "auto"
+    """What a divergence of the measure job's resume check does: refuse, warn, off; auto: refuse
+    for deterministic: true, else warn (``segtrain.check``)."""
+    resume_check_steps: int = 4
+    """The steps the resume check trains; the restore is at half of them."""
 
     # -- what a resume must find again (segtrain.definition) --
     model_hash: str = ""

@@ -27,6 +27,9 @@ TEST_DEFAULTS = {
     "log_every": 10,
     "measure_steps": 5,
     "measure_saves": 2,
+    # the measure job's resume check (two more jobs per run) runs where a test asks for it: its own
+    # tests (test_e2e_resume_check.py) and those whose plan's verdict they compare with the run
+    "resume_check": "off",
 }
 MLP = {"task": "examples/digits_mlp_torch.py", "params": {"hidden": 32, "lr": 0.05}}
 CNN = {"task": "examples/digits_cnn_torch.py", "params": {"channels": 8, "dropout": 0.3, "lr": 0.003, "lr_step": 300}}

@@ -33,7 +33,7 @@ def scripted(tmp_path_factory):
         "s-4": script_run(steps_per_segment=TOTAL // 4),
         "w-1": script_run("--workers 2", steps_per_segment=TOTAL),
         "w-2": script_run("--workers 1", steps_per_segment=TOTAL // 2),  # any worker count: same batches
-        "own-2": script_run("--own-loader", steps_per_segment=TOTAL // 2),
+        "own-2": script_run("--own-loader", steps_per_segment=TOTAL // 2, resume_check="warn"),
     })
     p.snakemake()
     return p
@@ -76,8 +76,11 @@ def test_a_script_with_its_own_loader_resumes_at_the_right_step_and_says_the_dat
     manifest = json.loads((scripted.paths("own-2").segment_dir(1) / SEGMENT_STATE / "manifest.json").read_text())
     assert manifest["data_position"].startswith("approximate")
     assert json.loads((scripted.run_dir("own-2") / "costs.json").read_text())["data_loader"] == "the script's own"
+    # the measure job's resume check found it, named the loader, and every job says so (warn)
     plan = (scripted.run_dir("own-2") / "plan.txt").read_text()
-    assert "resume: NOT bitwise identical" in plan and "seg.dataloader" in plan
+    assert "resume checked: NOT bitwise identical after a restore at step 2" in plan
+    assert "step 3's loss" in plan and "DataLoader" in plan and "shuffles" in plan and "seg.dataloader" in plan
+    assert "resume checked: NOT bitwise identical" in log and "(resume_check: warn)" in log
 
 
 def test_kills_and_a_sigterm_of_a_script_run_end_bitwise_identical(scripted):

@@ -32,7 +32,8 @@ def trained(tmp_path_factory):
         runs[f"{name}-3"] = {**settings, "total_steps": TOTAL, "steps_per_segment": 110}  # cuts off the interval
     runs["fp32-1"] = {**MLP, "total_steps": TOTAL, "steps_per_segment": TOTAL}  # what the settings change
     runs["workers1-1"] = {**VARIANTS["workers"], "num_workers": 1, "total_steps": TOTAL, "steps_per_segment": TOTAL}
-    runs["fast"] = {**MLP, "total_steps": 50, "deterministic": False}
+    runs["fast"] = {**MLP, "total_steps": 50, "deterministic": False, "resume_check": "warn"}
+    runs["accum-1"]["resume_check"] = "auto"  # deterministic: refuse unless bitwise
     p.write_config(runs, checkpoint={"every_steps": 40})
     p.snakemake()
     return p
@@ -58,7 +59,9 @@ def test_fp16_checkpoints_hold_the_loss_scale(trained):
 def test_accumulation_takes_micro_batches_and_the_plan_says_so(trained):
     plan = (trained.run_dir("accum-1") / "plan.txt").read_text()
     assert "4 micro-batch(es) of 32 per step (128 samples), gradients clipped to norm 0.5" in plan
+    # measured by the measure job's resume check, and true: accum-3 ends bitwise equal to accum-1
     assert json.loads((trained.paths("accum-1").plan).read_text())["bitwise_resume"] is True
+    assert "resume checked: bitwise identical at step 4 after a restore at step 2" in plan
 
 
 def test_the_plateau_scheduler_lowered_the_rate_on_the_monitored_metric(trained):
@@ -70,8 +73,10 @@ def test_the_plateau_scheduler_lowered_the_rate_on_the_monitored_metric(trained)
 
 def test_a_run_that_gives_up_determinism_is_told_so_in_its_plan(trained):
     plan = (trained.run_dir("fast") / "plan.txt").read_text()
-    assert "resume: NOT bitwise identical (deterministic: false)" in plan
-    assert json.loads((trained.paths("fast").plan).read_text())["bitwise_resume"] is False
+    verdict = json.loads((trained.paths("fast").plan).read_text())["resume_check"]
+    assert "resume checked: " in plan and verdict["text"] in plan
+    assert "deterministic: false" in plan and "measured on this machine's kernels" in plan
+    assert json.loads((trained.paths("fast").plan).read_text())["bitwise_resume"] is verdict["bitwise"]
 
 
 def test_the_number_of_loader_workers_does_not_change_the_result(trained):

@@ -22,4 +22,8 @@ rule measure_checkpoint_cost:
         run=measure_settings,
     shell:
         '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/measure_checkpoint_cost.py '
-        "--run {params.run:q} --output {output:q} >> {log:q} 2>&1"
+        "--run {params.run:q} --output {output:q} >> {log:q} 2>&1 && "
+        # then the resume check (segtrain.check): the run's own code, k steps straight against a
+        # restore at k/2 in a new process; its verdict goes into the costs the plan reads
+        '"${{SEGTRAIN_IMAGE_PYTHON:-$SEGTRAIN_PYTHON}}" "$SEGTRAIN_SCRIPTS"/check_resume.py '
+        "--run {params.run:q} --costs {output:q} --log {log:q} >> {log:q} 2>&1"
