@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 SCRATCH = ".resume-check"  # in the run's checkpoint folder: the check's jobs' stores, removed after
+# The resumed job starts with the straight one (their start-ups overlap) and, before it restores,
+# waits for the straight job's checkpoint at k/2 and copies it into its own store: {checkpoint, pid}
+RESTORE_FROM_ENV = "SEGTRAIN_CHECK_RESTORE_FROM"
 POLICIES = ("refuse", "warn", "off")
 # metrics columns that are measurements of time, not of training
 TIMING = {"time", "segment", "attempt"}
@@ -67,27 +70,61 @@ def _segment(k: int, at: int, run: RunSettings) -> dict:
             "async_save": False}
 
 
-def _job(run: RunSettings, scratch: Path, name: str, segment: dict, job_log: Path) -> Path:
-    """Run one segment job of ``run`` in ``scratch/name`` (its own store); returns its output folder."""
-    root = scratch / name
-    out = root / "results" / run.name / "segments" / "0000"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, CHECKPOINT_ROOT_ENV: str(root / "ckpt"),
-           DEFINITIONS_ENV: json.dumps({run.name: run.to_dict()}, default=str)}
-    for variable in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(variable, None)
-    command = [sys.executable, str(SCRIPTS / "train_segment.py"), "--run", json.dumps({"name": run.name}),
-               "--segment", json.dumps(segment), "--threads", str(run.threads * run.processes), "--output", str(out)]
-    with open(job_log, "a") as fh:
-        fh.write(f"\n== resume check: {name} job (steps {segment['start']}..{segment['end']}) ==\n")
-        fh.flush()
-        done = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0 or not (out / SEGMENT_SUMMARY).exists():
-        tail = job_log.read_text(errors="replace").splitlines()[-25:]
-        raise CheckFailed(f"the resume check's {name} job (steps {segment['start']}..{segment['end']}) failed "
-                          f"(exit {done.returncode}); a training segment would fail the same way. Its log ends:\n"
-                          + "\n".join(tail))
-    return out
+class _Job:
+    """One segment job of ``run`` in ``scratch/name`` (its own store), started now; ``wait()``
+    returns its output folder. Its output goes to its own log, appended to the job's after."""
+
+    def __init__(self, run: RunSettings, scratch: Path, name: str, segment: dict, env: dict | None = None):
+        root = scratch / name
+        self.name, self.segment = name, segment
+        self.out = root / "results" / run.name / "segments" / "0000"
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.log = root / "job.log"
+        environ = {**os.environ, CHECKPOINT_ROOT_ENV: str(root / "ckpt"),
+                   DEFINITIONS_ENV: json.dumps({run.name: run.to_dict()}, default=str), **(env or {})}
+        for variable in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            environ.pop(variable, None)
+        command = [sys.executable, str(SCRIPTS / "train_segment.py"), "--run", json.dumps({"name": run.name}),
+                   "--segment", json.dumps(segment), "--threads", str(run.threads * run.processes),
+                   "--output", str(self.out)]
+        with open(self.log, "w") as fh:
+            self.process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=environ)
+
+    def wait(self, job_log: Path) -> Path:
+        code = self.process.wait()
+        text = self.log.read_text(errors="replace")
+        with open(job_log, "a") as fh:
+            fh.write(f"\n== resume check: {self.name} job (steps {self.segment['start']}..{self.segment['end']}) ==\n")
+            fh.write(text)
+        if code != 0 or not (self.out / SEGMENT_SUMMARY).exists():
+            raise CheckFailed(f"the resume check's {self.name} job (steps {self.segment['start']}.."
+                              f"{self.segment['end']}) failed (exit {code}); a training segment would fail the same "
+                              "way. Its log ends:\n" + "\n".join(text.splitlines()[-25:]))
+        return self.out
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def await_checkpoint(store_root: Path, world) -> None:
+    """In the check's resumed job (``RESTORE_FROM_ENV`` set), before its restore: wait for the
+    straight job's checkpoint at k/2 and copy it into this job's store."""
+    spec = os.environ.get(RESTORE_FROM_ENV)
+    if not spec:
+        return
+    from .lifecycle import _start_ticks
+
+    spec = json.loads(spec)
+    source = Path(spec["checkpoint"])
+    while not source.is_dir():  # a store renames a checkpoint into place once it is complete
+        if _start_ticks(int(spec["pid"])) is None and not source.is_dir():
+            raise CheckFailed(f"the resume check's straight job ended without its checkpoint {source.name}")
+        time.sleep(0.05)
+    if world.is_main:
+        shutil.copytree(source, Path(store_root) / source.name)
+    world.barrier()
 
 
 def _store_of(scratch: Path, name: str, run: RunSettings) -> Path:
@@ -101,23 +138,28 @@ def run_check(run: RunSettings, scratch: Path, job_log: Path) -> dict:
     started = time.perf_counter()
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    from .store import step_dir_name
+
+    jobs: list[_Job] = []
     try:
-        straight = _job(run, scratch, "straight", _segment(k, at, run), job_log)
-        # the restore: a new store holding only the straight job's checkpoint at k/2
-        saved = _store_of(scratch, "straight", run)
-        half = next(p for p in saved.iterdir() if p.name.startswith("step-") and int(p.name.split("-")[1]) == at)
-        resumed_store = _store_of(scratch, "resumed", run)
-        resumed_store.mkdir(parents=True)
-        shutil.copytree(half, resumed_store / half.name)
-        resumed = _job(run, scratch, "resumed", _segment(k, at, run), job_log)
+        # both jobs start together: the resumed one restores, in a new process, the straight one's
+        # checkpoint at k/2 as soon as it is written (their start-ups overlap)
+        jobs.append(_Job(run, scratch, "straight", _segment(k, at, run)))
+        half = _store_of(scratch, "straight", run) / step_dir_name(at)
+        jobs.append(_Job(run, scratch, "resumed", _segment(k, at, run), env={RESTORE_FROM_ENV: json.dumps(
+            {"checkpoint": str(half.resolve()), "pid": jobs[0].process.pid})}))
+        straight, resumed = (job.wait(job_log) for job in jobs)
         found = compare(straight, resumed, at)
         again = None
         if found["differences"] or found["metrics"]:  # kernels that differ run to run, or the resume?
-            again = _job(run, scratch, "straight-again", _segment(k, at, run), job_log)
+            jobs.append(_Job(run, scratch, "straight-again", _segment(k, at, run)))
+            again = jobs[-1].wait(job_log)
             repeat = compare(straight, again, 0)
             found["straight_runs_differ"] = bool(repeat["differences"] or repeat["metrics"])
         observed = _observed(resumed)
     finally:
+        for job in jobs:
+            job.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     verdict = judge(run, k, at, found, observed)
     verdict["seconds"] = round(time.perf_counter() - started, 2)

@@ -178,6 +178,9 @@ class SegmentJob:
         then build its state again and call ``restore`` once more."""
         segment = self.segment
         skipped: list[dict] = []
+        from .check import await_checkpoint
+
+        await_checkpoint(self.store.root, self.world)  # a resume check's resumed job: its checkpoint to restore
         t_restore = time.perf_counter()
         try:
             with STOP.interrupting():  # a stop during a restore ends the job at once: nothing to save yet
