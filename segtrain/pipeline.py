@@ -232,6 +232,11 @@ def measured_exactness(run: RunSettings, measured: dict, exact, lines: list[str]
             f"measure and check it again: snakemake ... --forcerun {Files.of(Files.costs, run=run.name)}; or set "
             "resume_check: warn in the run's config to train knowing that a resume is not bitwise identical")
     kept.append(verdict_line(verdict, run))
+    # Snakemake's output gets it too (a job's standard output reaches it)
+    if verdict["bitwise"]:
+        print(f"segtrain: run '{run.name}': {verdict['text']}", flush=True)
+    else:
+        tell_user(f"run '{run.name}': {verdict['text']}; it trains anyway (resume_check: {policy(run)})")
     if verdict["bitwise"] and run.deterministic is not True and not run.is_script:
         kept.append(f"  (deterministic: {str(run.deterministic).lower()}: the kernels may round differently on "
                     "another device or input; the check measured on this machine's kernels)")
@@ -348,7 +353,7 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
     check_world(run)
     if run.world_size > 1:
         tell_where(run)
-    warn_inexact(paths)
+    warn_inexact(run, paths)
     try:
         if run.is_script:
             from .script import train_script
@@ -362,14 +367,16 @@ def train(run: RunSettings, segment: dict, previous: str | None, output: Path, t
     return 0
 
 
-def warn_inexact(paths: RunPaths) -> None:
+def warn_inexact(run: RunSettings, paths: RunPaths) -> None:
     """Every training job of a run whose resume check diverged (resume_check: warn) says so."""
+    from .check import policy
+
     try:
         verdict = json.loads(paths.plan.read_text()).get("resume_check")
     except (OSError, ValueError):
         return
     if verdict and not verdict.get("bitwise", True):
-        log.warning("%s; this run trains anyway (resume_check: warn)", verdict["text"])
+        log.warning("%s; this run trains anyway (resume_check: %s)", verdict["text"], policy(run))
 
 
 def check_world(run: RunSettings) -> None:

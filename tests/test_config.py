@@ -375,3 +375,12 @@ def test_names_processes_and_a_checkpoint_root_no_job_could_use_are_refused_with
     with pytest.raises(ConfigError) as refused:
         resolve(config, base=REPO)
     assert says in str(refused.value)
+
+
+def test_resume_check_reads_a_bare_off_and_refuses_an_unknown_choice():
+    import yaml
+
+    assert resolve(cfg(**yaml.safe_load("resume_check: off")), base=REPO)["r"].resume_check == "off"
+    assert resolve(cfg(), base=REPO)["r"].resume_check == "auto"
+    check(cfg(resume_check="sometimes"), "resume_check")
+    check(cfg(resume_check_steps=1), "resume_check_steps")
