@@ -61,3 +61,19 @@ def test_the_verdict_names_the_first_divergence_and_the_cause_it_fits(tmp_path):
     assert verdict_line(clean) == ("  resume checked: bitwise identical at step 4 after a restore at step 2 (1 "
                                    "process, on this machine) [the check took 3.5 s, 2 jobs]")
     assert "not checked (resume_check: off)" in verdict_line(None)
+
+
+def test_a_keras_state_is_compared_variable_by_variable(tmp_path):
+    import numpy as np
+
+    from segtrain.arrays import write_arrays
+
+    for name, bias in (("a", 0.0), ("b", 0.25)):
+        folder = tmp_path / name
+        folder.mkdir()
+        with open(folder / "state.bin", "wb") as fh:
+            index = write_arrays(fh, {"model_00000": np.ones((2, 3), np.float32),
+                                      "model_00001": np.full(3, bias, np.float32)})
+        (folder / "state.json").write_text(json.dumps({"rng": [1, 2], "arrays": index}))
+    found = compare_states(tmp_path / "a", tmp_path / "b")
+    assert found == [{"file": "state.bin", "object": "model_00001", "size": "largest difference 0.25 in 3 of 3 values"}]
