@@ -75,7 +75,10 @@ def test_a_run_that_gives_up_determinism_is_told_so_in_its_plan(trained):
     plan = (trained.run_dir("fast") / "plan.txt").read_text()
     verdict = json.loads((trained.paths("fast").plan).read_text())["resume_check"]
     assert "resume checked: " in plan and verdict["text"] in plan
-    assert "deterministic: false" in plan and "measured on this machine's kernels" in plan
+    if verdict["bitwise"]:  # bitwise here: the plan says that other kernels may round differently
+        assert "deterministic: false" in plan and "measured on this machine's kernels" in plan
+    else:  # two straight jobs already differ: the kernels are named, not the resume
+        assert "non-deterministic kernels" in verdict["text"]
     assert json.loads((trained.paths("fast").plan).read_text())["bitwise_resume"] is verdict["bitwise"]
 
 
