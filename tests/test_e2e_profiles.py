@@ -151,7 +151,7 @@ def test_inside_the_job_image_rules_run_the_image_python_and_apptainer_needs_the
     image_python.chmod(0o755)
     project.snakemake("--until", "plan_segments", env={"SEGTRAIN_IMAGE_PYTHON": str(image_python)})
     scripts = {line.split()[0].rsplit("/", 1)[-1] for line in used.read_text().splitlines()}
-    assert scripts == {"measure_checkpoint_cost.py", "plan_segments.py"}
+    assert scripts == {"measure_checkpoint_cost.py", "check_resume.py", "plan_segments.py"}
     r = project.snakemake("-n", "--software-deployment-method", "apptainer", check=False)
     assert r.returncode != 0 and "--config container_image=docker://" in r.stdout + r.stderr
 

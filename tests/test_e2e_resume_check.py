@@ -13,7 +13,7 @@ from conftest import Project, final_state
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = "tasks/script_digits_torch.py"
+SCRIPT = "tasks/script_traps_torch.py"  # script_digits_torch.py with the traps (that one a fixture keeps)
 TOTAL = 40
 TRAPS = {  # run: (script arguments, what its verdict must say)
     "clean": ("", None),
