@@ -43,9 +43,9 @@ class _MeasureDone(BaseException):
 
 
 def session(total_steps: int | None = None) -> "Session":
-    global _STANDALONE
     """This job's session. Outside the pipeline (``python train.py``) a session that trains
     ``total_steps`` steps without checkpoints, to try the script."""
+    global _STANDALONE
     if _ACTIVE is not None:
         if total_steps is not None and total_steps != _ACTIVE.total_steps:
             log.warning("session(total_steps=%d) is ignored: the run's config sets total_steps %d",

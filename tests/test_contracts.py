@@ -106,3 +106,17 @@ def test_tied_weights_export_as_safetensors_save_model_writes_them_and_stay_tied
     missing, unexpected = load_model(loaded, str(out["safetensors"]))
     assert not missing and not unexpected
     assert loaded.lm_head.weight is loaded.wte.weight and torch.equal(loaded.wte.weight, model.wte.weight)
+
+
+def test_what_users_call_is_documented_where_help_looks():
+    """`help(segtrain.session)` and an editor's hover show the API's docstring (it once sat after
+    a `global` statement, where Python does not take it as one)."""
+    import inspect
+
+    import segtrain
+    from segtrain.script import Session
+
+    public = [segtrain, segtrain.session, Session, *(getattr(Session, n) for n in dir(Session) if not n.startswith("_"))]
+    undocumented = [getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj))) for obj in public
+                    if not inspect.getdoc(obj) and (inspect.isroutine(obj) or inspect.isclass(obj) or inspect.ismodule(obj))]
+    assert not undocumented, f"no docstring: {undocumented}"
