@@ -292,17 +292,17 @@ def pytest_terminal_summary(terminalreporter):
 TRAINED_TOGETHER = {"tests/test_e2e_resume.py": "baseline", "tests/test_e2e_report.py": "baseline"}
 
 
-# About how long each long scope takes on 2 busy cores (seconds, from CI's durations). The workers
+# About how long each long scope takes on 2 busy cores (seconds, estimated from CI's slowest durations). The workers
 # take the longest first (greedy, longest processing time first): a long module started last would
 # keep one worker busy while the other has nothing left. A scope not named here counts as short.
 SCOPE_SECONDS = {
-    "tests/test_e2e_ranks.py": 700, "baseline": 600, "tests/test_e2e_slurm.py": 420, "tests/test_e2e_failures.py": 350,
-    "tests/test_e2e_training.py": 300, "tests/test_e2e_script.py": 290, "tests/test_e2e_exactness.py": 280,
-    "tests/test_e2e_dsri_workspace.py": 180, "tests/test_e2e_attempts.py": 170, "tests/test_e2e_rerun.py": 150,
-    "tests/test_e2e_trainers.py": 400, "tests/test_e2e_keras_fit.py": 120, "tests/test_e2e_compat.py": 110,
-    "tests/test_e2e_workers.py": 90, "tests/test_e2e_dsri_pod.py": 80, "tests/test_config.py": 70,
-    "tests/test_world.py": 60, "tests/test_e2e_epochs.py": 150, "tests/test_e2e_profiles.py": 50,
-    "tests/test_e2e_real_scripts.py": 130,
+    "tests/test_e2e_ranks.py": 1200, "tests/test_e2e_trainers.py": 900, "baseline": 900, "tests/test_e2e_slurm.py": 700,
+    "tests/test_e2e_failures.py": 500, "tests/test_e2e_training.py": 350, "tests/test_e2e_keras_fit.py": 350,
+    "tests/test_e2e_real_scripts.py": 350, "tests/test_e2e_resume_check.py": 300, "tests/test_e2e_script.py": 300,
+    "tests/test_e2e_exactness.py": 250, "tests/test_e2e_attempts.py": 250, "tests/test_e2e_dsri_workspace.py": 200,
+    "tests/test_e2e_rerun.py": 200, "tests/test_e2e_epochs.py": 150, "tests/test_e2e_compat.py": 150,
+    "tests/test_e2e_dsri_pod.py": 150, "tests/test_e2e_workers.py": 90, "tests/test_config.py": 70,
+    "tests/test_world.py": 60, "tests/test_e2e_profiles.py": 50,
 }
 
 

@@ -32,9 +32,15 @@ GPT = {"script": "tasks/script_tied_gpt_torch.py --pause 0.05", "processes": 2, 
 
 
 def test_a_tied_gpt_with_per_rank_state_at_two_processes_ends_bitwise_through_kills_and_exports(project):
-    project.write_config({"whole": {**GPT, "steps_per_segment": 120}})
+    # the measure job checks the resume at the run's 2 processes: the per-rank generator is saved and
+    # restored per rank, so the check (a restore in new processes) finds the run bitwise
+    whole = {**GPT, "steps_per_segment": 120, "resume_check": "refuse"}
+    project.write_config({"whole": whole})
     project.snakemake()
-    project.write_config({"whole": {**GPT, "steps_per_segment": 120}, "cut": {**GPT, "steps_per_segment": 30}})
+    verdict = json.loads((project.run_dir("whole") / "plan.json").read_text())["resume_check"]
+    assert verdict["bitwise"], verdict
+    assert "resume checked: bitwise identical at step 4 after a restore at step 2 (2 processes" in verdict["text"]
+    project.write_config({"whole": whole, "cut": {**GPT, "steps_per_segment": 30}})
     # torchrun itself is killed (the job's own process): its ranks see it gone, save together and end
     store_root = project.paths("cut").store
     proc = project.popen()

@@ -23,7 +23,10 @@ chmod 400 /etc/munge/munge.key
 chmod 755 /run/munge
 pgrep -x munged >/dev/null || munged --force 2>/dev/null || sudo -u munge munged
 
-cores=$(nproc)
+# Twice the machine's cores: the test jobs mostly wait (paused steps, walltimes), and a run on two
+# "nodes" (2 tasks) must be able to run beside a run of one process, as on a real cluster
+# (config_overrides in slurm.conf.in lets slurmd accept more CPUs than it finds).
+cores=$(( $(nproc) * 2 ))
 mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
 host=$(hostname -s)
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
