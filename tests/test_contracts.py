@@ -120,3 +120,68 @@ def test_what_users_call_is_documented_where_help_looks():
     undocumented = [getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj))) for obj in public
                     if not inspect.getdoc(obj) and (inspect.isroutine(obj) or inspect.isclass(obj) or inspect.ismodule(obj))]
     assert not undocumented, f"no docstring: {undocumented}"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """segtrain's modules and the segtrain modules each imports, anywhere in it (inside functions too:
+    a cycle hidden in a function is still a cycle)."""
+    import ast
+
+    root = REPO / "segtrain"
+    modules = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+                mod = ".".join(p for p in (base, node.module or "") if p)
+                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target not in modules and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target in modules and target != name:
+                    edges[name].add(target)
+    return edges
+
+
+def test_the_package_has_no_import_cycle_counting_imports_inside_functions():
+    edges = _package_imports()
+    assert len(edges) > 40 and "segtrain.store" in edges["segtrain.runner"]  # it reads the package
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module, path):
+        state[module] = 1
+        for nxt in sorted(edges[module]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                raise AssertionError("an import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_job_store_plan_and_world_load_no_framework():
+    """The order of events, the store, the plan and the world are framework-free: importing them
+    loads no PyTorch, TensorFlow, Keras, Lightning or Transformers (a framework comes in through
+    a backend or an integration, when a job needs it)."""
+    import subprocess
+    import sys
+
+    modules = ["runner", "store", "resume", "stopping", "lifecycle", "planning", "plan", "plan_text", "settings",
+               "config", "world", "attempts", "layout", "measure", "check", "pipeline"]
+    code = ("import sys\n" + "".join(f"import segtrain.{m}\n" for m in modules) +
+            "print(sorted(f for f in ('torch', 'tensorflow', 'keras', 'lightning', 'transformers') if f in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
