@@ -29,7 +29,9 @@ from .durations import DurationError, parse_duration, parse_percent
 from .planning import MAX_SEGMENTS
 from .settings import RunSettings
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+# In the package, so that an installed segtrain resolves a config; workflow/schemas/ links to it
+# (where Snakemake workflows keep their schemas).
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,7 @@ DEFINITIONS_ENV = "SEGTRAIN_DEFINITIONS"
 @dataclass(frozen=True)
 class RunSettings:
     """One run's resolved settings. The defaults are the config schema's
-    (``workflow/schemas/config.schema.yaml``, checked equal by ``tests/test_config.py``); the keys
+    (``segtrain/schemas/config.schema.yaml``, checked equal by ``tests/test_config.py``); the keys
     are explained for users in ``config/README.md``."""
 
     # -- what trains --

@@ -384,3 +384,27 @@ def test_resume_check_reads_a_bare_off_and_refuses_an_unknown_choice():
     assert resolve(cfg(), base=REPO)["r"].resume_check == "auto"
     check(cfg(resume_check="sometimes"), "resume_check")
     check(cfg(resume_check_steps=1), "resume_check_steps")
+
+
+@pytest.mark.e2e
+def test_an_installed_segtrain_resolves_a_config_outside_the_repository(tmp_path):
+    """The schema ships in the package (workflow/schemas/ links to it): a segtrain installed from
+    its wheel, away from this checkout, checks a config. It once read ../workflow from the package."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "wheel"), str(REPO)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("segtrain-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    (tmp_path / "task.py").write_text((REPO / MLP["task"]).read_text())
+    code = ("import segtrain.config as c\n"
+            f"runs = c.resolve({{'runs': {{'r': {{'task': 'task.py', 'total_steps': 10}}}}}}, base={str(tmp_path)!r})\n"
+            "print(c.SCHEMA)\nprint(runs['r'].total_steps)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)})
+    assert r.returncode == 0, r.stderr
+    schema, steps = r.stdout.split()
+    assert schema.startswith(str(site)) and steps == "10", r.stdout
