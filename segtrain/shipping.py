@@ -33,6 +33,8 @@ def needed_by_jobs(runs: dict, workflow_dir: Path, base: Path) -> dict[str, list
         add(script, "the workflow's scripts")
     for module in sorted((workflow_dir / "segtrain").rglob("*.py")):
         add(module, "the segtrain package")
+    for data in sorted((workflow_dir / "segtrain" / "schemas").glob("*.yaml")):
+        add(data, "the segtrain package (a job's Snakemake checks the config with it)")
     for name, run in runs.items():
         for source in run.model_definition.get("sources", {}):
             add(Path(base) / source if not Path(source).is_absolute() else Path(source), f"run '{name}'")

@@ -40,6 +40,7 @@ def test_files_the_archive_lacks_are_named_with_the_fix(tmp_path):
     runs = {"r": RunSettings(model_definition={"sources": {"my_task.py": "0", "helpers/aug.py": "1"}})}
     needed = needed_by_jobs(runs, REPO, REPO)
     assert "scripts/train_segment.py" in needed and "segtrain/runner.py" in needed
+    assert "segtrain/schemas/config.schema.yaml" in needed  # a job's Snakemake reads the config with it
     shipped = [f for f in needed if f != "helpers/aug.py"]
     missing = missing_from_archive(shipped, needed)
     assert list(missing) == ["helpers/aug.py"]
