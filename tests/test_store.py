@@ -112,7 +112,13 @@ while True:
 def test_sigkill_during_saves_never_leaves_a_checkpoint_that_counts_but_is_broken(tmp_path, seed):
     rng = np.random.default_rng(seed)
     proc = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)])
-    time.sleep(0.6 + rng.uniform(0, 0.5))
+    # the kill lands at a random moment after the first save, however long the saver took to start
+    # (a fixed wait from the start found nothing saved yet on a busy machine)
+    deadline = time.time() + 60
+    while not any(p.name.startswith("step-") for p in tmp_path.iterdir()) and time.time() < deadline:
+        assert proc.poll() is None, "the saver ended on its own"
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0, 0.5))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     s = st.CheckpointStore(tmp_path)
